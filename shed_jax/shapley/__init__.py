@@ -1,0 +1,29 @@
+"""Shapley values of a batched utility: exact enumeration and a Monte Carlo engine (SHED's estimator).
+
+Public API::
+
+    from shed_jax import shapley
+    phi = shapley.exact(utility, n_players)                       # (n,) float64, n <= 20
+    res = shapley.monte_carlo(utility, n_players, n_permutations=200, removal_step=1, seed=0)
+    res.values, res.stderr, res.n_evaluations, res.n_permutations, res.history
+
+``utility`` is any jittable function ``(B, n_players) bool -> (B,) float``. Stopping rules compose with
+``&`` / ``|``; the estimator state (``init``/``update``/``merge``) is a mergeable pytree of running sums.
+"""
+from . import games
+from ._checkpoint import CheckpointMismatchError
+from ._engine import DEFAULT_BATCH_SIZE, expected_block_bias_weight, monte_carlo
+from ._estimator import ShapleyState, estimate, init, merge, update
+from ._exact import MAX_EXACT_PLAYERS, coalition_values, exact, shapley_from_values
+from ._result import ShapleyResult
+from ._stopping import (AllOf, AnyOf, MaxEvaluations, MaxPermutations, RankStability, RunStatus,
+                        StderrTolerance, StoppingRule, WallClock)
+
+__all__ = [
+    "exact", "monte_carlo", "ShapleyResult", "games",
+    "coalition_values", "shapley_from_values", "MAX_EXACT_PLAYERS", "DEFAULT_BATCH_SIZE",
+    "expected_block_bias_weight",
+    "ShapleyState", "init", "update", "merge", "estimate",
+    "StoppingRule", "AllOf", "AnyOf", "MaxPermutations", "MaxEvaluations", "StderrTolerance",
+    "RankStability", "WallClock", "RunStatus", "CheckpointMismatchError",
+]

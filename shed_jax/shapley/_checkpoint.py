@@ -1,0 +1,97 @@
+"""Checkpointing of the Monte Carlo estimator state with orbax-checkpoint.
+
+A checkpoint step ``k`` (= samples folded in) holds two items:
+
+* ``state`` (``StandardSave``): ``count``, ``mean``, ``m2`` and the history arrays;
+* ``meta`` (``JsonSave``): the run arguments that fix the estimate (n_players, removal_step, seed,
+  antithetic, truncation_tol, history_every), ``n_evaluations`` (exact integer), the RNG position
+  ``next_sample_index`` (= count: sample ``i`` always uses ``fold_in(key, i)``) and the history length.
+
+Orbax writes a step into a temporary directory and renames it when complete, so a process killed at any
+point leaves either the previous or the new step; ``restore_latest`` reads the newest complete one. Resuming
+with different run arguments raises ``CheckpointMismatchError``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ._estimator import ShapleyState
+
+FORMAT_VERSION = 1
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint in ``checkpoint_dir`` was written by a run with different arguments."""
+
+
+def open_manager(directory: str | os.PathLike, run_args: dict) -> ocp.CheckpointManager:
+    """A ``CheckpointManager`` over ``directory`` (created if needed) keeping the two newest steps."""
+    path = Path(directory).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    return ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
+
+
+def save(manager: ocp.CheckpointManager, state: ShapleyState, history: dict, run_args: dict) -> None:
+    """Save ``state`` and ``history`` as step ``state.count`` (asynchronously; no-op if that step exists)."""
+    step = int(state.count)
+    if step in manager.all_steps():
+        return
+    n = int(state.mean.shape[0])
+    length = len(history["n_permutations"])
+    tree = {"count": np.asarray(state.count, dtype=np.int32),
+            "mean": np.asarray(state.mean), "m2": np.asarray(state.m2)}
+    if length:
+        tree["history_n_permutations"] = np.asarray(history["n_permutations"], dtype=np.int64)
+        tree["history_values"] = np.asarray(history["values"], dtype=np.float64).reshape(length, n)
+        tree["history_stderr"] = np.asarray(history["stderr"], dtype=np.float64).reshape(length, n)
+    meta = {"format_version": FORMAT_VERSION, "run_args": run_args,
+            "n_evaluations": int(state.n_evaluations), "next_sample_index": step,
+            "history_length": length}
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                               meta=ocp.args.JsonSave(meta)))
+
+
+def _check_args(stored: dict, run_args: dict, directory) -> None:
+    diffs = [f"{k}: checkpoint has {stored.get(k)!r}, this call has {v!r}"
+             for k, v in run_args.items() if stored.get(k) != v]
+    if diffs:
+        raise CheckpointMismatchError(
+            f"checkpoint in {directory} was written by a run with different arguments ("
+            + "; ".join(diffs) + "). Use the same arguments to resume, or another checkpoint_dir.")
+
+
+def restore_latest(manager: ocp.CheckpointManager, run_args: dict, n_players: int):
+    """``(ShapleyState, history dict of lists)`` from the newest step, or None when there is none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointMismatchError(f"checkpoint in {manager.directory} has format "
+                                      f"{meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    _check_args(meta["run_args"], run_args, manager.directory)
+    dtype = jnp.zeros((), dtype=float).dtype
+    length = int(meta["history_length"])
+    target = {"count": np.zeros((), np.int32), "mean": np.zeros((n_players,), dtype),
+              "m2": np.zeros((n_players,), dtype)}
+    if length:
+        target["history_n_permutations"] = np.zeros((length,), np.int64)
+        target["history_values"] = np.zeros((length, n_players), np.float64)
+        target["history_stderr"] = np.zeros((length, n_players), np.float64)
+    tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    state = ShapleyState(count=jnp.asarray(np.asarray(tree["count"]), jnp.int32),
+                         mean=jnp.asarray(np.asarray(tree["mean"]), dtype),
+                         m2=jnp.asarray(np.asarray(tree["m2"]), dtype),
+                         n_evaluations=int(meta["n_evaluations"]))
+    history = {"n_permutations": [], "values": [], "stderr": []}
+    if length:
+        history["n_permutations"] = [int(v) for v in np.asarray(tree["history_n_permutations"])]
+        history["values"] = list(np.asarray(tree["history_values"], dtype=np.float64))
+        history["stderr"] = list(np.asarray(tree["history_stderr"], dtype=np.float64))
+    return state, history

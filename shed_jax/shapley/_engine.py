@@ -1,0 +1,430 @@
+"""Monte Carlo Shapley values by permutation sampling, processed as SHED does.
+
+Algorithm (Castro, Gomez & Tejada 2009, "Polynomial calculation of the Shapley value based on sampling";
+SHED, He et al. 2024). For each sampled permutation ``pi`` of the ``n`` players, start from the full
+coalition and remove players in the order of ``pi``, ``removal_step = m`` at a time. With ``T = ceil(n/m)``
+steps, the coalition after ``t`` steps is ``S_t = {i : rank_pi(i) >= t*m}`` (``S_0`` = everyone,
+``S_T`` = empty set; ``U(empty)`` is evaluated, never assumed 0). Block ``s`` (players with rank in
+``[s*m, (s+1)*m)``) is credited with the drop ``U(S_s) - U(S_{s+1})``.
+
+**Block credit.** Every member of a block receives the *whole* drop of its block, as SHED does. For
+``m = 1`` this is the classic unbiased permutation estimator. For ``m > 1`` it is biased: for an additive
+game ``U(S) = sum_{j in S} w_j`` with ``W = sum_j w_j`` the expected estimate is
+
+    E[phi_i] = w_i + (W - w_i) * p,   p = P(j shares i's block) = (q*m*(m-1) + r*(r-1)) / (n*(n-1)),
+
+with ``n = q*m + r`` (``0 <= r < m``, the last block has ``r`` players when ``r > 0``). When ``m`` divides
+``n`` this is ``w_i*(n-m)/(n-1) + (m-1)*W/(n-1)``. (Splitting the drop evenly would instead make the
+estimates sum to ``U(full) - U(empty)`` but is biased too; we keep SHED's choice.)
+
+**Estimates** are means over samples; a sample is one permutation (each player gets exactly one marginal),
+or with ``antithetic=True`` the average of a permutation and its reverse. ``stderr = sqrt(var / P)``.
+
+**Truncation** (TMC-Shapley, Ghorbani & Zou 2019): with ``truncation_tol = tol``, once
+``|U(S_t) - U(empty)| <= tol * |U(full) - U(empty)|`` along a permutation (checked from ``t = 0``, so a game
+with ``U(full) == U(empty)`` gives all zeros), the blocks removed after ``S_t`` get marginal 0 and their
+coalitions are not counted in ``n_evaluations``. The drops credited before truncation are exact; the
+marginals set to 0 would have summed to ``U(S_t) - U(empty)``, at most ``tol * |U(full) - U(empty)|`` in
+absolute value, so truncation trades that bias for fewer evaluations (none when remaining drops are 0).
+Shapes stay fixed: a batch of coalitions whose every slot is truncated, padding or beyond the requested
+permutations is skipped (``lax.cond``); otherwise the whole batch is evaluated and the unneeded slots
+ignored. Savings therefore need ``batch_size`` smaller than the coalitions of a permutation (``T - 1``).
+
+**Batching.** Permutation ``i`` is drawn from ``fold_in(key(seed), i)`` (``_sampler.sample_permutations``).
+The engine processes chunks of permutations in one jitted step: it builds the ``(P_chunk * (T-1), n)`` intermediate coalitions
+in-graph, feeds them to the utility in fixed ``(batch_size, n)`` batches (padded and masked, so the utility
+compiles once), scatters drops to players and folds samples into the Welford state in sample order. The
+estimate for a given seed is therefore independent of ``batch_size``, of the chunking and of the device
+count (up to the utility's own batch-dependence in floating point). The batch axis is sharded over all local
+devices (``shed_jax.sharding``), so ``batch_size`` is rounded up to a multiple of the device count.
+"""
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import sharding as _sharding
+from . import _checkpoint
+from ._estimator import ShapleyState, estimate, init, welford_scan
+from ._result import ShapleyResult
+from ._sampler import permutation_keys, permutations_from_keys, ranks_of, with_antithetic
+from ._stopping import MaxPermutations, RunStatus, StoppingRule, now
+
+DEFAULT_BATCH_SIZE = 1024
+"""Coalitions per utility call when neither ``batch_size`` nor ``utility.preferred_batch_size`` is given."""
+
+CHUNK_BATCHES = 16
+"""The engine's chunk holds about this many utility batches (unless ``permutations_per_chunk`` is given)."""
+
+
+def check_utility_players(utility, n_players: int) -> None:
+    """Raise if the utility declares an ``n_players`` attribute different from ``n_players``."""
+    declared = getattr(utility, "n_players", None)
+    if isinstance(declared, (int, np.integer)) and not isinstance(declared, bool) and declared != n_players:
+        raise ValueError(f"utility.n_players is {declared} but n_players={n_players} was given")
+
+
+def _validate_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def expected_block_bias_weight(n_players: int, removal_step: int) -> float:
+    """``p = P(another given player shares my block)`` under uniform permutations (see module docstring)."""
+    n, m = n_players, removal_step
+    if n < 2:
+        return 0.0
+    q, r = divmod(n, m)
+    return (q * m * (m - 1) + r * (r - 1)) / (n * (n - 1))
+
+
+class _Plan:
+    """Static shapes of a run."""
+
+    def __init__(self, n_players, removal_step, antithetic, batch_size, n_devices, permutations_per_chunk,
+                 total_samples):
+        self.n = n_players
+        self.m = removal_step
+        self.n_steps = -(-n_players // removal_step)              # T
+        self.n_inter = self.n_steps - 1                            # intermediate coalitions / permutation
+        self.perms_per_sample = 2 if antithetic else 1
+        self.batch_size = -(-batch_size // n_devices) * n_devices
+        per_sample = self.n_inter * self.perms_per_sample
+        if permutations_per_chunk is not None:
+            samples = max(1, permutations_per_chunk // self.perms_per_sample)
+        elif per_sample == 0:
+            samples = 4096
+        else:
+            samples = max(1, (CHUNK_BATCHES * self.batch_size) // per_sample)
+        self.samples_per_chunk = samples
+        self.rows = samples * per_sample
+        self.n_batches = -(-self.rows // self.batch_size) if self.rows else 0
+        self.key = (self.n, self.m, self.perms_per_sample, self.batch_size, self.samples_per_chunk)
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cached(utility, static_key, build):
+    """Jitted functions per utility object and static configuration, so repeated calls with the same
+    utility reuse compilations. ``build(get_utility)`` makes the function; it receives a getter holding only
+    a weak reference (the cache must not keep the utility alive: entries vanish with the utility). Utilities
+    that cannot be weakly referenced are not cached."""
+    try:
+        ref = weakref.ref(utility)
+        per_utility = _COMPILED.setdefault(utility, {})
+    except TypeError:
+        return build(lambda: utility)
+    if static_key not in per_utility:
+        per_utility[static_key] = build(ref)
+    return per_utility[static_key]
+
+
+def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapshots):
+    """Jitted ``(count, mean, m2, key_words, n_valid, u_full, u_empty) -> (count, mean, m2, n_evals, snaps)``."""
+    n, m, T, n_inter = plan.n, plan.m, plan.n_steps, plan.n_inter
+    B, a, P = plan.batch_size, plan.perms_per_sample, plan.samples_per_chunk
+    Q = P * a
+    rows_total = plan.rows
+    multi = mesh is not None and mesh.devices.size > 1
+    batch_sharding = _sharding.logical_sharding(mesh, "coalitions", None) if multi else None
+    replicated = _sharding.logical_sharding(mesh) if multi else None
+
+    def evaluate(masks):
+        values = get_utility()(masks)
+        if values.shape != (masks.shape[0],):
+            raise ValueError(f"utility must map masks of shape {masks.shape} to values of shape "
+                             f"({masks.shape[0]},), got {values.shape}")
+        return values
+
+    def step(count, mean, m2, key_words, n_valid, u_full, u_empty):
+        dtype = mean.dtype
+        u_full = u_full.astype(dtype)
+        u_empty = u_empty.astype(dtype)
+        perms = permutations_from_keys(key_words, n)
+        if a == 2:
+            perms = with_antithetic(perms)
+        ranks = ranks_of(perms)                                          # (Q, n)
+        perm_valid = (jnp.arange(Q, dtype=jnp.int32) // a) < n_valid     # (Q,)
+        span = jnp.abs(u_full - u_empty)
+        if truncation_tol is not None:
+            trunc0 = jnp.where(span <= truncation_tol * span, 0, T).astype(jnp.int32)
+        else:
+            trunc0 = jnp.int32(T)
+        trunc = jnp.full((Q,), trunc0, jnp.int32)                       # first step index within tol
+        if n_inter > 0:
+            def coalitions(j):
+                rows = j * B + jnp.arange(B, dtype=jnp.int32)
+                q = jnp.minimum(rows // n_inter, Q - 1)
+                t = rows % n_inter + 1
+                return rows, q, t
+
+            def evaluate_batch(j):
+                _, q, t = coalitions(j)
+                masks = ranks[q] >= (t * m)[:, None]
+                if multi:
+                    masks = jax.lax.with_sharding_constraint(masks, batch_sharding)
+                return evaluate(masks).astype(dtype)
+
+            def body(trunc, j):
+                rows, q, t = coalitions(j)
+                needed = (rows < rows_total) & perm_valid[q]
+                if truncation_tol is not None:
+                    needed = needed & (t <= trunc[q])
+                values = jax.lax.cond(jnp.any(needed), evaluate_batch, lambda j: jnp.zeros((B,), dtype), j)
+                if multi:
+                    values = jax.lax.with_sharding_constraint(values, replicated)
+                if truncation_tol is not None:
+                    hit = needed & (jnp.abs(values - u_empty) <= truncation_tol * span)
+                    trunc = trunc.at[q].min(jnp.where(hit, t, T))
+                return trunc, values
+
+            trunc, values = jax.lax.scan(body, trunc, jnp.arange(plan.n_batches, dtype=jnp.int32))
+            inter = values.reshape(-1)[:rows_total].reshape(Q, n_inter)
+            utilities = jnp.concatenate(
+                [jnp.broadcast_to(u_full, (Q, 1)), inter, jnp.broadcast_to(u_empty, (Q, 1))], axis=1)
+        else:
+            utilities = jnp.stack([jnp.broadcast_to(u_full, (Q,)), jnp.broadcast_to(u_empty, (Q,))], axis=1)
+        drops = utilities[:, :-1] - utilities[:, 1:]                     # (Q, T): block s drop
+        drops = jnp.where(jnp.arange(T, dtype=jnp.int32)[None, :] >= trunc[:, None], 0, drops)
+        marginals = jnp.take_along_axis(drops, ranks // m, axis=1)        # (Q, n)
+        if a == 2:
+            marginals = marginals.reshape(P, 2, n).mean(axis=1)
+        sample_valid = jnp.arange(P, dtype=jnp.int32) < n_valid
+        n_evals = jnp.sum(jnp.where(perm_valid, jnp.minimum(trunc, n_inter), 0))
+        out = welford_scan(count, mean, m2, marginals, sample_valid, with_snapshots=with_snapshots)
+        if with_snapshots:
+            count, mean, m2, snaps = out
+        else:
+            (count, mean, m2), snaps = out, None
+        return count, mean, m2, n_evals, snaps
+
+    return jax.jit(step)
+
+
+def _evaluate_full_and_empty(utility, n, batch_size, mesh):
+    """``(U(full), U(empty))`` from one padded ``(batch_size, n)`` call (two if batch_size == 1)."""
+    multi = mesh is not None and mesh.devices.size > 1
+
+    def build(get_utility):
+        def call(masks):
+            if multi:
+                masks = jax.lax.with_sharding_constraint(masks, _sharding.logical_sharding(mesh, "coalitions",
+                                                                                            None))
+            return get_utility()(masks)
+        return jax.jit(call)
+
+    call = _cached(utility, ("full_empty", n, batch_size, tuple(mesh.devices.flat)), build)
+
+    masks = np.zeros((batch_size, n), dtype=bool)
+    masks[0] = True
+    values = np.asarray(call(jnp.asarray(masks)))
+    if values.shape != (batch_size,):
+        raise ValueError(f"utility must map masks of shape ({batch_size}, {n}) to values of shape "
+                         f"({batch_size},), got {values.shape}")
+    if not np.all(np.isfinite(values[:2])):
+        raise ValueError(f"utility returned non-finite values for the full/empty coalition: {values[:2]}")
+    u_full = values[0]
+    u_empty = values[1] if batch_size > 1 else np.asarray(call(jnp.zeros((batch_size, n), bool)))[0]
+    return float(u_full), float(u_empty)
+
+
+def _make_progress(progress, total):
+    if progress is None or progress is False:
+        return None, None
+    if progress is True:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, unit="perm", desc="shapley")
+        last = [0]
+
+        def update(status):
+            bar.update(status.n_permutations - last[0])
+            last[0] = status.n_permutations
+        return update, bar.close
+    if callable(progress):
+        return progress, None
+    raise TypeError(f"progress must be None, a bool or a callable(RunStatus), got {type(progress).__name__}")
+
+
+def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_permutations: int | None = 200,
+                removal_step: int = 1, seed: int = 0, batch_size: int | None = None, *,
+                antithetic: bool = False, truncation_tol: float | None = None,
+                stopping: StoppingRule | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                checkpoint_every: int = 1, progress: bool | Callable[[RunStatus], None] | None = None,
+                history_every: int | None = None, permutations_per_chunk: int | None = None,
+                devices=None) -> ShapleyResult:
+    """Monte Carlo Shapley values of ``utility`` by (block) permutation sampling. See the module docstring.
+
+    Args:
+      utility: jittable ``(B, n_players) bool -> (B,) float``; must be deterministic.
+      n_players: number of players ``n >= 1``.
+      n_permutations: permutations to sample (exact cap; antithetic rounds up to an even number). ``None``
+        means "until ``stopping`` fires" (then ``stopping`` is required).
+      removal_step: players removed per step (SHED's ``m``); 1 = classic permutation sampling.
+      seed: permutation ``i`` is drawn from ``jax.random.fold_in(jax.random.key(seed), i)``.
+      batch_size: coalitions per utility call; ``None`` -> ``utility.preferred_batch_size`` if present, else
+        ``DEFAULT_BATCH_SIZE``. Rounded up to a multiple of the device count. Does not change the estimate.
+      antithetic: pair every permutation with its reverse; the pair average is one sample.
+      truncation_tol: TMC truncation tolerance (``None`` = off).
+      stopping: rule(s) from ``shed_jax.shapley`` checked after every chunk (may stop before the cap).
+      checkpoint_dir: save the state there (orbax) every ``checkpoint_every`` chunks and at the end; a rerun
+        with the same arguments resumes and ends with exactly the values of an uninterrupted run.
+      progress: True for a tqdm bar, or a callable receiving a ``RunStatus`` after each chunk.
+      history_every: record ``(values, stderr)`` each time another ``history_every`` permutations are done
+        (and at the end) into ``result.history``.
+      permutations_per_chunk: permutations per jitted step (default: about 16 utility batches' worth).
+      devices: devices to shard the batch over (default ``jax.local_devices()``).
+
+    Returns:
+      ``ShapleyResult`` with ``values`` and ``stderr`` of shape ``(n_players,)``.
+
+    Example:
+      >>> from shed_jax import shapley
+      >>> game = shapley.games.AdditiveGame([1.0, 2.0, 3.0])
+      >>> res = shapley.monte_carlo(game, 3, n_permutations=10)
+      >>> [round(v, 4) for v in res.values.tolist()]
+      [1.0, 2.0, 3.0]
+    """
+    n_players = _validate_int("n_players", n_players, 1)
+    check_utility_players(utility, n_players)
+    removal_step = _validate_int("removal_step", removal_step, 1)
+    seed = _validate_int("seed", seed, 0)
+    if seed >= 2 ** 32:
+        raise ValueError(f"seed must be < 2**32, got {seed}")
+    checkpoint_every = _validate_int("checkpoint_every", checkpoint_every, 1)
+    if removal_step > n_players:
+        raise ValueError(f"removal_step ({removal_step}) must be <= n_players ({n_players})")
+    if n_permutations is None:
+        if stopping is None:
+            raise ValueError("n_permutations=None needs a stopping rule")
+    else:
+        n_permutations = _validate_int("n_permutations", n_permutations, 1)
+    if stopping is not None and not isinstance(stopping, StoppingRule):
+        raise TypeError(f"stopping must be a StoppingRule (e.g. MaxEvaluations(...) | WallClock(...)), "
+                        f"got {type(stopping).__name__}")
+    if truncation_tol is not None:
+        truncation_tol = float(truncation_tol)
+        if not (truncation_tol >= 0 and math.isfinite(truncation_tol)):
+            raise ValueError(f"truncation_tol must be a finite number >= 0, got {truncation_tol}")
+    if history_every is not None:
+        history_every = _validate_int("history_every", history_every, 1)
+    if permutations_per_chunk is not None:
+        permutations_per_chunk = _validate_int("permutations_per_chunk", permutations_per_chunk, 1)
+    if batch_size is None:
+        batch_size = getattr(utility, "preferred_batch_size", None) or DEFAULT_BATCH_SIZE
+    batch_size = _validate_int("batch_size", batch_size, 1)
+
+    devices = list(devices) if devices is not None else jax.local_devices()
+    mesh = _sharding.make_mesh(devices)
+    perms_per_sample = 2 if antithetic else 1
+    total_samples = None if n_permutations is None else -(-n_permutations // perms_per_sample)
+    plan = _Plan(n_players, removal_step, antithetic, batch_size, len(devices), permutations_per_chunk,
+                 total_samples)
+
+    run_args = {"n_players": n_players, "removal_step": removal_step, "seed": seed,
+                "antithetic": bool(antithetic), "truncation_tol": truncation_tol,
+                "history_every": history_every}
+    state = init(n_players)
+    history = {"n_permutations": [], "values": [], "stderr": []}
+    manager = None
+    if checkpoint_dir is not None:
+        manager = _checkpoint.open_manager(checkpoint_dir, run_args)
+        restored = _checkpoint.restore_latest(manager, run_args, n_players)
+        if restored is not None:
+            state, history = restored
+
+    start_time = now()
+    u_full, u_empty = _evaluate_full_and_empty(utility, n_players, plan.batch_size, mesh)
+    static_key = ("chunk", plan.key, truncation_tol, tuple(devices), history_every is not None)
+    step = _cached(utility, static_key, lambda get: _make_chunk_step(get, plan, truncation_tol, mesh,
+                                                                  history_every is not None))
+    if stopping is not None:
+        stopping.reset()
+    cap = MaxPermutations(n_permutations) if n_permutations is not None else None
+    report, close_progress = _make_progress(progress, n_permutations)
+
+    def status_of(state):
+        values, stderr = estimate(state)
+        return RunStatus(values=values, stderr=stderr, n_permutations=int(state.count) * perms_per_sample,
+                         n_evaluations=int(state.n_evaluations) + 2, elapsed_seconds=now() - start_time)
+
+    stop_reason = None
+    chunks_since_save = 0
+    count = int(state.count)
+    try:
+        if count > 0 and cap is not None and cap(status_of(state)):
+            stop_reason = "n_permutations"
+        elif count > 0 and stopping is not None and stopping(status_of(state)):
+            stop_reason = "stopping"
+        while stop_reason is None:
+            n_valid = plan.samples_per_chunk if total_samples is None else min(plan.samples_per_chunk,
+                                                                                total_samples - count)
+            new_count, mean, m2, n_evals, snaps = step(
+                state.count, state.mean, state.m2,
+                permutation_keys(seed, count, plan.samples_per_chunk), jnp.int32(n_valid),
+                jnp.float32(u_full), jnp.float32(u_empty))
+            state = ShapleyState(new_count, mean, m2, int(state.n_evaluations) + int(n_evals))
+            if history_every is not None:
+                _record_history(history, snaps, count, n_valid, perms_per_sample, history_every)
+            count = int(new_count)
+            status = status_of(state)
+            if report is not None:
+                report(status)
+            if cap is not None and cap(status):
+                stop_reason = "n_permutations"
+            stopped = stopping(status) if stopping is not None else False
+            if stop_reason is None and stopped:
+                stop_reason = "stopping"
+            chunks_since_save += 1
+            if manager is not None and stop_reason is None and chunks_since_save >= checkpoint_every:
+                _checkpoint.save(manager, state, history, run_args)
+                chunks_since_save = 0
+        if manager is not None:
+            _checkpoint.save(manager, state, history, run_args)
+    finally:
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
+        if close_progress is not None:
+            close_progress()
+
+    values, stderr = estimate(state)
+    hist = None
+    if history_every is not None:
+        if not history["n_permutations"] or history["n_permutations"][-1] != count * perms_per_sample:
+            history["n_permutations"].append(count * perms_per_sample)
+            history["values"].append(values)
+            history["stderr"].append(stderr)
+        hist = {"n_permutations": np.asarray(history["n_permutations"], dtype=np.int64),
+                "values": np.asarray(history["values"], dtype=np.float64).reshape(-1, n_players),
+                "stderr": np.asarray(history["stderr"], dtype=np.float64).reshape(-1, n_players)}
+    return ShapleyResult(values=values, stderr=stderr, n_evaluations=int(state.n_evaluations) + 2,
+                         n_permutations=count * perms_per_sample, n_samples=count, removal_step=removal_step,
+                         u_full=u_full, u_empty=u_empty, stop_reason=stop_reason, history=hist)
+
+
+def _record_history(history, snaps, count_before, n_valid, perms_per_sample, history_every):
+    """Append snapshots where the permutation count crosses a multiple of ``history_every``."""
+    done = count_before + np.arange(1, n_valid + 1)                    # samples after each row
+    perms_after = done * perms_per_sample
+    perms_before = perms_after - perms_per_sample
+    rows = np.nonzero(perms_after // history_every > perms_before // history_every)[0]
+    if rows.size == 0:
+        return
+    means, m2s, _ = snaps
+    means = np.asarray(means[rows], dtype=np.float64)
+    m2s = np.asarray(m2s[rows], dtype=np.float64)
+    for k, row in enumerate(rows):
+        c = int(done[row])
+        stderr = (np.sqrt(np.maximum(m2s[k], 0) / (c - 1) / c) if c >= 2
+                  else np.full(means.shape[1], np.inf))
+        history["n_permutations"].append(int(perms_after[row]))
+        history["values"].append(means[k])
+        history["stderr"].append(stderr)

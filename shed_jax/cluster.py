@@ -1,0 +1,363 @@
+"""K-means clustering in JAX (k-means++ seeding, Lloyd iterations) and cluster proxies.
+
+SHED (He et al., NeurIPS 2024, "SHED: Shapley-Based Automated Dataset Refinement for Instruction
+Fine-Tuning") clusters the instruction embeddings with k-means and represents each cluster by a *proxy*:
+the real example nearest its centroid. Shapley values are then computed over the K proxies.
+
+Algorithm (matches scikit-learn's ``KMeans(algorithm="lloyd")`` step for step, so that the same initial
+centroids give the same labels):
+
+* Seeding: k-means++ (Arthur & Vassilvitskii, 2007). The first centroid is a uniformly random row; each next
+  one is drawn with probability proportional to the squared distance to the nearest centroid chosen so far.
+  With ``n_local_trials > 1`` (greedy k-means++, scikit-learn's default is ``2 + int(log K)``) that many
+  candidates are drawn and the one that lowers the potential most is kept. Keys: ``jax.random.key(seed)``.
+* Lloyd iteration ``t`` (all inside one ``lax.while_loop`` under ``jit``, no host sync per iteration):
+  assign every row to its nearest centroid (``shed_jax.kernels.kmeans``, row chunks, matmul form), then move
+  every centroid to the mean of its rows. A cluster left empty is re-seeded with the row farthest from its
+  own centroid (the ``n_empty`` farthest rows go to the empty clusters in index order; each row is removed
+  from the cluster it came from), as scikit-learn does.
+* Stopping: after iteration ``t`` stop when the labels equal those of iteration ``t - 1`` ("strict"
+  convergence), or when the centroid shift ``sum_k ||c_k^(t) - c_k^(t-1)||^2`` is ``<= tol * mean_j
+  var(x[:, j])`` (scikit-learn's definition of ``tol``: relative to the mean per-feature variance of the
+  data; with ``tol=0`` only a zero shift or unchanged labels stop early), or after ``max_iter`` iterations.
+  When the loop did not stop on strict convergence, the labels are recomputed once with the final
+  centroids, so ``labels`` are always the nearest-centroid labels of ``centroids``.
+* ``inertia = sum_i ||x_i - c_{labels_i}||^2`` (difference form, float32 per row, summed in float32).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from shed_jax.kernels import kmeans as _kernel
+
+__all__ = ["KMeansResult", "kmeans", "proxies"]
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    """Result of :func:`kmeans`.
+
+    Attributes:
+      centroids: ``(K, d)`` float32 cluster centres.
+      labels: ``(N,)`` int32, index of the nearest centroid of each row.
+      inertia: sum of squared distances of the rows to their assigned centroid.
+      n_iter: number of Lloyd iterations run (``1 <= n_iter <= max_iter``).
+      converged: True when the loop stopped on the tolerance or on unchanged labels before/at max_iter.
+    """
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    inertia: float
+    n_iter: int
+    converged: bool
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def _as_checked_matrix(x, name: str) -> np.ndarray:
+    array = np.asarray(x)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_rows, n_features), got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
+    if array.size and not np.isfinite(array).all():
+        bad = np.argwhere(~np.isfinite(array))[0]
+        raise ValueError(f"{name} contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})")
+    return array.astype(np.float32, copy=False)
+
+
+def _check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------------------ seeding
+
+
+def _kmeans_plusplus_impl(key: jax.Array, x: jax.Array, n_clusters: int, n_local_trials: int) -> jax.Array:
+    """k-means++ seeding. x (N, d) float32 -> (K,) int32 indices of the chosen rows."""
+    n_rows = x.shape[0]
+    x_sq = jnp.sum(x * x, axis=1)
+
+    def sq_dist_to_rows(row_indices):  # (T,) -> (T, N), matmul form clipped at 0
+        rows = x[row_indices]
+        cross = jnp.matmul(rows, x.T, precision=lax.Precision.HIGHEST)
+        return jnp.maximum(x_sq[row_indices][:, None] - 2.0 * cross + x_sq[None, :], 0.0)
+
+    key, first_key = jax.random.split(key)
+    first = jax.random.randint(first_key, (), 0, n_rows, dtype=jnp.int32)
+    closest = sq_dist_to_rows(first[None])[0].at[first].set(0.0)
+    chosen = jnp.zeros((n_clusters,), jnp.int32).at[0].set(first)
+
+    def body(step, state):
+        chosen, closest, key = state
+        key, draw_key = jax.random.split(key)
+        draw_key, uniform_key = jax.random.split(draw_key)
+        cumulative = jnp.cumsum(closest)
+        total = cumulative[-1]  # not jnp.sum: targets must stay below the last cumulative value
+        targets = jax.random.uniform(draw_key, (n_local_trials,), jnp.float32) * total
+        weighted = jnp.searchsorted(cumulative, targets, side="right").astype(jnp.int32)
+        # All remaining rows coincide with chosen centroids (total == 0): draw uniformly instead.
+        uniform = jax.random.randint(uniform_key, (n_local_trials,), 0, n_rows, dtype=jnp.int32)
+        candidates = jnp.where(total > 0, jnp.minimum(weighted, n_rows - 1), uniform)
+        candidate_closest = jnp.minimum(closest[None, :], sq_dist_to_rows(candidates))
+        candidate_closest = candidate_closest.at[jnp.arange(n_local_trials), candidates].set(0.0)
+        best = jnp.argmin(jnp.sum(candidate_closest, axis=1))
+        return chosen.at[step].set(candidates[best]), candidate_closest[best], key
+
+    chosen, _, _ = lax.fori_loop(1, n_clusters, body, (chosen, closest, key))
+    return chosen
+
+
+_kmeans_plusplus = jax.jit(_kmeans_plusplus_impl, static_argnames=("n_clusters", "n_local_trials"))
+
+
+# ------------------------------------------------------------------------------------------------- Lloyd
+
+
+def _update_centroids(x, labels, centroids_old, n_clusters):
+    """M-step with empty-cluster re-seeding. Returns new (K, d) centroids.
+
+    Empty clusters (no row labelled k) take the rows farthest from their own (old) centroid, in descending
+    distance order, one per empty cluster in increasing cluster index; each moved row leaves its old
+    cluster's sum. A cluster whose count drops to 0 keeps its old centroid.
+    """
+    sums = jax.ops.segment_sum(x, labels, num_segments=n_clusters)
+    counts = jax.ops.segment_sum(jnp.ones_like(labels, dtype=x.dtype), labels, num_segments=n_clusters)
+    is_empty = counts == 0
+
+    def relocate(operand):
+        sums, counts = operand
+        n_rows = x.shape[0]
+        n_moves = min(n_clusters, n_rows)
+        diff = x - centroids_old[labels]
+        sq_dist = jnp.sum(diff * diff, axis=1)
+        _, farthest = lax.top_k(sq_dist, n_moves)  # (M,) row indices, descending distance
+        empty_ids = jnp.nonzero(is_empty, size=n_moves, fill_value=0)[0]  # (M,) increasing cluster index
+        n_empty = jnp.sum(is_empty)
+        valid = (jnp.arange(n_moves) < n_empty).astype(x.dtype)  # (M,)
+        moved_rows = x[farthest] * valid[:, None]  # (M, d)
+        source = labels[farthest]
+        sums = sums.at[source].add(-moved_rows)
+        counts = counts.at[source].add(-valid)
+        # Valid slots have distinct empty targets; invalid slots point out of range and are dropped.
+        target = jnp.where(valid > 0, empty_ids, n_clusters)  # out-of-range -> dropped
+        sums = sums.at[target].set(moved_rows, mode="drop")
+        counts = counts.at[target].set(valid, mode="drop")
+        # If every row sits exactly on its centroid, relocating cannot help (duplicates): keep as is.
+        nothing_to_move = jnp.max(sq_dist) == 0
+        return lax.cond(nothing_to_move, lambda: operand, lambda: (sums, counts))
+
+    sums, counts = lax.cond(jnp.any(is_empty), relocate, lambda operand: operand, (sums, counts))
+    safe_counts = jnp.maximum(counts, 1.0)
+    return jnp.where((counts > 0)[:, None], sums / safe_counts[:, None], centroids_old)
+
+
+def _lloyd_impl(x, init_centroids, max_iter, tol, *, chunk_size):
+    """Lloyd iterations in one while_loop. Returns (centroids, labels, inertia, n_iter, converged).
+
+    x (N, d) float32, init_centroids (K, d) float32, max_iter int32 scalar, tol float32 scalar (relative).
+    """
+    n_rows = x.shape[0]
+    n_clusters = init_centroids.shape[0]
+    # scikit-learn's absolute tolerance: tol * mean per-feature variance (skipped when tol == 0).
+    tol_abs = lax.cond(tol > 0, lambda: tol * jnp.mean(jnp.var(x, axis=0)), lambda: jnp.zeros((), x.dtype))
+
+    def cond(state):
+        iteration, _, _, done, _ = state
+        return jnp.logical_and(iteration < max_iter, jnp.logical_not(done))
+
+    def body(state):
+        iteration, centroids, labels_old, _, _ = state
+        labels = _kernel.assign_labels(x, centroids, chunk_size=chunk_size)
+        new_centroids = _update_centroids(x, labels, centroids, n_clusters)
+        shift = jnp.sum(jnp.square(new_centroids - centroids))
+        strict = jnp.all(labels == labels_old)
+        done = jnp.logical_or(strict, shift <= tol_abs)
+        return iteration + 1, new_centroids, labels, done, strict
+
+    initial = (
+        jnp.zeros((), jnp.int32),
+        init_centroids,
+        jnp.full((n_rows,), -1, jnp.int32),
+        jnp.zeros((), bool),
+        jnp.zeros((), bool),
+    )
+    n_iter, centroids, labels, done, strict = lax.while_loop(cond, body, initial)
+
+    def exact_distances(labels):
+        diff = x - centroids[labels]
+        return labels, jnp.sum(diff * diff, axis=1)
+
+    # After strict convergence the last labels already belong to the final centroids (same partition).
+    labels, sq_dist = lax.cond(
+        strict, exact_distances, lambda labels: _kernel.assign(x, centroids, chunk_size=chunk_size), labels
+    )
+    return centroids, labels, jnp.sum(sq_dist), n_iter, done
+
+
+_lloyd = jax.jit(_lloyd_impl, static_argnames=("chunk_size",))
+
+
+# ----------------------------------------------------------------------------------------------- public
+
+
+def kmeans(
+    x,
+    n_clusters: int,
+    seed: int = 0,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    init=None,
+    *,
+    chunk_size: int | None = None,
+    n_local_trials: int = 1,
+) -> KMeansResult:
+    """Cluster the rows of ``x`` into ``n_clusters`` groups with k-means (Lloyd).
+
+    Args:
+      x: ``(N, d)`` array of finite floats (converted to float32).
+      n_clusters: K, ``1 <= K <= N``.
+      seed: seeds k-means++ (``jax.random.key(seed)``); ignored when ``init`` is given. Same seed, same data
+        -> same result.
+      max_iter: maximum number of Lloyd iterations (>= 1).
+      tol: relative tolerance (>= 0): stop when the summed squared centroid shift of one iteration is
+        ``<= tol * mean(var(x, axis=0))`` (scikit-learn's definition). The loop also stops when the labels
+        no longer change.
+      init: optional ``(K, d)`` initial centroids (then no k-means++).
+      chunk_size: rows per distance block (default ``shed_jax.kernels.kmeans.DEFAULT_CHUNK_SIZE``); peak
+        memory of the assignment is ``chunk_size * K`` floats, never ``N * K``.
+      n_local_trials: candidates per k-means++ step; 1 is plain k-means++, ``2 + int(log K)`` is
+        scikit-learn's greedy default.
+
+    Returns:
+      :class:`KMeansResult` (numpy arrays on the host).
+
+    Raises:
+      ValueError: x not 2-D, non-numeric, NaN/inf, K < 1 or K > N, init shape or values bad, bad max_iter,
+        tol, chunk_size or n_local_trials.
+
+    >>> import numpy as np
+    >>> x = np.array([[0., 0.], [0., 1.], [10., 10.], [10., 11.]], np.float32)
+    >>> km = kmeans(x, 2, seed=0)
+    >>> sorted(np.bincount(km.labels).tolist()), round(km.inertia, 4)
+    ([2, 2], 1.0)
+    """
+    x_host = _as_checked_matrix(x, "x")
+    n_rows, n_features = x_host.shape
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
+        raise ValueError(f"n_clusters must be an int, got {n_clusters!r}")
+    n_clusters = int(n_clusters)
+    if n_clusters < 1:
+        raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+    if n_clusters > n_rows:
+        raise ValueError(f"n_clusters={n_clusters} is larger than the number of rows N={n_rows}")
+    max_iter = _check_positive_int(max_iter, "max_iter")
+    n_local_trials = _check_positive_int(n_local_trials, "n_local_trials")
+    if chunk_size is None:
+        chunk_size = _kernel.DEFAULT_CHUNK_SIZE
+    chunk_size = _check_positive_int(chunk_size, "chunk_size")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)) or not tol >= 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    if not math.isfinite(float(tol)):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+
+    x_device = jnp.asarray(x_host)
+    if init is None:
+        key = jax.random.key(int(seed))
+        chosen = _kmeans_plusplus(key, x_device, n_clusters=n_clusters, n_local_trials=n_local_trials)
+        init_centroids = x_device[chosen]
+    else:
+        init_host = _as_checked_matrix(init, "init")
+        if init_host.shape != (n_clusters, n_features):
+            raise ValueError(
+                f"init must have shape (n_clusters, n_features) = ({n_clusters}, {n_features}), "
+                f"got {init_host.shape}"
+            )
+        init_centroids = jnp.asarray(init_host)
+
+    centroids, labels, inertia, n_iter, converged = _lloyd(
+        x_device, init_centroids, jnp.int32(max_iter), jnp.float32(tol), chunk_size=chunk_size
+    )
+    return KMeansResult(
+        centroids=np.asarray(centroids, dtype=np.float32),
+        labels=np.asarray(labels, dtype=np.int32),
+        inertia=float(inertia),
+        n_iter=int(n_iter),
+        converged=bool(converged),
+    )
+
+
+@jax.jit
+def _member_proxies(x, centroids, labels):
+    """(K,) int32: per cluster the member nearest its centroid (lowest index on ties); N where empty."""
+    n_rows = x.shape[0]
+    n_clusters = centroids.shape[0]
+    diff = x - centroids[labels]
+    sq_dist = jnp.sum(diff * diff, axis=1)
+    best = jax.ops.segment_min(sq_dist, labels, num_segments=n_clusters)
+    candidates = jnp.where(sq_dist == best[labels], jnp.arange(n_rows, dtype=jnp.int32), n_rows)
+    proxy = jax.ops.segment_min(candidates, labels, num_segments=n_clusters)
+    return jnp.minimum(proxy, n_rows)
+
+
+def proxies(x, centroids, labels) -> np.ndarray:
+    """Index of the real example that represents each cluster (SHED's cluster proxy).
+
+    For cluster ``k`` the proxy is the member (``labels == k``) nearest to ``centroids[k]`` (squared
+    Euclidean, float32 difference form; lowest index on ties). Because every row belongs to exactly one
+    cluster, proxies chosen among members are automatically distinct: two clusters can never claim the same
+    row. Only a cluster with *no* members (possible when ``labels`` come from elsewhere) falls back to the
+    nearest row that is not already a proxy, handled in increasing cluster order, so the result is always
+    ``K`` distinct indices.
+
+    Args:
+      x: ``(N, d)`` finite floats.
+      centroids: ``(K, d)`` with ``K <= N``.
+      labels: ``(N,)`` ints in ``[0, K)``.
+
+    Returns:
+      ``(K,)`` int64 row indices, pairwise distinct.
+
+    >>> import numpy as np
+    >>> x = np.array([[0., 0.], [1., 0.], [9., 0.], [10., 0.]], np.float32)
+    >>> proxies(x, np.array([[0.4, 0.], [9.9, 0.]], np.float32), np.array([0, 0, 1, 1])).tolist()
+    [0, 3]
+    """
+    x_host = _as_checked_matrix(x, "x")
+    centroids_host = _as_checked_matrix(centroids, "centroids")
+    labels_host = np.asarray(labels)
+    n_rows, n_features = x_host.shape
+    n_clusters = centroids_host.shape[0]
+    if centroids_host.shape[1] != n_features:
+        raise ValueError(f"centroids have {centroids_host.shape[1]} features but x has {n_features}")
+    if n_clusters < 1 or n_clusters > n_rows:
+        raise ValueError(f"need 1 <= K <= N, got K={n_clusters} centroids for N={n_rows} rows")
+    if labels_host.shape != (n_rows,):
+        raise ValueError(f"labels must have shape ({n_rows},), got {labels_host.shape}")
+    if not np.issubdtype(labels_host.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels_host.dtype}")
+    if labels_host.min() < 0 or labels_host.max() >= n_clusters:
+        raise ValueError(f"labels must lie in [0, {n_clusters}), got range [{labels_host.min()}, {labels_host.max()}]")
+
+    proxy = np.asarray(
+        _member_proxies(jnp.asarray(x_host), jnp.asarray(centroids_host), jnp.asarray(labels_host, jnp.int32))
+    ).astype(np.int64)
+    empty_clusters = np.flatnonzero(proxy >= n_rows)
+    if empty_clusters.size:
+        taken = np.zeros(n_rows, bool)
+        taken[proxy[proxy < n_rows]] = True
+        for cluster in empty_clusters:  # rare fallback, at most K iterations of an O(N d) numpy pass
+            sq_dist = np.sum((x_host.astype(np.float64) - centroids_host[cluster].astype(np.float64)) ** 2, axis=1)
+            sq_dist[taken] = np.inf
+            proxy[cluster] = int(np.argmin(sq_dist))
+            taken[proxy[cluster]] = True
+    return proxy

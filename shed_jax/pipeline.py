@@ -658,7 +658,7 @@ class _Session:
             raise PipelineError(f"unknown proxy option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
         try:
             return _proxies.EmbeddingProxyConfig(**options)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise PipelineError(f"bad proxy option: {exc}") from None
 
     def write_config(self) -> None:

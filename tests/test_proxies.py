@@ -99,9 +99,18 @@ def np_validation(params, alpha, temperature, validation, metric):
     if metric == "accuracy":
         masked = np.where(validation.choice_mask, scores, -np.inf)
         return float(np.mean(np.argmax(masked, axis=1) == validation.answers))
+    items = np.arange(len(validation.answers))
+    if metric == "margin":
+        wrong = validation.choice_mask.copy()
+        wrong[items, validation.answers] = False
+        best_wrong = np.array([scores[i][wrong[i]].max() for i in items])
+        return float(np.mean(scores[items, validation.answers] - best_wrong))
     logits = np.where(validation.choice_mask, scores / temperature, -np.inf)
     log_prob = logits - np_logsumexp(logits, 1)[:, None]
-    return float(np.mean(log_prob[np.arange(len(validation.answers)), validation.answers]))
+    right = log_prob[items, validation.answers]
+    if metric == "prob":
+        return float(np.mean(np.exp(right)))
+    return float(np.mean(right))
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -119,7 +128,8 @@ def test_bucket_sizes():
 
 @pytest.mark.parametrize("field,value", [("rank", 0), ("steps", -1), ("learning_rate", 0.0), ("temperature", 0),
                                          ("metric", "f1"), ("objective", "mse"), ("optimizer", "lion"),
-                                         ("bucket_ratio", 1.0), ("chunk_size", 0), ("n_distractors", 0)])
+                                         ("bucket_ratio", 1.0), ("chunk_size", 0), ("n_distractors", 0),
+                                         ("weight_decay", -0.1)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         EmbeddingProxyConfig(**{field: value})
@@ -234,6 +244,61 @@ def test_trained_value_matches_numpy_scoring(arrays, utility_logprob, utility_ac
     tolerance = 1e-5 if metric == "logprob" else 1.0 / N_VAL
     assert utility.evaluate_one(mask) == pytest.approx(expected, abs=tolerance)
     assert float(utility(mask[None])[0]) == pytest.approx(expected, abs=tolerance)
+
+
+@pytest.mark.parametrize("metric", ["prob", "margin"])
+def test_smooth_metrics_match_numpy(arrays, metric):
+    """The smooth metrics (mean softmax probability / mean margin of the right choice) vs float64 numpy,
+    untuned and trained, on ragged choices (the padded 4th slot must never count as the best wrong one)."""
+    prompts, responses, validation = arrays
+    utility = EmbeddingProxyUtility.from_arrays(prompts, responses, validation,
+                                                EmbeddingProxyConfig(metric=metric, **SMALL), seed=3)
+    config = utility.config
+    zero = BilinearParams(np.zeros((DIM, config.rank)), np.zeros((DIM, config.rank)))
+    expected_empty = np_validation(zero, config.alpha, config.temperature, validation, metric)
+    assert float(utility(np.zeros((1, N_PLAYERS), bool))[0]) == pytest.approx(expected_empty, rel=1e-5, abs=1e-6)
+    mask = np.zeros(N_PLAYERS, bool)
+    mask[[1, 2, 4, 8, 9]] = True
+    params = utility.trained_params(mask)
+    expected = np_validation(params, config.alpha, config.temperature, validation, metric)
+    assert expected != pytest.approx(expected_empty, abs=1e-4)  # training changed the value
+    assert utility.evaluate_one(mask) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    masks = random_masks(np.random.default_rng(5), 6, N_PLAYERS)
+    np.testing.assert_allclose(np.asarray(utility(masks)), [utility.evaluate_one(m) for m in masks],
+                               rtol=1e-5, atol=1e-6)
+    if metric == "prob":
+        assert 0.0 < expected < 1.0
+    # the numpy margin reference must itself ignore the padded slot: a huge padded score changes nothing
+    if metric == "margin":
+        poisoned = ValidationEmbeddings.multiple_choice(
+            validation.query_emb, np.where(validation.choice_mask[..., None], validation.choice_emb,
+                                           validation.query_emb[:, None, :]),
+            validation.answers, validation.choice_mask)
+        again = EmbeddingProxyUtility.from_arrays(prompts, responses, poisoned, config, seed=3)
+        assert float(again(np.zeros((1, N_PLAYERS), bool))[0]) == pytest.approx(expected_empty, rel=1e-5)
+
+
+def test_weight_decay_is_an_l2_penalty(arrays):
+    """One plain SGD step: ``V1 = V0 - lr (dV + wd V0)``, ``U1 = -lr dU`` (``U0 = 0``), dU, dV from spectral_grad."""
+    prompts, responses, validation = arrays
+    lr, wd = 0.1, 0.5
+    mask = np.zeros(N_PLAYERS, bool)
+    mask[[0, 3, 4, 6]] = True
+    base = dict(rank=3, steps=1, optimizer="sgd", learning_rate=lr, min_bucket=4)
+    plain = EmbeddingProxyUtility.from_arrays(prompts, responses, validation, EmbeddingProxyConfig(**base), seed=1)
+    decayed = EmbeddingProxyUtility.from_arrays(prompts, responses, validation,
+                                                EmbeddingProxyConfig(weight_decay=wd, **base), seed=1)
+    params0 = plain.initial_params
+    stats = spectral_stats(jnp.asarray(prompts[mask]), jnp.asarray(responses[mask]), jnp.ones(4, bool))
+    grad = spectral_grad(params0, stats, alpha=1.0)
+    trained = decayed.trained_params(mask)
+    np.testing.assert_allclose(np.asarray(trained.U), -lr * np.asarray(grad.U), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(trained.V),
+                               np.asarray(params0.V) - lr * (np.asarray(grad.V) + wd * np.asarray(params0.V)),
+                               rtol=1e-4, atol=1e-7)
+    # and it differs from the undecayed step by exactly -lr * wd * V0
+    np.testing.assert_allclose(np.asarray(trained.V) - np.asarray(plain.trained_params(mask).V),
+                               -lr * wd * np.asarray(params0.V), rtol=1e-3, atol=1e-7)
 
 
 @pytest.mark.parametrize("which", ["logprob", "accuracy"])

@@ -25,7 +25,9 @@ per coalition is far too slow on a CPU, so this module uses a proxy *model* in s
 * the trained scorer ranks candidate responses on the validation set: the right choice of a
   multiple-choice question, or a held-out prompt's own response among ``n_distractors`` other validation
   responses (drawn once, with a fixed seed). ``U(S)`` is the accuracy of ranking the right candidate first
-  (``metric="accuracy"``) or its mean log-probability under ``softmax(s / T)`` (``metric="logprob"``).
+  (``metric="accuracy"``), its mean log-probability or mean probability under ``softmax(s / T)``
+  (``metric="logprob"`` / ``"prob"``), or its mean score margin over the best wrong candidate
+  (``metric="margin"``). An optional L2 penalty (``weight_decay``) pulls ``U, V`` towards zero.
   ``U(empty set)`` is the untuned (cosine) scorer's value.
 
 Batching. Many coalitions are valued per call (``masks (B, K) -> values (B,)``). Each coalition trains only
@@ -86,6 +88,7 @@ __all__ = [
     "training_flops",
 ]
 
+METRICS = ("accuracy", "logprob", "prob", "margin")
 _MASKED_LOGIT = -1e9  # finite, so fully masked rows stay NaN-free (and their gradient exactly zero)
 
 
@@ -114,8 +117,14 @@ class EmbeddingProxyConfig:
         init_scale: standard deviation of the initial ``V`` entries (``U`` starts at 0). Default 0.02.
         n_distractors: distractor responses per held-out prompt (instruction-format validation). Default 9.
         metric: ``"accuracy"`` (right candidate ranked first; ties go to the lowest index, as
-            ``numpy.argmax``) or ``"logprob"`` (mean log-probability of the right candidate). Default
-            ``"accuracy"``.
+            ``numpy.argmax``), ``"logprob"`` (mean log-probability of the right candidate under
+            ``softmax(s / T)``), ``"prob"`` (mean probability of the right candidate under ``softmax(s / T)``:
+            bounded in (0, 1) like accuracy but smooth, so marginal contributions are not quantised) or
+            ``"margin"`` (mean of the right candidate's score minus the best wrong candidate's score).
+            Default ``"accuracy"``.
+        weight_decay: L2 penalty ``weight_decay / 2 * (|U|^2 + |V|^2)`` added to the training loss (added to
+            the gradient, so it acts the same under adam and sgd); keeps the learned term small next to the
+            cosine prior. Default 0.0 (off).
         bucket_ratio: growth factor of the ladder of padded coalition sizes (> 1). Smaller means less padding
             but more compiled branches. Default 2.0.
         min_bucket: smallest non-empty bucket. Default 16.
@@ -136,6 +145,7 @@ class EmbeddingProxyConfig:
     init_scale: float = 0.02
     n_distractors: int = 9
     metric: str = "accuracy"
+    weight_decay: float = 0.0
     bucket_ratio: float = 2.0
     min_bucket: int = 16
     chunk_size: int | None = None
@@ -158,7 +168,8 @@ class EmbeddingProxyConfig:
         need(self.init_scale > 0, f"init_scale must be > 0, got {self.init_scale!r}")
         need(isinstance(self.n_distractors, int) and self.n_distractors >= 1,
              f"n_distractors must be an int >= 1, got {self.n_distractors!r}")
-        need(self.metric in ("accuracy", "logprob"), f"metric must be 'accuracy' or 'logprob', got {self.metric!r}")
+        need(self.metric in METRICS, f"metric must be one of {', '.join(map(repr, METRICS))}, got {self.metric!r}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
         need(self.bucket_ratio > 1.0, f"bucket_ratio must be > 1, got {self.bucket_ratio!r}")
         need(isinstance(self.min_bucket, int) and self.min_bucket >= 1,
              f"min_bucket must be an int >= 1, got {self.min_bucket!r}")
@@ -502,7 +513,10 @@ def _train(params: BilinearParams, prompt_emb, response_emb, valid, gram, config
 
     def step(carry, _):
         current, opt_state = carry
-        updates, opt_state = optimizer.update(loss_grad(current), opt_state, current)
+        grads = loss_grad(current)
+        if config.weight_decay > 0:  # L2 penalty wd/2 (|U|^2 + |V|^2) on the loss
+            grads = jax.tree.map(lambda g, w: g + config.weight_decay * w, grads, current)
+        updates, opt_state = optimizer.update(grads, opt_state, current)
         return (optax.apply_updates(current, updates), opt_state), None
 
     (trained, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, length=config.steps)
@@ -536,15 +550,24 @@ def _validation_scores(data: _ProxyArrays, params: BilinearParams, config: Embed
 
 
 def _validation_value(data: _ProxyArrays, params: BilinearParams, config: EmbeddingProxyConfig) -> jax.Array:
-    """Scalar float32 utility of a scorer on the validation set (``config.metric``)."""
+    """Scalar float32 utility of a scorer on the validation set (``config.metric``; see
+    :class:`EmbeddingProxyConfig`). Masked (padding) candidates never count, neither as the best wrong one."""
     scores = _validation_scores(data, params, config)
     answers = data.answers[:, None]
     if config.metric == "accuracy":
         masked = jnp.where(data.cand_mask, scores, -jnp.inf)
         return jnp.mean((jnp.argmax(masked, axis=1) == data.answers).astype(jnp.float32))
+    right = jnp.take_along_axis(scores, answers, axis=1)[:, 0]
+    if config.metric == "margin":
+        is_wrong = data.cand_mask & (jnp.arange(scores.shape[1])[None, :] != answers)
+        best_wrong = jnp.max(jnp.where(is_wrong, scores, -jnp.inf), axis=1)
+        return jnp.mean(right - best_wrong)
     logits = jnp.where(data.cand_mask, scores / config.temperature, _MASKED_LOGIT)
     log_prob = jax.nn.log_softmax(logits, axis=1)
-    return jnp.mean(jnp.take_along_axis(log_prob, answers, axis=1)[:, 0])
+    right_log_prob = jnp.take_along_axis(log_prob, answers, axis=1)[:, 0]
+    if config.metric == "prob":
+        return jnp.mean(jnp.exp(right_log_prob))
+    return jnp.mean(right_log_prob)
 
 
 def _coalition_value(data: _ProxyArrays, mask: jax.Array, *, n_bucket: int, config: EmbeddingProxyConfig

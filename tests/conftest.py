@@ -1,6 +1,10 @@
 """Shared test configuration: strict rank promotion, locations of shared real data."""
+import hashlib
 import os
+import re
 from pathlib import Path
+
+import numpy as np
 
 import jax
 import pytest
@@ -18,3 +22,32 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def hashing_embed(texts, *, dim=128, **_):
+    """Signed hashing bag-of-words embedding, (N, dim) float32 with unit rows: similar wording, similar vector.
+
+    A fast stand-in for the sentence encoder in tests about orchestration rather than embeddings.
+    """
+    out = np.zeros((len(texts), dim), np.float64)
+    for row, text in enumerate(texts):
+        for token in re.findall(r"[a-z0-9]+", text.lower()):
+            digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
+            out[row, int.from_bytes(digest[:4], "little") % dim] += 1.0 if digest[4] & 1 else -1.0
+        out[row, dim - 1] += 0.5  # no all-zero rows (e.g. the empty text)
+    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def fake_embed(monkeypatch):
+    """Replace shed_jax.embed.embed_texts (used by the pipeline and proxies.embed_validation); count calls."""
+    from shed_jax import embed as embed_module
+
+    calls = []
+
+    def fake(texts, **kwargs):
+        calls.append(len(texts))
+        return hashing_embed(list(texts))
+
+    monkeypatch.setattr(embed_module, "embed_texts", fake)
+    return calls

@@ -6,7 +6,6 @@ real engine and the real encoder.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -19,31 +18,6 @@ from click.testing import CliRunner
 from shed_jax import cli, pipeline, synthetic
 
 FAST = ["--clusters", "8", "--permutations", "4", "--proxy-option", "steps=4", "--proxy-option", "rank=4"]
-
-
-def hashing_embed(texts, *, dim=128, **_):
-    """Signed hashing bag-of-words embedding, (N, dim) float32 with unit rows."""
-    out = np.zeros((len(texts), dim), np.float64)
-    for row, text in enumerate(texts):
-        for token in re.findall(r"[a-z0-9]+", text.lower()):
-            digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
-            out[row, int.from_bytes(digest[:4], "little") % dim] += 1.0 if digest[4] & 1 else -1.0
-        out[row, dim - 1] += 0.5
-    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
-
-
-@pytest.fixture
-def fake_embed(monkeypatch):
-    from shed_jax import embed as embed_module
-
-    calls = []
-
-    def fake(texts, **kwargs):
-        calls.append(len(texts))
-        return hashing_embed(list(texts))
-
-    monkeypatch.setattr(embed_module, "embed_texts", fake)
-    return calls
 
 
 @pytest.fixture

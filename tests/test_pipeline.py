@@ -5,46 +5,18 @@ run in seconds; ``test_refine_keeps_out_junk_with_real_encoder`` uses the real a
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import hashing_embed
 
 from shed_jax import data as shed_data
 from shed_jax import pipeline
 from shed_jax import synthetic
 
 FAST_PROXY = (("steps", 8), ("rank", 4), ("n_distractors", 3))
-
-
-def hashing_embed(texts, *, model=None, batch_size=64, cache_dir=None, progress=True, device=None, dim=128):
-    """Signed hashing bag-of-words embedding, (N, dim) float32 with unit rows: similar wording, similar vector."""
-    out = np.zeros((len(texts), dim), np.float64)
-    for row, text in enumerate(texts):
-        for token in re.findall(r"[a-z0-9]+", text.lower()):
-            digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
-            bucket = int.from_bytes(digest[:4], "little") % dim
-            out[row, bucket] += 1.0 if digest[4] & 1 else -1.0
-        out[row, dim - 1] += 0.5  # no all-zero rows (e.g. the empty text)
-    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
-
-
-@pytest.fixture
-def fake_embed(monkeypatch):
-    """Replace shed_jax.embed.embed_texts (used by the pipeline and by proxies.embed_validation); count calls."""
-    from shed_jax import embed as embed_module
-
-    calls = []
-
-    def fake(texts, **kwargs):
-        calls.append(len(texts))
-        return hashing_embed(list(texts), **kwargs)
-
-    monkeypatch.setattr(embed_module, "embed_texts", fake)
-    return calls
 
 
 @pytest.fixture(scope="module")

@@ -95,6 +95,12 @@ def shapley_like_masks(n_players: int, removal_step: int, seed: int) -> np.ndarr
     return masks
 
 
+# The FLOP-rate target is about the low-rank bilinear scorer (rank 16), which was the default until
+# 2026-11-29; the current default (rank 0: only the cosine weight is fine-tuned) does almost no matmul work.
+BILINEAR = dict(rank=16, optimizer="adam", learning_rate=0.01, metric="accuracy", scale_learning_rate=0.0,
+                max_grad_norm=None)
+
+
 def run_case(n_players: int, objective: str, removal_step: int, n_validation: int, repeats: int,
              rates: dict[str, float]) -> dict:
     rng = np.random.default_rng(n_players)
@@ -103,7 +109,7 @@ def run_case(n_players: int, objective: str, removal_step: int, n_validation: in
     questions = unit(rng.normal(size=(n_validation, DIM)))
     choices = unit(rng.normal(size=(n_validation, 4, DIM)) + 0.3 * questions[:, None, :])
     validation = ValidationEmbeddings.multiple_choice(questions, choices, rng.integers(0, 4, n_validation))
-    config = EmbeddingProxyConfig(objective=objective)
+    config = EmbeddingProxyConfig(objective=objective, **BILINEAR)
     utility = EmbeddingProxyUtility.from_arrays(prompts, responses, validation, config)
     masks = shapley_like_masks(n_players, removal_step, seed=1)
     masks_device = jnp.asarray(masks)
@@ -175,7 +181,7 @@ def main(argv=None) -> dict:
     sizes = [256] if args.quick else [int(s) for s in args.sizes.split(",")]
     repeats = 1 if args.quick else args.repeats
     load_before = os.getloadavg()
-    rates = matmul_rates(1000, EmbeddingProxyConfig().rank)
+    rates = matmul_rates(1000, BILINEAR["rank"])
     cases = []
     for n_players in sizes:
         removal_step = max(1, round(n_players / 50))  # ~51 evaluations per permutation, as in the pipeline

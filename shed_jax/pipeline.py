@@ -426,7 +426,7 @@ def stage_fingerprints(config: RefineConfig, *, data_sha256: str, n_candidates: 
                         "max_iter": config.kmeans_max_iter, "seed": config.seed})
     value_fp = _hash({"stage": "value", "up": cluster_fp, "valid": valid_sha256,
                       "valid_format": config.valid_format, "proxy": config.proxy,
-                      "proxy_options": list(config.proxy_options), "model": config.model,
+                      "proxy_options": _resolved_proxy_options(config), "model": config.model,
                       "n_permutations": config.n_permutations,
                       "removal_step": config.resolved_removal_step(n_clusters),
                       "shapley_batch_size": config.shapley_batch_size, "seed": config.seed})
@@ -434,6 +434,19 @@ def stage_fingerprints(config: RefineConfig, *, data_sha256: str, n_candidates: 
                        "beta": float(config.beta), "ratio": config.ratio, "size": config.size,
                        "seed": config.seed})
     return {"embed": embed_fp, "cluster": cluster_fp, "value": value_fp, "select": select_fp}
+
+
+def _resolved_proxy_options(config: RefineConfig) -> Any:
+    """The proxy's full configuration (defaults filled in), so that a change of a default between versions
+    invalidates stored values; the raw options where they are invalid (preflight reports those)."""
+    if config.proxy == "embedding":
+        from shed_jax.proxies.embedding import EmbeddingProxyConfig
+
+        try:
+            return sorted(EmbeddingProxyConfig(**dict(config.proxy_options)).to_dict().items())
+        except (TypeError, ValueError):
+            pass
+    return list(config.proxy_options)
 
 
 def _now() -> str:

@@ -11,9 +11,12 @@ responses do not answer them -- the answer to a question of a different topic ("
 ("refusal") or off-topic boilerplate ("unrelated"). Which records are junk is returned in
 ``DemoPaths.junk_indices`` and written to ``meta.json``; the records themselves carry no label.
 
-The validation set holds questions of the good topics (or, with ``validation_topics="all"``, of every
-topic) about facts that never occur in the training set (held out per topic), as multiple-choice items (``question``/``choices``/``answer``; the distractors are
-answers to other questions of the same and of other topics) or as instruction records.
+The validation set holds questions of every topic (the target tasks, answered correctly; with
+``validation_topics="good"``, of the good topics only) about facts that never occur in the training set (held
+out per topic), as multiple-choice items (``question``/``choices``/``answer``; the distractors are answers to
+other questions of the same and of other topics) or as instruction records. With only the good topics in the
+validation set, a junk topic that no validation question asks about cannot lower any validation-based
+utility, so ``"all"`` is the default.
 
 Because topics are separated by their wording, a sentence embedder plus k-means recovers them as clusters,
 and a model that learns to match prompts to responses in embedding space learns from the good topics but
@@ -609,7 +612,7 @@ def _junk_response(style: str, answer: str, topic_index: int, facts_by_topic: li
 
 def make_demo(out_dir: str | os.PathLike, *, n_examples: int = 600, junk_fraction: float = 0.2,
               n_junk_topics: int | None = None, n_topics: int | None = None, n_validation: int = 200,
-              validation_format: str = "multiple_choice", validation_topics: str = "good", n_choices: int = 4,
+              validation_format: str = "multiple_choice", validation_topics: str = "all", n_choices: int = 4,
               seed: int = 0) -> DemoPaths:
     """Write a generated training set with planted junk topics and a held-out validation set.
 
@@ -622,11 +625,11 @@ def make_demo(out_dir: str | os.PathLike, *, n_examples: int = 600, junk_fractio
         n_junk_topics: number of junk topics, overriding the default above (``0 < n_junk_topics < n_topics``
             when ``junk_fraction > 0``).
         n_topics: number of topics to draw from the 32 built-in ones (default: all).
-        n_validation: number of validation items, spread evenly over the good topics.
+        n_validation: number of validation items, spread evenly over the validation topics.
         validation_format: ``"multiple_choice"`` (``question``/``choices``/``answer`` + ``id``/``subject``)
             or ``"instruction"`` (Alpaca records, like the training set).
-        validation_topics: ``"good"`` (validation asks only about the good topics) or ``"all"`` (also about
-            the junk topics, with correct answers, so that junk training data actively hurts).
+        validation_topics: ``"all"`` (default: validation asks about every topic, the junk ones with correct
+            answers) or ``"good"`` (only about the good topics).
         n_choices: choices per multiple-choice item (>= 2): the correct answer, one distractor from the same
             topic, the rest answers of other validation topics.
         seed: everything is a deterministic function of the arguments.

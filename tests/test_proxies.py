@@ -29,7 +29,9 @@ from shed_jax.proxies import (
 )
 
 N_PLAYERS, DIM, N_VAL = 12, 16, 40
-SMALL = dict(rank=4, steps=8, learning_rate=0.05, min_bucket=6)
+# the former defaults (spectral loss, adam, accuracy), pinned: most tests below exercise that path
+SMALL = dict(objective="spectral", optimizer="adam", metric="accuracy", scale_learning_rate=0.0, rank=4, steps=8,
+             learning_rate=0.05, min_bucket=6)
 
 
 def unit(x):
@@ -38,7 +40,15 @@ def unit(x):
 
 def random_params(rng, dim, rank, scale=0.3):
     return BilinearParams(jnp.asarray(scale * rng.normal(size=(dim, rank)), jnp.float32),
-                          jnp.asarray(scale * rng.normal(size=(dim, rank)), jnp.float32))
+                          jnp.asarray(scale * rng.normal(size=(dim, rank)), jnp.float32),
+                          jnp.asarray(scale * rng.normal(), jnp.float32))
+
+
+def np_params(params):
+    """float64 ``(U, V, cosine weight multiplier exp(log_scale))`` of BilinearParams or a (U, V[, s]) tuple."""
+    u, v = (np.asarray(x, np.float64) for x in params[:2])
+    log_scale = float(np.asarray(params[2], np.float64)) if len(params) > 2 else 0.0
+    return u, v, np.exp(log_scale)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +69,7 @@ def arrays():
 def utility_logprob(arrays):
     prompts, responses, validation = arrays
     return EmbeddingProxyUtility.from_arrays(prompts, responses, validation,
-                                             EmbeddingProxyConfig(metric="logprob", **SMALL), seed=3)
+                                             EmbeddingProxyConfig(**{**SMALL, "metric": "logprob"}), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +89,10 @@ def random_masks(rng, n_batch, n_players):
 
 # ------------------------------------------------------------------------------------------------ numpy refs
 def np_scores(params, alpha, left, right):
-    """float64 bilinear scores ``alpha l.r + (l U).(r V)`` for all pairs of rows."""
-    u, v = (np.asarray(x, np.float64) for x in params)
+    """float64 bilinear scores ``alpha exp(log_scale) l.r + (l U).(r V)`` for all pairs of rows."""
+    u, v, multiplier = np_params(params)
     left, right = np.asarray(left, np.float64), np.asarray(right, np.float64)
-    return alpha * left @ right.T + (left @ u) @ (right @ v).T
+    return alpha * multiplier * left @ right.T + (left @ u) @ (right @ v).T
 
 
 def np_logsumexp(x, axis):
@@ -92,10 +102,10 @@ def np_logsumexp(x, axis):
 
 def np_validation(params, alpha, temperature, validation, metric):
     """Reference metric over a multiple-choice ValidationEmbeddings, float64."""
-    u, v = (np.asarray(x, np.float64) for x in params)
+    u, v, multiplier = np_params(params)
     query = validation.query_emb.astype(np.float64)
     choices = validation.choice_emb.astype(np.float64)
-    scores = alpha * np.einsum("vd,vcd->vc", query, choices) + np.einsum("vr,vcr->vc", query @ u, choices @ v)
+    scores = alpha * multiplier * np.einsum("vd,vcd->vc", query, choices) + np.einsum("vr,vcr->vc", query @ u, choices @ v)
     if metric == "accuracy":
         masked = np.where(validation.choice_mask, scores, -np.inf)
         return float(np.mean(np.argmax(masked, axis=1) == validation.answers))
@@ -126,10 +136,11 @@ def test_bucket_sizes():
         bucket_sizes(0)
 
 
-@pytest.mark.parametrize("field,value", [("rank", 0), ("steps", -1), ("learning_rate", 0.0), ("temperature", 0),
+@pytest.mark.parametrize("field,value", [("rank", -1), ("steps", -1), ("learning_rate", 0.0), ("temperature", 0),
                                          ("metric", "f1"), ("objective", "mse"), ("optimizer", "lion"),
                                          ("bucket_ratio", 1.0), ("chunk_size", 0), ("n_distractors", 0),
-                                         ("weight_decay", -0.1)])
+                                         ("weight_decay", -0.1), ("scale_learning_rate", -0.1),
+                                         ("max_grad_norm", 0.0)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         EmbeddingProxyConfig(**{field: value})
@@ -157,12 +168,12 @@ def test_infonce_loss_and_grad_match_numpy():
     for a, m in zip(auto, manual):
         np.testing.assert_allclose(np.asarray(m), np.asarray(a), rtol=1e-4, atol=1e-6)
     # central finite difference of the float64 reference along a random direction
-    direction = [rng.normal(size=(dim, rank)) for _ in range(2)]
+    direction = [rng.normal(size=(dim, rank)), rng.normal(size=(dim, rank)), rng.normal()]
     eps = 1e-5
 
     def ref(step):
-        u, v = (np.asarray(p, np.float64) + step * d for p, d in zip(params, direction))
-        s = np_scores((u, v), alpha, prompts[:7], responses[:7]) / temperature
+        u, v, log_scale = (np.asarray(p, np.float64) + step * d for p, d in zip(params, direction))
+        s = np_scores((u, v, log_scale), alpha, prompts[:7], responses[:7]) / temperature
         return np.mean(np_logsumexp(s, 1) - np.diag(s))
 
     numeric = (ref(eps) - ref(-eps)) / (2 * eps)
@@ -252,7 +263,7 @@ def test_smooth_metrics_match_numpy(arrays, metric):
     untuned and trained, on ragged choices (the padded 4th slot must never count as the best wrong one)."""
     prompts, responses, validation = arrays
     utility = EmbeddingProxyUtility.from_arrays(prompts, responses, validation,
-                                                EmbeddingProxyConfig(metric=metric, **SMALL), seed=3)
+                                                EmbeddingProxyConfig(**{**SMALL, "metric": metric}), seed=3)
     config = utility.config
     zero = BilinearParams(np.zeros((DIM, config.rank)), np.zeros((DIM, config.rank)))
     expected_empty = np_validation(zero, config.alpha, config.temperature, validation, metric)
@@ -284,7 +295,8 @@ def test_weight_decay_is_an_l2_penalty(arrays):
     lr, wd = 0.1, 0.5
     mask = np.zeros(N_PLAYERS, bool)
     mask[[0, 3, 4, 6]] = True
-    base = dict(rank=3, steps=1, optimizer="sgd", learning_rate=lr, min_bucket=4)
+    base = dict(objective="spectral", rank=3, steps=1, optimizer="sgd", learning_rate=lr, min_bucket=4,
+                max_grad_norm=None)
     plain = EmbeddingProxyUtility.from_arrays(prompts, responses, validation, EmbeddingProxyConfig(**base), seed=1)
     decayed = EmbeddingProxyUtility.from_arrays(prompts, responses, validation,
                                                 EmbeddingProxyConfig(weight_decay=wd, **base), seed=1)
@@ -316,7 +328,7 @@ def test_batched_equals_per_coalition_loop(utility_logprob, utility_accuracy, wh
 @pytest.mark.parametrize("objective", ["spectral", "infonce"])
 def test_padding_invariance(arrays, objective):
     prompts, responses, validation = arrays
-    config = EmbeddingProxyConfig(objective=objective, metric="logprob", **SMALL)
+    config = EmbeddingProxyConfig(**{**SMALL, "objective": objective, "metric": "logprob"})
     utility = EmbeddingProxyUtility.from_arrays(prompts, responses, validation, config)
     mask = np.zeros(N_PLAYERS, bool)
     mask[[1, 4, 6]] = True
@@ -330,7 +342,7 @@ def test_padding_invariance(arrays, objective):
 def test_wide_chunks_equal_single_chunks(arrays, utility_logprob):
     """chunk_size > 1 (the accelerator path) pads small coalitions to the chunk's bucket: same values."""
     prompts, responses, validation = arrays
-    config = EmbeddingProxyConfig(metric="logprob", chunk_size=3, **SMALL)
+    config = EmbeddingProxyConfig(**{**SMALL, "metric": "logprob", "chunk_size": 3})
     wide = EmbeddingProxyUtility.from_arrays(prompts, responses, validation, config, seed=3)
     assert wide.chunk_size == 3 and wide.preferred_batch_size == 12
     masks = random_masks(np.random.default_rng(11), 7, N_PLAYERS)  # 7 is not a multiple of the chunk
@@ -367,7 +379,7 @@ def test_instruction_validation_against_numpy():
     validation = ValidationEmbeddings.instruction(prompts, responses)
     proxy_p, proxy_r = unit(rng.normal(size=(5, DIM))), unit(rng.normal(size=(5, DIM)))
     # with every other item as a distractor the draw does not matter: own response must beat all others
-    config = EmbeddingProxyConfig(n_distractors=n_items - 1, rank=2, steps=2, min_bucket=8)
+    config = EmbeddingProxyConfig(n_distractors=n_items - 1, rank=2, steps=2, min_bucket=8, metric="accuracy")
     utility = EmbeddingProxyUtility.from_arrays(proxy_p, proxy_r, validation, config)
     cosine = prompts.astype(np.float64) @ responses.astype(np.float64).T
     expected = np.mean(np.argmax(cosine, axis=1) == np.arange(n_items))
@@ -427,7 +439,8 @@ def test_learning_signal_good_beats_empty_and_junk(objective):
     n_train, dim = 48, 32
     prompts, responses, validation = synthetic_task(rng, n_train, 200, dim)
     junk_responses = responses[np.roll(np.arange(n_train), 1)]  # every response answers another prompt
-    config = EmbeddingProxyConfig(objective=objective, rank=4, steps=30, min_bucket=n_train)
+    config = EmbeddingProxyConfig(objective=objective, rank=4, steps=30, min_bucket=n_train, optimizer="adam",
+                                  learning_rate=0.01, metric="accuracy", scale_learning_rate=0.0)
     good = EmbeddingProxyUtility.from_arrays(prompts, responses, validation, config)
     junk = EmbeddingProxyUtility.from_arrays(prompts, junk_responses, validation, config)
     masks = np.array([[False] * n_train, [True] * n_train])
@@ -471,7 +484,7 @@ def test_shapley_engine_drives_the_utility(arrays):
     prompts, responses, validation = arrays
     n_players = 5
     utility = EmbeddingProxyUtility.from_arrays(prompts[:n_players], responses[:n_players], validation,
-                                                EmbeddingProxyConfig(metric="logprob", **SMALL))
+                                                EmbeddingProxyConfig(**{**SMALL, "metric": "logprob"}))
     table = shapley.coalition_values(utility, n_players, batch_size=16)
     codes = np.arange(2 ** n_players)
     masks = (codes[:, None] >> np.arange(n_players)[None, :]) & 1 == 1
@@ -485,9 +498,77 @@ def test_monte_carlo_engine_efficiency(arrays):
     prompts, responses, validation = arrays
     n_players = 5
     utility = EmbeddingProxyUtility.from_arrays(prompts[:n_players], responses[:n_players], validation,
-                                                EmbeddingProxyConfig(metric="logprob", **SMALL))
+                                                EmbeddingProxyConfig(**{**SMALL, "metric": "logprob"}))
     loop = [utility.evaluate_one(np.zeros(n_players, bool)), utility.evaluate_one(np.ones(n_players, bool))]
     result = shapley.monte_carlo(utility, n_players, n_permutations=4, seed=0)
     assert result.values.shape == (n_players,) and np.all(np.isfinite(result.values))
     # every permutation's marginals telescope to U(full) - U(empty): efficiency holds exactly
     np.testing.assert_allclose(np.sum(result.values), loop[1] - loop[0], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ default scorer
+def np_train_scale(prompts, responses, config):
+    """float64 reference of the default fine-tune (rank 0): plain gradient descent on ``log_scale`` of the
+    InfoNCE loss ``mean_i [logsumexp_j w c_ij / T - w c_ii / T]``, ``w = alpha exp(log_scale)``."""
+    cosine = np.asarray(prompts, np.float64) @ np.asarray(responses, np.float64).T
+    n = cosine.shape[0]
+    log_scale = 0.0
+    for _ in range(config.steps):
+        weight = config.alpha * np.exp(log_scale)
+        logits = weight * cosine / config.temperature
+        soft = np.exp(logits - np_logsumexp(logits, 1)[:, None])
+        # d loss / d log_scale = w / T * mean_i [sum_j soft_ij c_ij - c_ii]
+        grad = weight / config.temperature * np.mean(np.sum(soft * cosine, axis=1) - np.diag(cosine))
+        log_scale -= config.scale_learning_rate * grad
+    return log_scale
+
+
+def test_default_scorer_matches_numpy_reference():
+    """The default configuration (InfoNCE, sgd, rank 0: only the cosine weight is learned, metric "prob")
+    against an independent float64 loop: the learned log-scale and the validation value."""
+    rng = np.random.default_rng(4)
+    n_train, dim = 12, DIM
+    prompts, responses, validation = synthetic_task(rng, n_train, 40, dim)
+    config = EmbeddingProxyConfig()
+    assert (config.rank, config.objective, config.optimizer, config.metric) == (0, "infonce", "sgd", "prob")
+    utility = EmbeddingProxyUtility.from_arrays(prompts, responses, validation, config, seed=0)
+    mask = np.zeros(n_train, bool)
+    mask[[0, 1, 3, 4, 7, 8, 10]] = True
+    params = utility.trained_params(mask)
+    expected_scale = np_train_scale(prompts[mask], responses[mask], config)
+    assert float(params.log_scale) == pytest.approx(expected_scale, rel=1e-4, abs=1e-6)
+    assert abs(expected_scale) > 1e-3  # training moved it
+    expected = np_validation((np.zeros((dim, 0)), np.zeros((dim, 0)), expected_scale), config.alpha,
+                             config.temperature, validation, "prob")
+    assert utility.evaluate_one(mask) == pytest.approx(expected, rel=1e-4)
+    assert float(utility(mask[None])[0]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_default_scorer_trusts_good_pairs_and_distrusts_junk():
+    """Pairs whose responses answer their prompts raise the learned cosine weight, and with it the validation
+    probability of the right choice; pairs whose responses belong to other prompts lower both."""
+    rng = np.random.default_rng(0)
+    n_train, n_val, dim = 48, 200, 32
+
+    def pairs(n):  # a response is its prompt plus noise: cosine similarity is informative, but noisy
+        prompt = unit(rng.normal(size=(n, dim)))
+        return prompt, unit(prompt + 1.2 * unit(rng.normal(size=(n, dim))))
+
+    prompts, responses = pairs(n_train)
+    questions, right = pairs(n_val)
+    choices = np.stack([right] + [pairs(n_val)[1] for _ in range(3)], axis=1)
+    validation = ValidationEmbeddings.multiple_choice(questions, choices, np.zeros(n_val, np.int64))
+    junk_responses = responses[np.roll(np.arange(n_train), 1)]
+    config = EmbeddingProxyConfig(min_bucket=n_train)
+    good = EmbeddingProxyUtility.from_arrays(prompts, responses, validation, config)
+    junk = EmbeddingProxyUtility.from_arrays(prompts, junk_responses, validation, config)
+    everyone = np.ones(n_train, bool)
+    assert float(good.trained_params(everyone).log_scale) > 0 > float(junk.trained_params(everyone).log_scale)
+    masks = np.array([[False] * n_train, [True] * n_train])
+    empty_value, good_value = np.asarray(good(masks))
+    junk_value = float(junk(masks)[1])
+    assert good_value > empty_value > junk_value, (good_value, empty_value, junk_value)
+    # a coalition's value falls as junk replaces good members
+    mixed = EmbeddingProxyUtility.from_arrays(prompts, np.concatenate([responses[:24], junk_responses[24:]]),
+                                              validation, config)
+    assert good_value > float(mixed(masks)[1]) > junk_value

@@ -144,8 +144,7 @@ def test_no_duplicates_and_validation_held_out(demo):
     assert len(train_prompts) == len(train)
     assert not train_prompts & {v["question"] for v in valid}
     assert len({v["question"] for v in valid}) == len(valid)
-    good_topics = {t["name"] for t in demo.meta["topics"] if not t["junk"]}
-    assert {v["subject"] for v in valid} == good_topics
+    assert {v["subject"] for v in valid} == {t["name"] for t in demo.meta["topics"]}  # default: every topic
     # Held-out facts: no validation answer of an arithmetic/text item is a training record's answer to the
     # same question, and every multiple-choice item has distinct choices with the right one correct.
     n_checked = 0
@@ -259,3 +258,11 @@ def test_embeddings_separate_topics_and_good_data_teaches(tmp_path):
 
     good, junk = accuracy(np.flatnonzero(~is_junk)), accuracy(np.flatnonzero(is_junk))
     assert good > 0.5 and good > junk + 0.2, (good, junk)  # chance is 0.25
+
+
+def test_validation_topics_good_asks_only_about_good_topics(tmp_path):
+    demo = make_demo(tmp_path, n_examples=120, n_topics=10, n_validation=40, seed=1, validation_topics="good")
+    valid = _read_jsonl(demo.valid)
+    good_topics = {t["name"] for t in demo.meta["topics"] if not t["junk"]}
+    assert {v["subject"] for v in valid} == good_topics
+    assert demo.meta["validation_topics"] == "good"

@@ -7,8 +7,9 @@ per coalition is far too slow on a CPU, so this module uses a proxy *model* in s
 
 * every example is represented by two frozen, L2-normalised embeddings (e.g. all-MiniLM-L6-v2, d=384):
   its prompt ``p`` and its response ``r``;
-* the scorer is bilinear, ``s(p, r) = alpha * p.r + (p U) . (r V)`` with trainable low-rank
-  ``U, V`` of shape ``(d, rank)``. ``U`` starts at zero and ``V`` at a small deterministic random matrix
+* the scorer is bilinear, ``s(p, r) = alpha * exp(log_scale) * p.r + (p U) . (r V)`` with a trainable
+  log-weight ``log_scale`` of the cosine term (starts at 0) and trainable low-rank ``U, V`` of shape
+  ``(d, rank)`` (``rank`` may be 0). ``U`` starts at zero and ``V`` at a small deterministic random matrix
   (the same for every coalition), so the untuned scorer is exactly ``alpha`` times the cosine similarity,
   and gradients are non-zero from the first step (LoRA-style initialisation);
 * a coalition's scorer is trained full-batch for ``steps`` optax steps on a contrastive loss over the
@@ -29,6 +30,17 @@ per coalition is far too slow on a CPU, so this module uses a proxy *model* in s
   (``metric="logprob"`` / ``"prob"``), or its mean score margin over the best wrong candidate
   (``metric="margin"``). An optional L2 penalty (``weight_decay``) pulls ``U, V`` towards zero.
   ``U(empty set)`` is the untuned (cosine) scorer's value.
+
+Default (since 2026-11-29): InfoNCE, plain SGD, ``rank = 0``, ``metric = "prob"``. The fine-tune then learns
+one thing from a coalition: how far to trust prompt-response similarity. Members whose response matches their
+own prompt better than the other members' responses raise the cosine weight (sharper, more confident
+validation rankings); members whose response does not answer their prompt lower it (flatter rankings), and
+SGD moves it in proportion to the evidence. ``U(S)`` is the mean probability of the right validation
+candidate, which rises with a sharper scorer where the untuned ranking is mostly right. Measured on generated
+data with 20% junk in whole topics (``shed_jax.synthetic``, K = 32, 20 permutations): QOCS at ratio 0.2 kept
+0-12.5% junk over six seeds (0% on four), against 0-39% for the former default (spectral loss on rank-16
+factors, adam, accuracy), which scored learning backwards (U(full) < U(empty)). Low-rank factors
+(``rank > 0``) learn prompt-to-response mappings; on that data they made junk detection less reliable.
 
 Batching. Many coalitions are valued per call (``masks (B, K) -> values (B,)``). Each coalition trains only
 on its members: member indices are gathered (``argsort`` of ``~mask``: members first) and padded to a
@@ -103,14 +115,21 @@ class EmbeddingProxyConfig:
     10 minutes on 2 cores, i.e. ~50-100 ms per utility evaluation including ~1,500 4-choice MMLU items).
 
     Attributes:
-        objective: training loss, ``"spectral"`` (default; cost per step independent of the coalition size)
-            or ``"infonce"`` (cost per step grows as ``n^2``; see the module docstring). The spectral loss
+        objective: training loss, ``"infonce"`` (default; cost per step grows as ``n^2``) or ``"spectral"``
+            (cost per step independent of the coalition size; see the module docstring). The spectral loss
             does not calibrate the score scale (trained scores grow well beyond ``T``), so pair it with
-            ``metric="accuracy"``; use ``"infonce"`` for ``metric="logprob"``.
-        rank: rank of the trainable factors ``U, V`` (d x rank). Default 16.
+            ``metric="accuracy"``.
+        rank: rank of the trainable factors ``U, V`` (d x rank); 0 (default) means no low-rank term: only the
+            weight of the cosine term is fine-tuned (see "Default" in the module docstring).
         steps: optimiser steps per coalition (full batch). Default 40.
-        learning_rate: optimiser learning rate. Default 0.01 (adam moves each weight by about lr per step).
-        optimizer: ``"adam"`` or ``"sgd"``. Default ``"adam"``.
+        learning_rate: learning rate of the factors ``U, V``. Default 0.5 (for ``"sgd"``; with ``"adam"`` use
+            ~0.01: adam moves each weight by about lr per step).
+        optimizer: ``"sgd"`` (default: a step is proportional to the gradient, so members the scorer already
+            fits move it little) or ``"adam"``.
+        scale_learning_rate: learning rate of ``log_scale``, the log of the learned weight of the cosine term
+            (0 freezes it at ``alpha``, as before 2026-11-29). Default 0.01.
+        max_grad_norm: clip the gradient of ``U, V`` to this global norm per step (``None``: no clipping);
+            keeps plain SGD stable on small coalitions. Default 1.0.
         temperature: softmax temperature ``T`` of the InfoNCE loss and of ``metric="logprob"`` (the spectral
             loss has none). Default 0.05.
         alpha: weight of the frozen cosine term ``p.r``. Default 1.0.
@@ -121,7 +140,7 @@ class EmbeddingProxyConfig:
             ``softmax(s / T)``), ``"prob"`` (mean probability of the right candidate under ``softmax(s / T)``:
             bounded in (0, 1) like accuracy but smooth, so marginal contributions are not quantised) or
             ``"margin"`` (mean of the right candidate's score minus the best wrong candidate's score).
-            Default ``"accuracy"``.
+            Default ``"prob"`` (unlike accuracy it sees the learned cosine weight).
         weight_decay: L2 penalty ``weight_decay / 2 * (|U|^2 + |V|^2)`` added to the training loss (added to
             the gradient, so it acts the same under adam and sgd); keeps the learned term small next to the
             cosine prior. Default 0.0 (off).
@@ -135,16 +154,18 @@ class EmbeddingProxyConfig:
             (``4 K^2`` bytes); above it the cosine term is recomputed per coalition. Default 4096.
     """
 
-    objective: str = "spectral"
-    rank: int = 16
+    objective: str = "infonce"
+    rank: int = 0
     steps: int = 40
-    learning_rate: float = 0.01
-    optimizer: str = "adam"
+    learning_rate: float = 0.5
+    optimizer: str = "sgd"
+    scale_learning_rate: float = 0.01
+    max_grad_norm: float | None = 1.0
     temperature: float = 0.05
     alpha: float = 1.0
     init_scale: float = 0.02
     n_distractors: int = 9
-    metric: str = "accuracy"
+    metric: str = "prob"
     weight_decay: float = 0.0
     bucket_ratio: float = 2.0
     min_bucket: int = 16
@@ -159,10 +180,13 @@ class EmbeddingProxyConfig:
 
         need(self.objective in ("infonce", "spectral"),
              f"objective must be 'infonce' or 'spectral', got {self.objective!r}")
-        need(isinstance(self.rank, int) and self.rank >= 1, f"rank must be an int >= 1, got {self.rank!r}")
+        need(isinstance(self.rank, int) and self.rank >= 0, f"rank must be an int >= 0, got {self.rank!r}")
         need(isinstance(self.steps, int) and self.steps >= 0, f"steps must be an int >= 0, got {self.steps!r}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate!r}")
         need(self.optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        need(self.scale_learning_rate >= 0, f"scale_learning_rate must be >= 0, got {self.scale_learning_rate!r}")
+        need(self.max_grad_norm is None or self.max_grad_norm > 0,
+             f"max_grad_norm must be None or > 0, got {self.max_grad_norm!r}")
         need(self.temperature > 0, f"temperature must be > 0, got {self.temperature!r}")
         need(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha!r}")
         need(self.init_scale > 0, f"init_scale must be > 0, got {self.init_scale!r}")
@@ -366,16 +390,22 @@ def embed_validation(validation_set, *, model: str | None = None, cache_dir: str
 # Pure functions: parameters, loss, training, scoring
 # --------------------------------------------------------------------------------------------------------
 class BilinearParams(NamedTuple):
-    """Trainable factors of ``s(p, r) = alpha p.r + (p U).(r V)``: ``U``, ``V`` each ``(d, rank)`` float32."""
+    """Trainable parameters of ``s(p, r) = alpha exp(log_scale) p.r + (p U).(r V)``.
+
+    ``U``, ``V``: ``(d, rank)`` float32 factors (``rank`` may be 0: no low-rank term). ``log_scale``: scalar
+    float32 log of the learned weight of the cosine term (0 = the untuned weight ``alpha``).
+    """
 
     U: jax.Array
     V: jax.Array
+    log_scale: jax.Array | float = 0.0
 
 
 def init_params(key: jax.Array, dim: int, rank: int, init_scale: float) -> BilinearParams:
-    """``U = 0``, ``V ~ N(0, init_scale^2)``: the untuned scorer is exactly ``alpha * p.r``."""
+    """``U = 0``, ``V ~ N(0, init_scale^2)``, ``log_scale = 0``: the untuned scorer is exactly ``alpha * p.r``."""
     return BilinearParams(U=jnp.zeros((dim, rank), jnp.float32),
-                          V=init_scale * jax.random.normal(key, (dim, rank), jnp.float32))
+                          V=init_scale * jax.random.normal(key, (dim, rank), jnp.float32),
+                          log_scale=jnp.zeros((), jnp.float32))
 
 
 def infonce_loss(params: BilinearParams, prompt_emb: jax.Array, response_emb: jax.Array, valid: jax.Array, *,
@@ -386,24 +416,31 @@ def infonce_loss(params: BilinearParams, prompt_emb: jax.Array, response_emb: ja
         params: the scorer's factors.
         prompt_emb, response_emb: ``(n, d)``; row ``i`` is member ``i``'s prompt and response.
         valid: ``(n,)`` bool; padded rows/columns (False) take no part in the loss.
-        alpha, temperature: score ``alpha p.r + (pU).(rV)`` divided by ``temperature``.
+        alpha, temperature: score ``alpha exp(log_scale) p.r + (pU).(rV)`` divided by ``temperature``.
         gram: optional precomputed ``(n, n)`` ``prompt_emb @ response_emb.T``.
 
     Returns:
         scalar float32: ``mean_{i valid} [logsumexp_{j valid} s_ij / T - s_ii / T]``; 0 with no valid row.
     """
     cosine = prompt_emb @ response_emb.T if gram is None else gram
-    scores = alpha * cosine + (prompt_emb @ params.U) @ (response_emb @ params.V).T
+    scores = alpha * jnp.exp(params.log_scale) * cosine + (prompt_emb @ params.U) @ (response_emb @ params.V).T
     logits = jnp.where(valid[None, :], scores / temperature, _MASKED_LOGIT)
     per_row = jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits)
     n_valid = jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0)
     return jnp.sum(jnp.where(valid, per_row, 0.0)) / n_valid
 
 
+_PARAM_GROUPS = BilinearParams(U="factors", V="factors", log_scale="scale")
+
+
 def _optimizer(config: EmbeddingProxyConfig) -> optax.GradientTransformation:
-    if config.optimizer == "adam":
-        return optax.adam(config.learning_rate)
-    return optax.sgd(config.learning_rate)
+    """``config.optimizer`` with learning rate ``learning_rate`` on the factors ``U, V`` (their gradient
+    clipped to global norm ``max_grad_norm``) and ``scale_learning_rate`` on ``log_scale``."""
+    make = optax.adam if config.optimizer == "adam" else optax.sgd
+    factors = make(config.learning_rate)
+    if config.max_grad_norm is not None:
+        factors = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), factors)
+    return optax.multi_transform({"factors": factors, "scale": make(config.scale_learning_rate)}, _PARAM_GROUPS)
 
 
 def infonce_grad(params: BilinearParams, prompt_emb: jax.Array, response_emb: jax.Array, valid: jax.Array, *,
@@ -412,12 +449,14 @@ def infonce_grad(params: BilinearParams, prompt_emb: jax.Array, response_emb: ja
 
     Same arguments and result as ``jax.grad(infonce_loss)`` (tested), but with fewer passes over the
     ``(n, n)`` score matrix: ``dS = (softmax(S) - I) * valid_i / (n_valid T)``, ``dA = dS B``,
-    ``dB = dS^T A``, ``dU = P^T dA``, ``dV = R^T dB`` where ``A = P U``, ``B = R V``.
+    ``dB = dS^T A``, ``dU = P^T dA``, ``dV = R^T dB`` where ``A = P U``, ``B = R V``, and
+    ``d log_scale = sum_ij dS_ij alpha exp(log_scale) cos_ij``.
     """
     cosine = prompt_emb @ response_emb.T if gram is None else gram
+    cosine_weight = alpha * jnp.exp(params.log_scale)
     projected_prompt = prompt_emb @ params.U                 # A (n, r)
     projected_response = response_emb @ params.V             # B (n, r)
-    scores = alpha * cosine + projected_prompt @ projected_response.T
+    scores = cosine_weight * cosine + projected_prompt @ projected_response.T
     logits = jnp.where(valid[None, :], scores / temperature, _MASKED_LOGIT)
     shifted = jnp.exp(logits - jnp.max(logits, axis=1, keepdims=True))
     row_weight = valid.astype(jnp.float32) / (jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0) * temperature)
@@ -425,7 +464,8 @@ def infonce_grad(params: BilinearParams, prompt_emb: jax.Array, response_emb: ja
     d_scores = shifted * row_scale[:, None] - jnp.diag(row_weight)
     d_prompt = d_scores @ projected_response                 # dA (n, r)
     d_response = d_scores.T @ projected_prompt               # dB (n, r)
-    return BilinearParams(U=prompt_emb.T @ d_prompt, V=response_emb.T @ d_response)
+    return BilinearParams(U=prompt_emb.T @ d_prompt, V=response_emb.T @ d_response,
+                          log_scale=cosine_weight * jnp.sum(d_scores * cosine))
 
 
 class SpectralStats(NamedTuple):
@@ -455,13 +495,14 @@ def spectral_stats(prompt_emb: jax.Array, response_emb: jax.Array, valid: jax.Ar
 def spectral_loss(params: BilinearParams, stats: SpectralStats, *, alpha: float) -> jax.Array:
     """Spectral contrastive loss (HaoChen et al., NeurIPS 2021) of the bilinear scorer over a coalition.
 
-    With ``s_ij = p_i^T (alpha I + U V^T) r_j`` over the ``n`` members,
+    With ``s_ij = p_i^T (a I + U V^T) r_j``, ``a = alpha exp(log_scale)``, over the ``n`` members,
     ``loss = -2/n sum_i s_ii + 1/n^2 sum_{i,j} s_ij^2``: a member's own response is pulled up, every
     member-pair score (all responses act as negatives) is pushed towards zero. It depends on the members only
     through :class:`SpectralStats`, so a step costs ``O(d^2 rank)`` whatever the coalition size. 0 for an
     empty coalition.
     """
     n_members = jnp.maximum(stats.n_members, 1.0)
+    alpha = alpha * jnp.exp(params.log_scale)
     cross_v = stats.cross @ params.V                                   # (d, r)
     positive = alpha * jnp.trace(stats.cross) + jnp.sum(params.U * cross_v)
     prompt_u = stats.prompt_cov @ params.U                             # (d, r)
@@ -477,9 +518,11 @@ def spectral_grad(params: BilinearParams, stats: SpectralStats, *, alpha: float)
     ``jax.grad``): six ``d x d x rank`` products per step, in four matmuls.
 
     With ``a = C_rr V``, ``b = C_pp U``, ``c = C_pr V``, ``e = C_pr^T U``:
-    ``dU = -2/n c + 2/n^2 (alpha C_pp a + b (V^T a))``, ``dV = -2/n e + 2/n^2 (alpha C_rr b + a (U^T b))``.
+    ``dU = -2/n c + 2/n^2 (w C_pp a + b (V^T a))``, ``dV = -2/n e + 2/n^2 (w C_rr b + a (U^T b))`` and
+    ``d log_scale = w (-2/n tr C_pr + 2/n^2 (w <C_pp, C_rr> + <b, a>))`` with ``w = alpha exp(log_scale)``.
     """
     n_members = jnp.maximum(stats.n_members, 1.0)
+    alpha = alpha * jnp.exp(params.log_scale)
     dim = params.U.shape[0]
     stacked_v = jnp.concatenate([stats.response_cov, stats.cross], axis=0) @ params.V      # (2d, r)
     stacked_u = jnp.concatenate([stats.prompt_cov, stats.cross.T], axis=0) @ params.U      # (2d, r)
@@ -490,7 +533,9 @@ def spectral_grad(params: BilinearParams, stats: SpectralStats, *, alpha: float)
         alpha * (stats.prompt_cov @ response_v) + prompt_u @ (params.V.T @ response_v))
     grad_v = (-2.0 / n_members) * cross_t_u + scale * (
         alpha * (stats.response_cov @ prompt_u) + response_v @ (params.U.T @ prompt_u))
-    return BilinearParams(U=grad_u, V=grad_v)
+    grad_scale = alpha * ((-2.0 / n_members) * jnp.trace(stats.cross) + scale * (
+        alpha * jnp.sum(stats.prompt_cov * stats.response_cov) + jnp.sum(prompt_u * response_v)))
+    return BilinearParams(U=grad_u, V=grad_v, log_scale=grad_scale)
 
 
 def _train(params: BilinearParams, prompt_emb, response_emb, valid, gram, config: EmbeddingProxyConfig
@@ -514,8 +559,9 @@ def _train(params: BilinearParams, prompt_emb, response_emb, valid, gram, config
     def step(carry, _):
         current, opt_state = carry
         grads = loss_grad(current)
-        if config.weight_decay > 0:  # L2 penalty wd/2 (|U|^2 + |V|^2) on the loss
-            grads = jax.tree.map(lambda g, w: g + config.weight_decay * w, grads, current)
+        if config.weight_decay > 0:  # L2 penalty wd/2 (|U|^2 + |V|^2) on the loss (not on log_scale)
+            grads = grads._replace(U=grads.U + config.weight_decay * current.U,
+                                   V=grads.V + config.weight_decay * current.V)
         updates, opt_state = optimizer.update(grads, opt_state, current)
         return (optax.apply_updates(current, updates), opt_state), None
 
@@ -539,14 +585,14 @@ class _ProxyArrays(NamedTuple):
 
 
 def _validation_scores(data: _ProxyArrays, params: BilinearParams, config: EmbeddingProxyConfig) -> jax.Array:
-    """``(V, C)`` scores ``alpha q.c + (qU).(cV)`` of every validation candidate."""
+    """``(V, C)`` scores ``alpha exp(log_scale) q.c + (qU).(cV)`` of every validation candidate."""
     query_low = data.query @ params.U                       # (V, r)
     pool_low = data.pool @ params.V                         # (M, r)
     n_items, n_candidates = data.cand_mask.shape
     candidates_low = (pool_low.reshape(n_items, n_candidates, -1) if data.cand_index is None
                       else pool_low[data.cand_index])       # (V, C, r)
     low = jnp.einsum("vr,vcr->vc", query_low, candidates_low)
-    return config.alpha * data.cand_cosine + low
+    return config.alpha * jnp.exp(params.log_scale) * data.cand_cosine + low
 
 
 def _validation_value(data: _ProxyArrays, params: BilinearParams, config: EmbeddingProxyConfig) -> jax.Array:

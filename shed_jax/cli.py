@@ -217,11 +217,15 @@ def value_options(function):
                           "sentence-embedding space, CPU-friendly)."),
         click.option("--proxy-option", multiple=True, metavar="NAME=VALUE",
                      help="Override a field of the proxy's configuration (repeatable), e.g. steps=20, metric=logprob."),
+        click.option("--proxies-per-cluster", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Members of each cluster valued as Shapley players (those nearest its centroid); a "
+                          "cluster's value is their mean. 1 is SHED's single proxy; more cost proportionally more "
+                          "evaluations but see clusters that mix good and bad examples."),
         click.option("--permutations", type=click.IntRange(min=1), default=50, show_default=True,
                      help="Monte Carlo permutations (each costs about K / removal-step utility evaluations)."),
         click.option("--removal-step", type=click.IntRange(min=1), default=None,
-                     help="Proxies removed per step along a permutation [default: max(1, K // 32), i.e. "
-                          "at most ~63 evaluations per permutation]."),
+                     help="Proxies removed per step along a permutation [default: max(1, P // 32) for P = K x "
+                          "proxies-per-cluster players, i.e. at most ~63 evaluations per permutation]."),
         click.option("--shapley-batch-size", type=click.IntRange(min=1), default=None,
                      help="Coalitions per utility call [default: the utility's preferred size]."),
     ]):
@@ -381,8 +385,8 @@ def cluster(data, n_clusters, max_iter, data_format, field_map, duplicates, text
 @click.option("--seed", type=int, default=None, help="Override the run's seed (re-clusters if it changes).")
 @common_options
 @click.pass_context
-def value(ctx, run_dir, valid, valid_format, proxy, proxy_option, permutations, removal_step, shapley_batch_size,
-          resume, seed, as_json, quiet, verbose):
+def value(ctx, run_dir, valid, valid_format, proxy, proxy_option, proxies_per_cluster, permutations, removal_step,
+          shapley_batch_size, resume, seed, as_json, quiet, verbose):
     """Monte Carlo Shapley values of the cluster proxies; writes RUN_DIR/values.json.
 
     Reads the data and clustering options from RUN_DIR/config.json; options given here override them.
@@ -406,6 +410,7 @@ def value(ctx, run_dir, valid, valid_format, proxy, proxy_option, permutations, 
         changes = {"run_dir": run_dir}
         mapping = {"valid": ("valid", _abs(valid)), "valid_format": ("valid_format", valid_format),
                    "proxy": ("proxy", proxy), "permutations": ("n_permutations", permutations),
+                   "proxies_per_cluster": ("proxies_per_cluster", proxies_per_cluster),
                    "removal_step": ("removal_step", removal_step),
                    "shapley_batch_size": ("shapley_batch_size", shapley_batch_size), "seed": ("seed", seed)}
         for name, (field_name, field_value) in mapping.items():
@@ -490,6 +495,7 @@ _REFINE_FIELDS = {
     "field_map": "field_map", "duplicates": "duplicates", "text": "text", "model": "model",
     "batch_size": "batch_size", "n_clusters": "n_clusters", "max_iter": "kmeans_max_iter", "proxy": "proxy",
     "proxy_option": "proxy_options", "permutations": "n_permutations", "removal_step": "removal_step",
+    "proxies_per_cluster": "proxies_per_cluster",
     "shapley_batch_size": "shapley_batch_size", "sampler": "sampler", "beta": "beta", "ratio": "ratio",
     "size": "size", "seed": "seed",
 }
@@ -511,7 +517,7 @@ _REFINE_FIELDS = {
                    "override them), finished stages are loaded and an interrupted valuation continues.")
 @common_options
 @click.pass_context
-def refine(ctx, data, output, valid, valid_format, proxy, proxy_option, permutations, removal_step,
+def refine(ctx, data, output, valid, valid_format, proxy, proxy_option, proxies_per_cluster, permutations, removal_step,
            shapley_batch_size, ratio, size, sampler, beta, n_clusters, max_iter, data_format, field_map, duplicates,
            text, model, batch_size, seed, run_dir, resume, as_json, quiet, verbose):
     """The whole pipeline: embed -> cluster -> value -> select -> report.
@@ -546,6 +552,7 @@ def refine(ctx, data, output, valid, valid_format, proxy, proxy_option, permutat
     params = {"output": _abs(output), "valid": _abs(valid), "valid_format": valid_format, "data_format": data_format,
               "duplicates": duplicates, "text": text, "model": model, "batch_size": batch_size,
               "n_clusters": n_clusters, "max_iter": max_iter, "proxy": proxy, "permutations": permutations,
+              "proxies_per_cluster": proxies_per_cluster,
               "removal_step": removal_step, "shapley_batch_size": shapley_batch_size, "sampler": sampler,
               "beta": beta, "ratio": ratio, "size": size, "seed": seed}
     run_dir_abs = _abs(run_dir) or str(pipeline.default_run_dir(_abs(data)))

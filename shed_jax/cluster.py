@@ -36,7 +36,7 @@ from jax import lax
 
 from shed_jax.kernels import kmeans as _kernel
 
-__all__ = ["KMeansResult", "kmeans", "proxies"]
+__all__ = ["KMeansResult", "kmeans", "proxies", "representatives"]
 
 
 @dataclass(frozen=True)
@@ -361,3 +361,66 @@ def proxies(x, centroids, labels) -> np.ndarray:
             proxy[cluster] = int(np.argmin(sq_dist))
             taken[proxy[cluster]] = True
     return proxy
+
+
+def representatives(x, centroids, labels, per_cluster: int, proxy_index=None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``per_cluster`` members of each cluster nearest its centroid (all members of a smaller cluster).
+
+    With ``per_cluster=1`` this is SHED's one proxy per cluster; more representatives per cluster value a
+    cluster by several of its members, which matters when a cluster mixes good and bad examples.
+
+    Args:
+      x: ``(N, d)`` finite floats.
+      centroids: ``(K, d)``.
+      labels: ``(N,)`` ints in ``[0, K)``; negative labels (rows outside every cluster) are never chosen.
+      per_cluster: ``>= 1``.
+      proxy_index: optional ``(K,)`` row of each cluster's proxy (:func:`proxies`); when given it is always
+        its cluster's first representative (it is also the nearest member unless a cluster was empty).
+
+    Returns:
+      ``(index, cluster)``: ``(P,)`` int64 row indices, distinct, grouped by cluster in increasing cluster
+      order and, within a cluster, by increasing squared distance to the centroid (lowest index on ties); and
+      the ``(P,)`` int64 cluster of each. ``P = sum_k min(per_cluster, size_k)`` (plus the proxy of an empty
+      cluster, when ``proxy_index`` is given).
+
+    >>> import numpy as np
+    >>> x = np.array([[0., 0.], [1., 0.], [3., 0.], [9., 0.], [10., 0.]], np.float32)
+    >>> index, cluster = representatives(x, np.array([[0.4, 0.], [9.9, 0.]], np.float32), np.array([0, 0, 0, 1, 1]), 2)
+    >>> index.tolist(), cluster.tolist()
+    ([0, 1, 4, 3], [0, 0, 1, 1])
+    """
+    if not isinstance(per_cluster, (int, np.integer)) or isinstance(per_cluster, bool) or per_cluster < 1:
+        raise ValueError(f"per_cluster must be an int >= 1, got {per_cluster!r}")
+    x_host = _as_checked_matrix(x, "x").astype(np.float64)
+    centroids_host = _as_checked_matrix(centroids, "centroids").astype(np.float64)
+    labels_host = np.asarray(labels).astype(np.int64)
+    n_rows = x_host.shape[0]
+    n_clusters = centroids_host.shape[0]
+    if labels_host.shape != (n_rows,):
+        raise ValueError(f"labels must have shape ({n_rows},), got {labels_host.shape}")
+    if labels_host.max(initial=-1) >= n_clusters:
+        raise ValueError(f"labels must lie in [0, {n_clusters}), got max {labels_host.max()}")
+    rows = np.flatnonzero(labels_host >= 0)
+    owner = labels_host[rows]
+    sq_dist = np.sum((x_host[rows] - centroids_host[owner]) ** 2, axis=1)
+    first = np.zeros(rows.shape[0], bool)
+    if proxy_index is not None:
+        proxy_index = np.asarray(proxy_index, np.int64)
+        if proxy_index.shape != (n_clusters,):
+            raise ValueError(f"proxy_index must have shape ({n_clusters},), got {proxy_index.shape}")
+        member_proxy = proxy_index[owner] == rows
+        first = member_proxy
+    order = np.lexsort((rows, sq_dist, ~first, owner))  # by cluster, proxy first, then distance, then index
+    rows, owner = rows[order], owner[order]
+    starts = np.searchsorted(owner, owner, side="left")
+    rank = np.arange(owner.shape[0]) - starts
+    keep = rank < per_cluster
+    index, cluster = rows[keep], owner[keep]
+    if proxy_index is not None:  # a cluster without members keeps its (fallback) proxy
+        missing = np.setdiff1d(np.arange(n_clusters), cluster)
+        if missing.size:
+            index = np.concatenate([index, proxy_index[missing]])
+            cluster = np.concatenate([cluster, missing])
+            order = np.argsort(cluster, kind="stable")
+            index, cluster = index[order], cluster[order]
+    return index.astype(np.int64), cluster.astype(np.int64)

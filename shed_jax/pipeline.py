@@ -138,6 +138,10 @@ class RefineConfig:
       n_clusters, kmeans_max_iter: k-means.
       proxy: utility used for valuation ("embedding": :class:`shed_jax.proxies.EmbeddingProxyUtility`).
       proxy_options: overrides of the proxy's configuration dataclass, as ``((name, value), ...)``.
+      proxies_per_cluster: members of each cluster valued as Shapley players (the ones nearest its centroid,
+        :func:`shed_jax.cluster.representatives`); a cluster's value is their mean. 1 (default) is SHED's
+        single proxy; more cost proportionally more utility evaluations but see clusters that mix good and
+        bad examples.
       n_permutations, removal_step, shapley_batch_size: Monte Carlo Shapley estimator.
       sampler, beta: selection ("qocs", "qwcs" with temperature ``beta``, or "random").
       ratio, size: the budget, as a fraction of the candidate examples or a count (exactly one for selection).
@@ -159,6 +163,7 @@ class RefineConfig:
     kmeans_max_iter: int = 100
     proxy: str = "embedding"
     proxy_options: tuple[tuple[str, Any], ...] = ()
+    proxies_per_cluster: int = 1
     n_permutations: int = 50
     removal_step: int | None = None
     shapley_batch_size: int | None = None
@@ -189,6 +194,7 @@ class RefineConfig:
         _positive("n_clusters", self.n_clusters, allow_none=True)
         _positive("n_permutations", self.n_permutations)
         _positive("removal_step", self.removal_step, allow_none=True)
+        _positive("proxies_per_cluster", self.proxies_per_cluster)
         _positive("batch_size", self.batch_size)
         _positive("kmeans_max_iter", self.kmeans_max_iter)
         _positive("shapley_batch_size", self.shapley_batch_size, allow_none=True)
@@ -226,7 +232,10 @@ class RefineConfig:
         return int(self.n_clusters) if self.n_clusters is not None else default_n_clusters(n_candidates)
 
     def resolved_removal_step(self, n_clusters: int) -> int:
-        return int(self.removal_step) if self.removal_step is not None else default_removal_step(n_clusters)
+        """``removal_step``, or the default for ``n_clusters * proxies_per_cluster`` players."""
+        if self.removal_step is not None:
+            return int(self.removal_step)
+        return default_removal_step(n_clusters * int(self.proxies_per_cluster))
 
 
 def _positive(name, value, *, allow_none=False):
@@ -427,6 +436,7 @@ def stage_fingerprints(config: RefineConfig, *, data_sha256: str, n_candidates: 
     value_fp = _hash({"stage": "value", "up": cluster_fp, "valid": valid_sha256,
                       "valid_format": config.valid_format, "proxy": config.proxy,
                       "proxy_options": _resolved_proxy_options(config), "model": config.model,
+                      "proxies_per_cluster": int(config.proxies_per_cluster),
                       "n_permutations": config.n_permutations,
                       "removal_step": config.resolved_removal_step(n_clusters),
                       "shapley_batch_size": config.shapley_batch_size, "seed": config.seed})
@@ -780,11 +790,15 @@ class _Session:
             shutil.rmtree(ckpt_dir)
         self.stages.started("value", fp, event="resumed" if continuing else "started")
         start = time.perf_counter()
-        utility = self._build_utility(clusters)
+        members, owners = self.representatives(clusters)
+        utility = self._build_utility(members)
         k = clusters.n_clusters
+        n_players = int(members.shape[0])
         m = self.removal_step
         p = self.config.n_permutations
-        self.log(f"value: Monte Carlo Shapley over K={k} proxies, {p} permutations, removal step {m}"
+        players = (f"K={k} proxies" if n_players == k
+                   else f"{n_players} proxies (up to {self.config.proxies_per_cluster} per cluster, K={k})")
+        self.log(f"value: Monte Carlo Shapley over {players}, {p} permutations, removal step {m}"
                  + (" (resuming from shapley_ckpt/)" if continuing else ""))
         from shed_jax import shapley as _shapley
 
@@ -792,23 +806,31 @@ class _Session:
                       checkpoint_dir=str(ckpt_dir), progress=self.progress, history_every=max(1, p // 100))
         if self.config.shapley_batch_size is not None:
             kwargs["batch_size"] = self.config.shapley_batch_size
-        estimate = _shapley.monte_carlo(utility, k, **kwargs)
+        estimate = _shapley.monte_carlo(utility, n_players, **kwargs)
         u_full = _finite_or_none(estimate.u_full) if getattr(estimate, "u_full", None) is not None else None
         u_empty = _finite_or_none(estimate.u_empty) if getattr(estimate, "u_empty", None) is not None else None
-        values = np.asarray(estimate.values, dtype=np.float64)
-        stderr = np.asarray(estimate.stderr, dtype=np.float64)
+        member_values = np.asarray(estimate.values, dtype=np.float64)
+        member_stderr = np.asarray(estimate.stderr, dtype=np.float64)
+        values, stderr = cluster_means(member_values, member_stderr, owners, k)
         payload = {"cluster_values": [float(v) for v in values],
                    "stderr": [_finite_or_none(s) for s in stderr],
                    "n_permutations": int(estimate.n_permutations), "n_evaluations": int(estimate.n_evaluations),
                    "removal_step": m, "seed": self.config.seed,
                    "utility": {"proxy": self.config.proxy, **self._utility_description(utility)},
                    "u_full": u_full, "u_empty": u_empty,
-                   "proxy_index": [int(i) for i in clusters.proxy_index]}
+                   "proxy_index": [int(i) for i in clusters.proxy_index],
+                   "proxies_per_cluster": int(self.config.proxies_per_cluster)}
+        if n_players != k:
+            payload["members"] = {"index": [int(i) for i in members], "cluster": [int(c) for c in owners],
+                                  "value": [float(v) for v in member_values],
+                                  "stderr": [_finite_or_none(x) for x in member_stderr]}
         history = getattr(estimate, "history", None)
         if history:
+            history_values, history_stderr = cluster_means(np.asarray(history["values"], np.float64),
+                                                           np.asarray(history["stderr"], np.float64), owners, k)
             _data.atomic_write_bytes(self.path("convergence.npz"), _npz_bytes(
                 n_permutations=np.asarray(history["n_permutations"]),
-                values=np.asarray(history["values"]), stderr=np.asarray(history["stderr"])))
+                values=history_values, stderr=history_stderr))
         _data.atomic_write_json(values_path, payload)
         seconds = time.perf_counter() - start
         self.stages.finished("value", fp, seconds, n_permutations=int(estimate.n_permutations),
@@ -827,12 +849,24 @@ class _Session:
                            int(payload.get("n_evaluations", 0)), int(payload.get("removal_step", 0)),
                            payload.get("u_full"), payload.get("u_empty"), fp, True, 0.0)
 
-    def _build_utility(self, clusters: ClusterResult):
+    def representatives(self, clusters: ClusterResult) -> tuple[np.ndarray, np.ndarray]:
+        """``(index, cluster)`` of the Shapley players: each cluster's proxy, then (with
+        ``proxies_per_cluster > 1``) its next members nearest the centroid."""
+        if self.config.proxies_per_cluster == 1:
+            proxy_index = np.asarray(clusters.proxy_index, np.int64)
+            return proxy_index, np.arange(proxy_index.shape[0], dtype=np.int64)
+        from shed_jax import cluster as _cluster
+
+        embeddings = self.embed().embeddings
+        return _cluster.representatives(embeddings, clusters.centroids, clusters.labels,
+                                        int(self.config.proxies_per_cluster), proxy_index=clusters.proxy_index)
+
+    def _build_utility(self, member_index: np.ndarray):
         from shed_jax import embed as _embed
         from shed_jax import proxies as _proxies
 
         dataset = self.dataset
-        proxy_index = [int(i) for i in clusters.proxy_index]
+        proxy_index = [int(i) for i in member_index]
         kw = dict(model=self.config.model, batch_size=self.config.batch_size, cache_dir=self.cache_dir,
                   progress=False)  # K short texts: no progress bar
         prompt_emb = np.asarray(_embed.embed_texts([dataset.prompts[i] for i in proxy_index], **kw), np.float32)
@@ -914,6 +948,29 @@ def select_indices(labels: np.ndarray, cluster_values: np.ndarray, budget: int, 
         return np.asarray(_select.random(labels.shape[0], budget, seed=seed, candidates=labels >= 0),
                           dtype=np.int64)
     raise PipelineError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def cluster_means(member_values: np.ndarray, member_stderr: np.ndarray, owners: np.ndarray, n_clusters: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster mean of the players' values (last axis) and its standard error.
+
+    The standard error combines the players' standard errors as if independent,
+    ``sqrt(sum se_i^2) / n_k``: the players' estimates share permutations, so it is approximate. With one
+    player per cluster both are the players' own, reordered by cluster.
+    """
+    owners = np.asarray(owners, np.int64)
+    if owners.size and (owners.min() < 0 or owners.max() >= n_clusters):
+        raise ValueError(f"owners must lie in [0, {n_clusters})")
+    counts = np.bincount(owners, minlength=n_clusters).astype(np.float64)
+    if np.any(counts == 0):
+        raise ValueError(f"clusters without a valued member: {np.flatnonzero(counts == 0)[:10].tolist()}")
+    order = np.argsort(owners, kind="stable")
+    starts = np.searchsorted(owners[order], np.arange(n_clusters))  # every cluster has >= 1 member
+    with np.errstate(invalid="ignore"):  # NaN standard errors (too few permutations yet) stay NaN
+        values = np.add.reduceat(np.asarray(member_values, np.float64)[..., order], starts, axis=-1) / counts
+        variance = np.add.reduceat(np.asarray(member_stderr, np.float64)[..., order] ** 2, starts, axis=-1)
+        stderr = np.sqrt(variance) / counts
+    return values, stderr
 
 
 def score_rows(dataset, clusters: ClusterResult, cluster_values: np.ndarray, stderr: np.ndarray,

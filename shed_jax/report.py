@@ -177,7 +177,7 @@ def _load_run(run_dir: Path) -> _Run:
             if run.stderr.shape != run.values.shape:
                 run.note("values", "values.json: stderr and cluster_values differ in length; error bars omitted.")
                 run.stderr = np.full_like(run.values, np.nan)
-            run.values_meta = {k: v for k, v in values.items() if k not in ("cluster_values", "stderr", "proxy_index")}
+            run.values_meta = {k: v for k, v in values.items() if k not in ("cluster_values", "stderr", "proxy_index", "members")}
         except (TypeError, ValueError) as exc:
             run.values = run.stderr = None
             run.note("values", f"values.json: cluster_values are not numbers ({exc}).")

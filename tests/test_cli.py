@@ -337,3 +337,25 @@ def test_demo_reports_junk_rates(tmp_path, fake_embed, fake_shapley, monkeypatch
     result = invoke(["demo", "--run-dir", tmp_path / "demo", "--permutations", "3"])
     assert result.exit_code == 0 and "junk rate, QOCS selection" in result.stdout
     assert "up to date" in result.stderr  # the second run reuses every stage
+
+
+def test_value_with_several_proxies_per_cluster(demo, tmp_path, fake_embed, fake_shapley):
+    run = tmp_path / "run"
+    out = tmp_path / "refined.jsonl"
+    args = ["refine", demo.train, "--valid", demo.valid, "--ratio", "0.2", "-o", out, "--run-dir", run, *FAST,
+            "--proxies-per-cluster", "3", "--json", "-q"]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["proxies_per_cluster"] == 3
+    payload = json.loads((run / "values.json").read_text())
+    n_players = len(payload["members"]["index"])
+    assert 8 < n_players <= 24 and len(payload["cluster_values"]) == 8
+    assert fake_shapley[-1]["removal_step"] == max(1, 24 // 32)
+    # `shed value` overrides it for the run directory: back to one proxy per cluster, values recomputed
+    result = invoke(["value", "--run-dir", run, "--proxies-per-cluster", "1", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "members" not in json.loads((run / "values.json").read_text())
+    assert json.loads((run / "config.json").read_text())["config"]["proxies_per_cluster"] == 1
+    result = invoke(["value", "--run-dir", run, "--proxies-per-cluster", "0"])
+    assert result.exit_code == 2

@@ -248,3 +248,45 @@ def test_proxies_reject_bad_input():
         cluster.proxies(x, np.zeros((2, 3), np.float32), np.array([0, 1, 1, 0]))
     with pytest.raises(ValueError, match="K <= N"):
         cluster.proxies(x, np.zeros((5, 2), np.float32), np.array([0, 1, 1, 0]))
+
+
+# ------------------------------------------------------------------------------------------------ representatives
+def brute_force_representatives(x, centroids, labels, per_cluster):
+    index, owner = [], []
+    for k in range(centroids.shape[0]):
+        members = np.flatnonzero(labels == k)
+        dist = np.sum((x[members].astype(np.float64) - centroids[k]) ** 2, axis=1)
+        order = sorted(range(members.size), key=lambda j: (dist[j], members[j]))[:per_cluster]
+        index += members[order].tolist()
+        owner += [k] * len(order)
+    return np.array(index), np.array(owner)
+
+
+@pytest.mark.parametrize("per_cluster", [1, 3, 50])
+def test_representatives_match_brute_force(per_cluster):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    centroids = rng.normal(size=(12, 5)).astype(np.float32)
+    labels = rng.integers(0, 12, 200)
+    labels[:20] = -1  # outside every cluster (e.g. dropped duplicates): never chosen
+    index, owner = cluster.representatives(x, centroids, labels, per_cluster)
+    expected_index, expected_owner = brute_force_representatives(x, centroids, labels, per_cluster)
+    np.testing.assert_array_equal(index, expected_index)
+    np.testing.assert_array_equal(owner, expected_owner)
+    assert len(set(index.tolist())) == index.size and np.all(labels[index] == owner)
+    if per_cluster == 1:  # the single representative is SHED's proxy (same tie rule)
+        members = labels >= 0
+        proxy = cluster.proxies(x[members], centroids, labels[members])
+        np.testing.assert_array_equal(index, np.flatnonzero(members)[proxy])
+
+
+def test_representatives_put_the_given_proxy_first_and_reject_bad_counts():
+    x = np.array([[0.0], [1.0], [2.0], [10.0]], np.float32)
+    centroids = np.array([[0.9], [10.0], [50.0]], np.float32)
+    labels = np.array([0, 0, 0, 1])
+    index, owner = cluster.representatives(x, centroids, labels, 2, proxy_index=np.array([2, 3, 0]))
+    # cluster 0: proxy 2 first, then the nearest other member; cluster 2 has no member and keeps its proxy
+    assert index.tolist() == [2, 1, 3, 0] and owner.tolist() == [0, 0, 1, 2]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="per_cluster"):
+            cluster.representatives(x, centroids, labels, bad)

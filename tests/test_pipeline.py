@@ -423,3 +423,48 @@ def test_refine_keeps_out_junk_with_real_encoder(tmp_path, data_seed):
     values = np.asarray(result.cluster_values)
     cluster_junk = np.array([junk[result.labels == k].mean() for k in range(values.shape[0])])
     assert values[cluster_junk > 0.5].mean() < values[cluster_junk <= 0.5].mean()
+
+
+# ------------------------------------------------------------------------------------------------------
+# several proxies per cluster
+# ------------------------------------------------------------------------------------------------------
+def test_cluster_means_against_a_loop():
+    rng = np.random.default_rng(3)
+    owners = np.array([0, 0, 1, 2, 2, 2])
+    values, stderr = rng.normal(size=6), rng.uniform(0.1, 1.0, 6)
+    means, errors = pipeline.cluster_means(values, stderr, owners, 3)
+    for k in range(3):
+        assert means[k] == pytest.approx(values[owners == k].mean())
+        assert errors[k] == pytest.approx(np.sqrt(np.sum(stderr[owners == k] ** 2)) / np.sum(owners == k))
+    history, _ = pipeline.cluster_means(np.stack([values, 2 * values]), np.stack([stderr, stderr]), owners, 3)
+    np.testing.assert_allclose(history, np.stack([means, 2 * means]))
+    with pytest.raises(ValueError, match="without a valued member"):
+        pipeline.cluster_means(values, stderr, owners, 4)
+
+
+def test_proxies_per_cluster_values_members_and_averages(demo_data, tmp_path, fake_embed):
+    config = make_config(demo_data, tmp_path, proxies_per_cluster=3)
+    assert config.resolved_removal_step(8) == pipeline.default_removal_step(24)
+    result = pipeline.refine(config, progress=False, report=False)
+    payload = json.loads((tmp_path / "run" / "values.json").read_text())
+    members = payload["members"]
+    assert payload["proxies_per_cluster"] == 3
+    labels = result.labels
+    sizes = np.bincount(labels[labels >= 0], minlength=8)
+    assert len(members["index"]) == int(np.minimum(sizes, 3).sum())
+    index, owner = np.array(members["index"]), np.array(members["cluster"])
+    assert np.all(labels[index] == owner)
+    proxy_index = np.array(payload["proxy_index"])
+    assert all(index[owner == k][0] == proxy_index[k] for k in range(8))  # each cluster's proxy is a player
+    member_values = np.array(members["value"])
+    np.testing.assert_allclose(payload["cluster_values"],
+                               [member_values[owner == k].mean() for k in range(8)], rtol=1e-12)
+    convergence = np.load(tmp_path / "run" / "convergence.npz")
+    assert convergence["values"].shape[1] == 8
+    np.testing.assert_allclose(convergence["values"][-1], payload["cluster_values"], rtol=1e-6, atol=1e-9)
+    # one proxy per cluster values exactly the K proxies, and the option is part of the value fingerprint
+    single = make_config(demo_data, tmp_path, proxies_per_cluster=1)
+    fp = lambda c: pipeline.stage_fingerprints(c, data_sha256="a", n_candidates=200, valid_sha256="v")  # noqa: E731
+    assert fp(single)["cluster"] == fp(config)["cluster"] and fp(single)["value"] != fp(config)["value"]
+    with pytest.raises(pipeline.PipelineError, match="proxies_per_cluster"):
+        make_config(demo_data, tmp_path, proxies_per_cluster=0)

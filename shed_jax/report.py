@@ -177,7 +177,8 @@ def _load_run(run_dir: Path) -> _Run:
             if run.stderr.shape != run.values.shape:
                 run.note("values", "values.json: stderr and cluster_values differ in length; error bars omitted.")
                 run.stderr = np.full_like(run.values, np.nan)
-            run.values_meta = {k: v for k, v in values.items() if k not in ("cluster_values", "stderr", "proxy_index", "members")}
+            bulky = ("cluster_values", "stderr", "proxy_index", "members")
+            run.values_meta = {k: v for k, v in values.items() if k not in bulky}
         except (TypeError, ValueError) as exc:
             run.values = run.stderr = None
             run.note("values", f"values.json: cluster_values are not numbers ({exc}).")
@@ -566,7 +567,8 @@ def _header(run: _Run) -> str:
             ("permutations", perm_text),
             ("removal step", _fmt(run.values_meta.get("removal_step", _setting(run, "removal_step")))),
             ("sampler", sampler), ("budget", _budget_text(run)), ("seed", _fmt(_setting(run, "seed"))),
-            ("model", config.get("model")), ("proxy", config.get("proxy"))]
+            ("model", config.get("model")), ("proxy", config.get("proxy")),
+            ("proxies per cluster", run.values_meta.get("proxies_per_cluster", config.get("proxies_per_cluster")))]
     table = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(_fmt(v))}</td></tr>" for k, v in rows if v is not None)
     details = ""
     if run.config is not None:
@@ -631,7 +633,10 @@ def _values_section(run: _Run) -> str:
     notes = _notes_html(run, "values", "clusters")
     if run.values is None:
         return head + notes + '<p class="note">No cluster values to plot.</p></section>'
-    caption = ("Monte Carlo Shapley value of each cluster's proxy example, highest first; bars are ± 2 standard "
+    per_cluster = run.values_meta.get("proxies_per_cluster") or 1
+    what = ("each cluster's proxy example" if per_cluster == 1
+            else f"each cluster: the mean over its (up to {per_cluster}) proxy examples")
+    caption = (f"Monte Carlo Shapley value of {what}, highest first; bars are ± 2 standard "
                "errors over permutations. Blue: clusters the selection drew records from.")
     return head + notes + _img(_plot_values(run), "cluster values") + f'<p class="caption">{caption}</p></section>'
 

@@ -403,13 +403,12 @@ def representatives(x, centroids, labels, per_cluster: int, proxy_index=None) ->
     rows = np.flatnonzero(labels_host >= 0)
     owner = labels_host[rows]
     sq_dist = np.sum((x_host[rows] - centroids_host[owner]) ** 2, axis=1)
-    first = np.zeros(rows.shape[0], bool)
+    first = np.zeros(rows.shape[0], bool)  # rows that must lead their cluster
     if proxy_index is not None:
         proxy_index = np.asarray(proxy_index, np.int64)
         if proxy_index.shape != (n_clusters,):
             raise ValueError(f"proxy_index must have shape ({n_clusters},), got {proxy_index.shape}")
-        member_proxy = proxy_index[owner] == rows
-        first = member_proxy
+        first = proxy_index[owner] == rows
     order = np.lexsort((rows, sq_dist, ~first, owner))  # by cluster, proxy first, then distance, then index
     rows, owner = rows[order], owner[order]
     starts = np.searchsorted(owner, owner, side="left")

@@ -866,11 +866,11 @@ class _Session:
         from shed_jax import proxies as _proxies
 
         dataset = self.dataset
-        proxy_index = [int(i) for i in member_index]
+        players = [int(i) for i in member_index]
         kw = dict(model=self.config.model, batch_size=self.config.batch_size, cache_dir=self.cache_dir,
                   progress=False)  # K short texts: no progress bar
-        prompt_emb = np.asarray(_embed.embed_texts([dataset.prompts[i] for i in proxy_index], **kw), np.float32)
-        response_emb = np.asarray(_embed.embed_texts([dataset.responses[i] for i in proxy_index], **kw),
+        prompt_emb = np.asarray(_embed.embed_texts([dataset.prompts[i] for i in players], **kw), np.float32)
+        response_emb = np.asarray(_embed.embed_texts([dataset.responses[i] for i in players], **kw),
                                   np.float32)
         validation = _proxies.embed_validation(self.validation, model=self.config.model, cache_dir=self.cache_dir,
                                                progress=self.progress, batch_size=self.config.batch_size)

@@ -444,7 +444,7 @@ def test_cluster_means_against_a_loop():
 
 def test_proxies_per_cluster_values_members_and_averages(demo_data, tmp_path, fake_embed):
     config = make_config(demo_data, tmp_path, proxies_per_cluster=3)
-    assert config.resolved_removal_step(8) == pipeline.default_removal_step(24)
+    assert config.resolved_removal_step(100) == pipeline.default_removal_step(300) == 9  # 3 x 100 players
     result = pipeline.refine(config, progress=False, report=False)
     payload = json.loads((tmp_path / "run" / "values.json").read_text())
     members = payload["members"]

@@ -89,6 +89,7 @@ __all__ = [
     "EmbeddingProxyUtility",
     "ValidationEmbeddings",
     "bucket_sizes",
+    "cosine_weight",
     "embed_validation",
     "SpectralStats",
     "infonce_grad",
@@ -269,6 +270,16 @@ def _as_float_matrix(name: str, value, ndim: int) -> np.ndarray:
     return array
 
 
+def _paired_matrices(prompt_name: str, prompt_emb, response_name: str, response_emb
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Two float32 ``(n, d)`` matrices of the same shape (checked as by ``_as_float_matrix``)."""
+    prompts = _as_float_matrix(prompt_name, prompt_emb, 2)
+    responses = _as_float_matrix(response_name, response_emb, 2)
+    if prompts.shape != responses.shape:
+        raise ValueError(f"{prompt_name} {prompts.shape} and {response_name} {responses.shape} differ in shape")
+    return prompts, responses
+
+
 @dataclass(frozen=True, eq=False)
 class ValidationEmbeddings:
     """Embedded validation set; build it with :meth:`multiple_choice` or :meth:`instruction`.
@@ -325,10 +336,7 @@ class ValidationEmbeddings:
     @classmethod
     def instruction(cls, prompt_emb, response_emb) -> "ValidationEmbeddings":
         """Instruction-format validation: ``(V, d)`` held-out prompts and their own responses."""
-        prompts = _as_float_matrix("prompt_emb", prompt_emb, 2)
-        responses = _as_float_matrix("response_emb", response_emb, 2)
-        if prompts.shape != responses.shape:
-            raise ValueError(f"prompt_emb {prompts.shape} and response_emb {responses.shape} differ in shape")
+        prompts, responses = _paired_matrices("prompt_emb", prompt_emb, "response_emb", response_emb)
         if prompts.shape[0] < 2:
             raise ValueError("instruction validation needs >= 2 items (distractors are other items' responses)")
         return cls("instruction", prompts, response_emb=responses)
@@ -408,6 +416,11 @@ def init_params(key: jax.Array, dim: int, rank: int, init_scale: float) -> Bilin
                           log_scale=jnp.zeros((), jnp.float32))
 
 
+def cosine_weight(params: BilinearParams, alpha: float) -> jax.Array:
+    """The scorer's weight of the cosine term, ``alpha * exp(params.log_scale)``."""
+    return alpha * jnp.exp(params.log_scale)
+
+
 def infonce_loss(params: BilinearParams, prompt_emb: jax.Array, response_emb: jax.Array, valid: jax.Array, *,
                  alpha: float, temperature: float, gram: jax.Array | None = None) -> jax.Array:
     """Prompt-to-response InfoNCE over the valid rows of a padded batch.
@@ -423,7 +436,7 @@ def infonce_loss(params: BilinearParams, prompt_emb: jax.Array, response_emb: ja
         scalar float32: ``mean_{i valid} [logsumexp_{j valid} s_ij / T - s_ii / T]``; 0 with no valid row.
     """
     cosine = prompt_emb @ response_emb.T if gram is None else gram
-    scores = alpha * jnp.exp(params.log_scale) * cosine + (prompt_emb @ params.U) @ (response_emb @ params.V).T
+    scores = cosine_weight(params, alpha) * cosine + (prompt_emb @ params.U) @ (response_emb @ params.V).T
     logits = jnp.where(valid[None, :], scores / temperature, _MASKED_LOGIT)
     per_row = jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits)
     n_valid = jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0)
@@ -453,10 +466,10 @@ def infonce_grad(params: BilinearParams, prompt_emb: jax.Array, response_emb: ja
     ``d log_scale = sum_ij dS_ij alpha exp(log_scale) cos_ij``.
     """
     cosine = prompt_emb @ response_emb.T if gram is None else gram
-    cosine_weight = alpha * jnp.exp(params.log_scale)
+    weight = cosine_weight(params, alpha)
     projected_prompt = prompt_emb @ params.U                 # A (n, r)
     projected_response = response_emb @ params.V             # B (n, r)
-    scores = cosine_weight * cosine + projected_prompt @ projected_response.T
+    scores = weight * cosine + projected_prompt @ projected_response.T
     logits = jnp.where(valid[None, :], scores / temperature, _MASKED_LOGIT)
     shifted = jnp.exp(logits - jnp.max(logits, axis=1, keepdims=True))
     row_weight = valid.astype(jnp.float32) / (jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0) * temperature)
@@ -465,7 +478,7 @@ def infonce_grad(params: BilinearParams, prompt_emb: jax.Array, response_emb: ja
     d_prompt = d_scores @ projected_response                 # dA (n, r)
     d_response = d_scores.T @ projected_prompt               # dB (n, r)
     return BilinearParams(U=prompt_emb.T @ d_prompt, V=response_emb.T @ d_response,
-                          log_scale=cosine_weight * jnp.sum(d_scores * cosine))
+                          log_scale=weight * jnp.sum(d_scores * cosine))
 
 
 class SpectralStats(NamedTuple):
@@ -502,7 +515,7 @@ def spectral_loss(params: BilinearParams, stats: SpectralStats, *, alpha: float)
     empty coalition.
     """
     n_members = jnp.maximum(stats.n_members, 1.0)
-    alpha = alpha * jnp.exp(params.log_scale)
+    alpha = cosine_weight(params, alpha)
     cross_v = stats.cross @ params.V                                   # (d, r)
     positive = alpha * jnp.trace(stats.cross) + jnp.sum(params.U * cross_v)
     prompt_u = stats.prompt_cov @ params.U                             # (d, r)
@@ -522,7 +535,7 @@ def spectral_grad(params: BilinearParams, stats: SpectralStats, *, alpha: float)
     ``d log_scale = w (-2/n tr C_pr + 2/n^2 (w <C_pp, C_rr> + <b, a>))`` with ``w = alpha exp(log_scale)``.
     """
     n_members = jnp.maximum(stats.n_members, 1.0)
-    alpha = alpha * jnp.exp(params.log_scale)
+    alpha = cosine_weight(params, alpha)
     dim = params.U.shape[0]
     stacked_v = jnp.concatenate([stats.response_cov, stats.cross], axis=0) @ params.V      # (2d, r)
     stacked_u = jnp.concatenate([stats.prompt_cov, stats.cross.T], axis=0) @ params.U      # (2d, r)
@@ -592,7 +605,7 @@ def _validation_scores(data: _ProxyArrays, params: BilinearParams, config: Embed
     candidates_low = (pool_low.reshape(n_items, n_candidates, -1) if data.cand_index is None
                       else pool_low[data.cand_index])       # (V, C, r)
     low = jnp.einsum("vr,vcr->vc", query_low, candidates_low)
-    return config.alpha * jnp.exp(params.log_scale) * data.cand_cosine + low
+    return cosine_weight(params, config.alpha) * data.cand_cosine + low
 
 
 def _validation_value(data: _ProxyArrays, params: BilinearParams, config: EmbeddingProxyConfig) -> jax.Array:
@@ -758,10 +771,8 @@ class EmbeddingProxyUtility:
             raise TypeError(f"config must be an EmbeddingProxyConfig, got {type(config).__name__}")
         if not isinstance(validation, ValidationEmbeddings):
             raise TypeError(f"validation must be ValidationEmbeddings, got {type(validation).__name__}")
-        prompts = _as_float_matrix("proxy_prompt_emb", proxy_prompt_emb, 2)
-        responses = _as_float_matrix("proxy_response_emb", proxy_response_emb, 2)
-        if prompts.shape != responses.shape:
-            raise ValueError(f"proxy_prompt_emb {prompts.shape} and proxy_response_emb {responses.shape} differ")
+        prompts, responses = _paired_matrices("proxy_prompt_emb", proxy_prompt_emb,
+                                              "proxy_response_emb", proxy_response_emb)
         if prompts.shape[0] < 1:
             raise ValueError("need at least one proxy")
         if validation.dim != prompts.shape[1]:

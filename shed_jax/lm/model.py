@@ -1,0 +1,459 @@
+"""A Llama-family causal decoder in Flax NNX with stacked layers and batched-LoRA hooks.
+
+The architecture is the one shared by Llama / SmolLM2, Mistral and Qwen2 (Touvron et al. 2023,
+"LLaMA: Open and Efficient Foundation Language Models"): token embedding, ``num_layers`` pre-norm
+blocks (RMSNorm -> grouped-query attention with rotary position embeddings -> residual; RMSNorm ->
+SwiGLU MLP -> residual), a final RMSNorm and a tied or separate LM head. Numerics follow the
+transformers PyTorch implementation (RMSNorm in float32, RoPE in the ``rotate_half`` convention with
+float32 frequencies) so that the logits agree with it to float32 round-off on the same weights.
+
+Layout. The weights of the L blocks are stacked on a leading axis, ``(num_layers, ...)``, and the
+blocks run under ``jax.lax.scan``, so the compile time does not grow with L. Projection matrices are
+stored ``(d_in, d_out)`` (transposed with respect to ``torch.nn.Linear.weight``)::
+
+    embed_tokens        (vocab, hidden)
+    blocks.attn_norm    (L, hidden)           blocks.mlp_norm   (L, hidden)
+    blocks.q_proj       (L, hidden, num_heads * head_dim)       [+ q_bias (L, num_heads * head_dim)]
+    blocks.k_proj       (L, hidden, num_kv_heads * head_dim)    [+ k_bias]
+    blocks.v_proj       (L, hidden, num_kv_heads * head_dim)    [+ v_bias]
+    blocks.o_proj       (L, num_heads * head_dim, hidden)       [+ o_bias (L, hidden)]
+    blocks.gate_proj    (L, hidden, intermediate)   blocks.up_proj (L, hidden, intermediate)
+    blocks.down_proj    (L, intermediate, hidden)
+    norm                (hidden,)
+    lm_head             (hidden, vocab)       only when the embeddings are not tied
+
+LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"). Adapters are a plain
+pytree ``{target: {"a": (L, d_in, r), "b": (L, r, d_out)}}`` passed to ``__call__``, never module
+state: the frozen base weights are ordinary ``nnx.Param`` and a caller can ``jax.vmap`` the
+functional form ``nnx.merge(graphdef, state)(ids, lora=lora)`` over a leading coalition axis of the
+adapters with the base state broadcast (``in_axes=None``), and differentiate w.r.t. ``lora`` only.
+Each targeted projection adds ``lora_scale * (x @ a) @ b``; the per-layer slices travel through the
+scan next to the stacked base weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+_SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+_SUPPORTED_ROPE_TYPES = ("linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Hyper-parameters of a Llama-family decoder (hashable, usable as a static jit argument).
+
+    Attributes:
+      vocab_size, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, head_dim:
+        the shapes; ``num_heads`` must be a multiple of ``num_kv_heads`` (grouped-query attention).
+      rms_norm_eps: epsilon of every RMSNorm.
+      rope_theta: base of the rotary frequencies.
+      rope_scaling: None, or a sorted tuple of ``(key, value)`` items of the transformers
+        ``rope_scaling`` dict; ``rope_type`` "linear" (``factor``) and "llama3" (``factor``,
+        ``low_freq_factor``, ``high_freq_factor``, ``original_max_position_embeddings``) are supported.
+      tie_word_embeddings: the LM head is the transposed embedding matrix.
+      attention_bias: q/k/v projections have biases (Qwen2; Llama with ``attention_bias``).
+      attention_out_bias: the o projection has a bias (Llama with ``attention_bias``; not Qwen2).
+      max_position_embeddings: informational (RoPE is computed for any length).
+      model_type: "llama", "mistral" or "qwen2".
+      sliding_window: None (full causal attention), or W: each query attends to itself and the
+        W - 1 previous positions (Mistral's convention), in every layer.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: tuple | None = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    max_position_embeddings: int = 2048
+    model_type: str = "llama"
+    attention_out_bias: bool = False
+    sliding_window: int | None = None
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.rope_scaling is not None:
+            scaling = dict(self.rope_scaling)
+            if scaling.get("rope_type") not in _SUPPORTED_ROPE_TYPES:
+                raise ValueError(
+                    f"unsupported rope scaling {scaling.get('rope_type')!r}; "
+                    f"supported: {', '.join(_SUPPORTED_ROPE_TYPES)}"
+                )
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1, got {self.sliding_window}")
+
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any]) -> "DecoderConfig":
+        """Build from a transformers ``config.json`` dict of a llama, mistral or qwen2 model.
+
+        Reads both the transformers 4 keys (``rope_theta``, ``rope_scaling``) and the transformers 5
+        ``rope_parameters`` dict. Mistral's ``sliding_window`` is implemented exactly (every layer);
+        Qwen2's per-layer sliding window (``use_sliding_window``) is not and raises.
+
+        Raises:
+          ValueError: unsupported model type, activation, MLP bias, RoPE scaling or attention layout.
+        """
+        model_type = config.get("model_type")
+        if model_type not in _SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"unsupported model_type {model_type!r}; supported: {', '.join(_SUPPORTED_MODEL_TYPES)}"
+            )
+        act = config.get("hidden_act", config.get("hidden_activation", "silu"))
+        if act != "silu":
+            raise ValueError(f"unsupported hidden_act {act!r} (only 'silu' / SwiGLU)")
+        if config.get("mlp_bias"):
+            raise ValueError("unsupported: mlp_bias=True")
+        hidden_size = int(config["hidden_size"])
+        num_heads = int(config["num_attention_heads"])
+        head_dim = config.get("head_dim") or hidden_size // num_heads
+        num_kv_heads = int(config.get("num_key_value_heads") or num_heads)
+
+        rope_params = dict(config.get("rope_parameters") or {})
+        rope_theta = float(rope_params.get("rope_theta", config.get("rope_theta", 10000.0)))
+        scaling = dict(config.get("rope_scaling") or {})
+        if not scaling and rope_params:
+            scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        if rope_type == "default":
+            rope_scaling = None
+        elif rope_type in _SUPPORTED_ROPE_TYPES:
+            scaling["rope_type"] = rope_type
+            scaling.pop("type", None)
+            if float(scaling.get("attention_factor") or 1.0) != 1.0:
+                raise ValueError("unsupported: rope attention_factor != 1")
+            scaling.pop("attention_factor", None)
+            rope_scaling = tuple(sorted((k, _hashable(v)) for k, v in scaling.items()))
+        else:
+            raise ValueError(
+                f"unsupported rope scaling type {rope_type!r}; supported: default, "
+                f"{', '.join(_SUPPORTED_ROPE_TYPES)}"
+            )
+
+        if model_type == "qwen2":
+            attention_bias, attention_out_bias = True, False
+            layer_types = config.get("layer_types") or []
+            if config.get("use_sliding_window") or "sliding_attention" in layer_types:
+                raise ValueError(
+                    "unsupported: Qwen2 use_sliding_window=True (a per-layer sliding window); "
+                    "set use_sliding_window=false if sequences never exceed sliding_window"
+                )
+            sliding_window = None
+        else:
+            attention_bias = attention_out_bias = bool(config.get("attention_bias", False))
+            sliding_window = config.get("sliding_window") if model_type == "mistral" else None
+            layer_types = config.get("layer_types") or []
+            if any(t != "full_attention" for t in layer_types) and model_type != "mistral":
+                raise ValueError(f"unsupported layer_types {sorted(set(layer_types))}")
+        return cls(
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=hidden_size,
+            intermediate_size=int(config["intermediate_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=int(head_dim),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            attention_bias=attention_bias,
+            attention_out_bias=attention_out_bias,
+            max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
+            model_type=model_type,
+            sliding_window=None if sliding_window is None else int(sliding_window),
+        )
+
+    def lora_shapes(self) -> dict[str, tuple[int, int]]:
+        """``{target: (d_in, d_out)}`` of every LoRA-targetable projection."""
+        q_dim = self.num_heads * self.head_dim
+        kv_dim = self.num_kv_heads * self.head_dim
+        h, i = self.hidden_size, self.intermediate_size
+        return {
+            "q_proj": (h, q_dim), "k_proj": (h, kv_dim), "v_proj": (h, kv_dim), "o_proj": (q_dim, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+        }
+
+
+def _hashable(value):
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+# ----------------------------------------------------------------------------------------- RoPE
+
+
+def rope_inv_freq(config: DecoderConfig) -> np.ndarray:
+    """Rotary inverse frequencies, float32 ``(head_dim // 2,)``, with the config's scaling applied.
+
+    Same formulas as transformers' ``ROPE_INIT_FUNCTIONS`` ("default", "linear", "llama3").
+    """
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    inv_freq = inv_freq.astype(np.float32)
+    if config.rope_scaling is None:
+        return inv_freq
+    scaling = dict(config.rope_scaling)
+    factor = float(scaling["factor"])
+    if scaling["rope_type"] == "linear":
+        return (inv_freq / factor).astype(np.float32)
+    # llama3: long wavelengths divided by factor, short kept, a smooth blend in between.
+    low_freq_factor = float(scaling["low_freq_factor"])
+    high_freq_factor = float(scaling["high_freq_factor"])
+    old_context_len = float(scaling["original_max_position_embeddings"])
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    inv_freq_llama = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * inv_freq_llama / factor + smooth * inv_freq_llama
+    is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return np.where(is_medium, smoothed, inv_freq_llama).astype(np.float32)
+
+
+def rope_cos_sin(config: DecoderConfig, seq_len: int) -> tuple[jax.Array, jax.Array]:
+    """cos and sin tables, float32 ``(seq_len, head_dim)``, for positions ``0..seq_len-1``."""
+    inv_freq = jnp.asarray(rope_inv_freq(config))
+    positions = jnp.arange(seq_len, dtype=jnp.float32)
+    freqs = positions[:, None] * inv_freq[None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def _rotate_half(x: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate ``x`` (B, T, N, D) by the tables ``cos``/``sin`` (T, D), in x's dtype (HF convention)."""
+    cos = cos.astype(x.dtype)[None, :, None, :]
+    sin = sin.astype(x.dtype)[None, :, None, :]
+    return x * cos + _rotate_half(x) * sin
+
+
+# ---------------------------------------------------------------------------------- primitives
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, out_dtype) -> jax.Array:
+    """RMSNorm over the last axis, computed in float32 (transformers' LlamaRMSNorm).
+
+    ``x`` (..., H), ``weight`` (H,); returns (..., H) in ``out_dtype``: ``weight * normed``, where
+    ``normed`` is first cast to ``out_dtype`` as transformers does.
+    """
+    x32 = x.astype(jnp.float32)
+    variance = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+    normed = (x32 * jax.lax.rsqrt(variance + eps)).astype(out_dtype)
+    weight = weight.astype(out_dtype).reshape((1,) * (x.ndim - 1) + weight.shape)
+    return weight * normed
+
+
+def _project(x, weight, bias, adapter, lora_scale, dtype):
+    """``x @ weight (+ bias) (+ lora_scale * (x @ a) @ b)`` in ``dtype``; x (B, T, d_in)."""
+    y = jnp.einsum("btd,de->bte", x, weight.astype(dtype))
+    if bias is not None:
+        y = y + bias.astype(dtype)[None, None, :]
+    if adapter is not None:
+        low = jnp.einsum("btd,dr->btr", x, adapter["a"].astype(dtype))
+        delta = jnp.einsum("btr,re->bte", low, adapter["b"].astype(dtype))
+        y = y + (lora_scale * delta).astype(dtype)
+    return y
+
+
+def _block(config, dtype, attention_impl, hidden, layer, adapters, cos, sin, kv_lengths, lora_scale):
+    """One pre-norm decoder block on ``hidden`` (B, T, H) in ``dtype``; ``layer``: one layer's arrays."""
+    batch, seq_len, _ = hidden.shape
+
+    def adapter(name):
+        return None if adapters is None else adapters.get(name)
+
+    x = rms_norm(hidden, layer["attn_norm"], config.rms_norm_eps, dtype)
+    q = _project(x, layer["q_proj"], layer.get("q_bias"), adapter("q_proj"), lora_scale, dtype)
+    k = _project(x, layer["k_proj"], layer.get("k_bias"), adapter("k_proj"), lora_scale, dtype)
+    v = _project(x, layer["v_proj"], layer.get("v_bias"), adapter("v_proj"), lora_scale, dtype)
+    q = q.reshape(batch, seq_len, config.num_heads, config.head_dim)
+    k = k.reshape(batch, seq_len, config.num_kv_heads, config.head_dim)
+    v = v.reshape(batch, seq_len, config.num_kv_heads, config.head_dim)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    window = None if config.sliding_window is None else (config.sliding_window - 1, 0)
+    attn = jax.nn.dot_product_attention(
+        q, k, v,
+        is_causal=True,
+        key_value_seq_lengths=kv_lengths,
+        local_window_size=window,
+        implementation=attention_impl,
+    )
+    attn = attn.reshape(batch, seq_len, config.num_heads * config.head_dim)
+    hidden = hidden + _project(attn, layer["o_proj"], layer.get("o_bias"), adapter("o_proj"), lora_scale, dtype)
+
+    x = rms_norm(hidden, layer["mlp_norm"], config.rms_norm_eps, dtype)
+    gate = _project(x, layer["gate_proj"], None, adapter("gate_proj"), lora_scale, dtype)
+    up = _project(x, layer["up_proj"], None, adapter("up_proj"), lora_scale, dtype)
+    mlp = _project(jax.nn.silu(gate) * up, layer["down_proj"], None, adapter("down_proj"), lora_scale, dtype)
+    return hidden + mlp
+
+
+# ------------------------------------------------------------------------------------- modules
+
+
+def _normal(rngs: nnx.Rngs, shape, param_dtype, std=0.02) -> nnx.Param:
+    return nnx.Param((std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(param_dtype))
+
+
+class StackedBlocks(nnx.Module):
+    """The weights of all ``num_layers`` decoder blocks, stacked on a leading layer axis.
+
+    Freshly initialised like transformers (normal(0, 0.02) matrices, zero biases, unit norms);
+    :func:`shed_jax.lm.load` overwrites them with checkpoint weights.
+    """
+
+    def __init__(self, config: DecoderConfig, *, param_dtype, rngs: nnx.Rngs):
+        n_layers, hidden = config.num_layers, config.hidden_size
+        shapes = config.lora_shapes()
+        self.attn_norm = nnx.Param(jnp.ones((n_layers, hidden), param_dtype))
+        self.mlp_norm = nnx.Param(jnp.ones((n_layers, hidden), param_dtype))
+        for name in LORA_TARGETS:
+            setattr(self, name, _normal(rngs, (n_layers, *shapes[name]), param_dtype))
+        for name in ("q", "k", "v"):
+            bias = nnx.Param(jnp.zeros((n_layers, shapes[f"{name}_proj"][1]), param_dtype))
+            setattr(self, f"{name}_bias", bias if config.attention_bias else None)
+        self.o_bias = nnx.Param(jnp.zeros((n_layers, hidden), param_dtype)) if config.attention_out_bias else None
+
+    def arrays(self) -> dict[str, jax.Array]:
+        """``{name: (num_layers, ...) array}`` of the present weights (biases only when configured)."""
+        names = ("attn_norm", "mlp_norm", *LORA_TARGETS, "q_bias", "k_bias", "v_bias", "o_bias")
+        return {name: getattr(self, name)[...] for name in names if getattr(self, name) is not None}
+
+
+class Decoder(nnx.Module):
+    """Llama-family causal decoder; see the module docstring for the weight layout.
+
+    Args:
+      config: the :class:`DecoderConfig`.
+      dtype: compute dtype of activations and matmuls (bfloat16 by default; float32 for parity tests).
+        RMSNorm statistics, RoPE tables, attention softmax and the returned hidden states / logits are
+        float32 regardless.
+      param_dtype: storage dtype of the weights.
+      attention_impl: passed to ``jax.nn.dot_product_attention(implementation=...)``: None (XLA,
+        the default, right on CPU) or "cudnn" (NVIDIA GPUs, bf16/f16 only).
+      rngs: ``nnx.Rngs`` for the random initialisation.
+
+    Example:
+      >>> cfg = DecoderConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=2,
+      ...                     num_heads=4, num_kv_heads=2, head_dim=4)
+      >>> model = Decoder(cfg, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+      >>> model.unembed(model(jnp.zeros((1, 5), jnp.int32))).shape
+      (1, 5, 32)
+    """
+
+    def __init__(self, config: DecoderConfig, *, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
+                 attention_impl: str | None = None, rngs: nnx.Rngs):
+        self.config = config
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.attention_impl = attention_impl
+        self.embed_tokens = _normal(rngs, (config.vocab_size, config.hidden_size), param_dtype)
+        self.blocks = StackedBlocks(config, param_dtype=param_dtype, rngs=rngs)
+        self.norm = nnx.Param(jnp.ones((config.hidden_size,), param_dtype))
+        self.lm_head = (
+            None if config.tie_word_embeddings
+            else _normal(rngs, (config.hidden_size, config.vocab_size), param_dtype)
+        )
+
+    def __call__(self, input_ids: jax.Array, *, attention_mask: jax.Array | None = None,
+                 lora: Mapping[str, Mapping[str, jax.Array]] | None = None,
+                 lora_scale: float | jax.Array = 1.0, remat: bool = False) -> jax.Array:
+        """Final-norm hidden states, float32 ``(B, T, hidden_size)``.
+
+        Args:
+          input_ids: int32 ``(B, T)`` token ids.
+          attention_mask: optional bool ``(B, T)``, True for real tokens, padding on the right only
+            (it is reduced to per-row lengths; positions are always 0..T-1). Padded keys are never
+            attended to; the outputs at padded positions are unspecified (finite).
+          lora: optional adapters ``{target: {"a": (L, d_in, r), "b": (L, r, d_out)}}`` for any
+            subset of :data:`LORA_TARGETS` (see :func:`init_lora`).
+          lora_scale: multiplier of every adapter's update (peft's ``alpha / r``).
+          remat: recompute each block in the backward pass (``jax.checkpoint``) to save memory.
+        """
+        config, dtype = self.config, self.dtype
+        seq_len = input_ids.shape[1]
+        hidden = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
+        cos, sin = rope_cos_sin(config, seq_len)
+        kv_lengths = None
+        if attention_mask is not None:
+            kv_lengths = jnp.sum(attention_mask.astype(jnp.int32), axis=-1, dtype=jnp.int32)
+        adapters = None if lora is None else {name: lora[name] for name in lora}
+
+        def body(carry, layer_and_adapters):
+            layer, layer_adapters = layer_and_adapters
+            out = _block(config, dtype, self.attention_impl, carry, layer, layer_adapters,
+                         cos, sin, kv_lengths, lora_scale)
+            return out, None
+
+        if remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        hidden, _ = jax.lax.scan(body, hidden, (self.blocks.arrays(), adapters))
+        return rms_norm(hidden, self.norm[...], config.rms_norm_eps, jnp.float32)
+
+    def unembed(self, hidden: jax.Array) -> jax.Array:
+        """LM head: hidden ``(..., hidden_size)`` -> float32 logits ``(..., vocab_size)``.
+
+        The matmul runs in the compute dtype with float32 accumulation.
+        """
+        hidden = hidden.astype(self.dtype)
+        if self.lm_head is None:
+            return jnp.einsum("...h,vh->...v", hidden, self.embed_tokens[...].astype(self.dtype),
+                              preferred_element_type=jnp.float32)
+        return jnp.einsum("...h,hv->...v", hidden, self.lm_head[...].astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------- LoRA
+
+
+def init_lora(config: DecoderConfig, *, rank: int, targets=LORA_TARGETS, key: jax.Array,
+              dtype=jnp.float32) -> dict[str, dict[str, jax.Array]]:
+    """Fresh LoRA adapters ``{target: {"a": (L, d_in, rank), "b": (L, rank, d_out)}}``.
+
+    ``a`` is uniform on ``(-1/sqrt(d_in), 1/sqrt(d_in))`` (peft's ``kaiming_uniform_(a=sqrt(5))``)
+    and ``b`` is zero, so an untrained adapter leaves the model unchanged.
+
+    Example:
+      >>> cfg = DecoderConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=2,
+      ...                     num_heads=4, num_kv_heads=2, head_dim=4)
+      >>> lora = init_lora(cfg, rank=4, targets=("q_proj", "down_proj"), key=jax.random.key(0))
+      >>> lora["down_proj"]["a"].shape, lora["down_proj"]["b"].shape
+      ((2, 32, 4), (2, 4, 16))
+    """
+    shapes = config.lora_shapes()
+    unknown = [t for t in targets if t not in shapes]
+    if unknown:
+        raise ValueError(f"unknown LoRA targets {unknown}; choose from {LORA_TARGETS}")
+    adapters = {}
+    for index, target in enumerate(targets):
+        d_in, d_out = shapes[target]
+        bound = 1.0 / math.sqrt(d_in)
+        a = jax.random.uniform(jax.random.fold_in(key, index), (config.num_layers, d_in, rank),
+                               jnp.float32, -bound, bound)
+        adapters[target] = {"a": a.astype(dtype), "b": jnp.zeros((config.num_layers, rank, d_out), dtype)}
+    return adapters

@@ -1,40 +1,52 @@
-"""The ``shed`` command line: parse options, build a :class:`shed_jax.pipeline.RefineConfig`, call one
-pipeline function, report.
+"""The ``shed`` command line: parse options, build a :class:`shed_jax.config.RefineConfig`, call one library
+function, report.
 
-Every command writes progress and log lines to stderr (silenced by ``-q``) and a summary to stdout
-(``--json``: one JSON object, nothing else on stdout). Bad input (unreadable data, an impossible budget,
-unknown options...) ends with a one-line ``Error: ...`` on stderr and exit status 2, without a traceback
-(``-v`` adds it) and without a partial output file. An interrupted command exits with status 130 and says
-how to resume.
+Options are generated from the fields of :class:`~shed_jax.config.RefineConfig` (flag, default, help, choices
+come from there), so the command line and the library cannot drift apart. Every command writes progress and
+log lines to stderr (silenced by ``-q``) and a summary to stdout (``--json``: one JSON object, nothing else
+on stdout).
 
-This module imports only :mod:`click` at import time so that ``shed --help`` answers at once; the
-pipeline (JAX, and torch for the sentence encoder) is imported when a command runs.
+Exit status: 0 success; 2 bad input (:class:`shed_jax.errors.UserError`: one line ``Error: ...`` naming the
+file, line, field or option, nothing written); 1 an internal error (a bug: the traceback goes to
+``RUN_DIR/logs/errors.log``, or a temporary file, and one line on stderr points to it) or an operating-system
+failure such as a full disk; 130 interrupted (with how to resume).
+
+This module imports only :mod:`click` and the configuration at import time, so that ``shed --help`` answers at
+once; the pipeline (JAX, and torch for the sentence encoder) is imported when a command runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
 import click
 
+from shed_jax.config import RefineConfig, option_spec
+from shed_jax.errors import UserError
+
 __all__ = ["main", "cli"]
 
-_DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_SAMPLERS = ("qocs", "qwcs", "random")
-_PROXIES = ("embedding",)
 
-
-class UserError(click.ClickException):
+class _UsageError(click.ClickException):
     """A problem with the user's input: one line on stderr, exit status 2."""
 
     exit_code = 2
 
 
+class InternalError(click.ClickException):
+    """A bug: one line on stderr pointing to the traceback, exit status 1."""
+
+    exit_code = 1
+
+
 # --------------------------------------------------------------------------------------------------
-# shared plumbing
+# logging, output and errors
 # --------------------------------------------------------------------------------------------------
 
 
@@ -49,11 +61,7 @@ class _ClickHandler(logging.Handler):
 
 
 def _setup_logging(verbosity: int) -> None:
-    """-q: warnings only; default: info; -v: debug, on the ``shed_jax`` logger, for this command only.
-
-    The previous handlers/level/propagation are restored when the click context closes, so that running
-    the CLI in-process (tests, notebooks) leaves logging as it was.
-    """
+    """-q: warnings only; default: info; -v: debug, on the ``shed_jax`` logger, for this command only."""
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     root = logging.getLogger("shed_jax")
     saved = (root.level, root.propagate)
@@ -99,69 +107,161 @@ class _Opts:
 
 
 def _json_default(value):
-    try:
-        import numpy as np
+    import numpy as np
 
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-        if isinstance(value, np.generic):
-            return value.item()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _call(opts: _Opts, function, *, resume_hint: str | None = None):
-    """Run ``function()``; turn user errors into :class:`UserError` and Ctrl-C into exit status 130."""
+def _write_traceback(exc: BaseException, run_dir: str | None) -> str:
+    """The traceback of ``exc`` in ``RUN_DIR/logs/errors.log`` (or a temporary file); returns the path."""
+    if run_dir:
+        from shed_jax.run.rundir import RunDir
+
+        path = RunDir(run_dir).write_error_log(exc)
+        if path is not None:
+            return str(path)
+    fd, path = tempfile.mkstemp(prefix="shed-error-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return path
+
+
+def _call(opts: _Opts, function, *, resume_hint: str | None = None, run_dir: str | None = None):
+    """Run ``function()``; user errors -> exit 2, bugs -> exit 1 with the traceback logged, Ctrl-C -> 130."""
     try:
         return function()
-    except ValueError as exc:  # DataError, PipelineError, budget / cluster / option checks
+    except UserError as exc:
         if opts.verbosity > 0:
             traceback.print_exc(file=sys.stderr)
-        raise UserError(" ".join(str(exc).split()) or type(exc).__name__) from None
-    except FileNotFoundError as exc:
-        raise UserError(f"{exc.filename}: file not found" if exc.filename else str(exc)) from None
-    except OSError as exc:  # permissions, disk full...: one line, exit status 1
-        if opts.verbosity > 0:
-            traceback.print_exc(file=sys.stderr)
-        raise click.ClickException(" ".join(str(exc).split())) from None
+        raise _UsageError(str(exc) or type(exc).__name__) from None
+    except click.ClickException:
+        raise
     except KeyboardInterrupt:
         click.echo("\ninterrupted" + (f"; resume with: {resume_hint}" if resume_hint else ""), err=True)
         sys.exit(130)
+    except FileNotFoundError as exc:
+        raise _UsageError(f"{exc.filename}: file not found" if exc.filename else str(exc)) from None
+    except OSError as exc:  # disk full, permissions, ...: not the user's input, not a bug either
+        if opts.verbosity > 0:
+            traceback.print_exc(file=sys.stderr)
+        raise click.ClickException(" ".join(str(exc).split())) from None
+    except Exception as exc:  # a bug
+        where = _write_traceback(exc, run_dir)
+        if opts.verbosity > 0:
+            traceback.print_exc(file=sys.stderr)
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise InternalError(f"internal error ({message}); the traceback is in {where}. Please report it.") from None
 
 
 def _abs(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().absolute())
 
 
-def _parse_pairs(value: str | None, *, option: str) -> tuple[tuple[str, str], ...]:
-    """``"a=b,c=d"`` -> ``(("a", "b"), ("c", "d"))``; raises click.BadParameter on bad syntax."""
+# --------------------------------------------------------------------------------------------------
+# options generated from RefineConfig
+# --------------------------------------------------------------------------------------------------
+
+
+class _ProxyName(click.ParamType):
+    """A registered proxy name, optionally with ``:SPEC``; the choices are read from the registry when used."""
+
+    name = "proxy"
+
+    def get_metavar(self, param, ctx=None):
+        from shed_jax.proxies.registry import names
+
+        return "[" + "|".join(names()) + "][:SPEC]"
+
+    def convert(self, value, param, ctx):
+        from shed_jax.proxies.registry import names
+
+        if str(value).split(":", 1)[0] not in names():
+            self.fail(f"unknown proxy {str(value).split(':', 1)[0]!r}; choose one of {', '.join(names())}", param, ctx)
+        return str(value)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RefineConfig)}
+
+
+def config_option(name: str, **overrides):
+    """A click option for field ``name`` of :class:`RefineConfig` (flag, default, help and type from its spec)."""
+    field = _FIELDS[name]
+    spec = option_spec(RefineConfig, name)
+    decls = [d for d in (spec.short, spec.flag_for(name)) if d]
+    kind = spec.kind or {"int": "int", "float": "float"}.get(str(field.type).split(" ")[0], "str")
+    kwargs: dict = {"default": field.default, "help": spec.help, "show_default": field.default not in (None, ())}
+    if spec.metavar:
+        kwargs["metavar"] = spec.metavar
+    if name == "proxy":
+        kwargs["type"] = _ProxyName()
+        kwargs.pop("metavar", None)
+    elif spec.choices is not None:
+        kwargs["type"] = click.Choice(list(spec.allowed()))
+    elif kind == "int":
+        kwargs["type"] = click.IntRange(min=int(spec.minimum)) if spec.minimum is not None else int
+    elif kind == "float":
+        kwargs["type"] = float
+    elif kind == "path":
+        kwargs["type"] = click.Path(path_type=str)
+    elif kind == "pairs":
+        kwargs["default"] = None
+        kwargs["show_default"] = False
+    elif kind == "options":
+        kwargs["multiple"] = True
+        kwargs["default"] = ()
+        kwargs["show_default"] = False
+    if spec.default_text:
+        kwargs["help"] += f"  [default: {spec.default_text}]"
+    kwargs.update(overrides)
+    return click.option(*decls, name, **kwargs)
+
+
+def options(*names: str, **overrides_by_name):
+    """Decorator adding :func:`config_option` for each field, in order."""
+    def decorate(function):
+        for name in reversed(names):
+            function = config_option(name, **overrides_by_name.get(name, {}))(function)
+        return function
+    return decorate
+
+
+DATA_FIELDS = ("format", "field_map", "duplicates", "text", "model", "batch_size")
+VALUE_FIELDS = ("valid", "valid_format", "proxy", "proxy_options", "proxies_per_cluster", "n_permutations",
+                "removal_step", "shapley_batch_size")
+BUDGET_FIELDS = ("ratio", "size", "sampler", "beta")
+_PATH_FIELDS = ("data", "output", "valid", "run_dir")
+
+
+def _parse_pairs(value, *, option: str) -> tuple[tuple[str, str], ...]:
+    """``"a=b,c=d"`` -> ``(("a", "b"), ("c", "d"))``."""
     if not value:
         return ()
+    if not isinstance(value, str):
+        return tuple(value)
     pairs = []
     for item in value.split(","):
         key, sep, mapped = item.partition("=")
         if not sep or not key.strip() or not mapped.strip():
-            raise click.BadParameter(f"expected key=value[,key=value...], got {item!r}", param_hint=option)
+            raise UserError(f"expected NAME=KEY[,NAME=KEY...], got {item!r}", field=option)
         pairs.append((key.strip(), mapped.strip()))
     return tuple(pairs)
 
 
-def _parse_proxy_options(values: tuple[str, ...]) -> tuple[tuple[str, object], ...]:
-    """``("steps=20", "metric=logprob")`` -> ``(("metric", "logprob"), ("steps", 20))`` (JSON values)."""
+def _parse_proxy_options(values) -> dict:
+    """``("steps=20", "metric=logprob")`` -> ``{"steps": "20", "metric": "logprob"}`` (typed by the registry)."""
     out = {}
-    for item in values:
+    for item in values or ():
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"expected name=value, got {item!r}", param_hint="--proxy-option")
-        try:
-            parsed = json.loads(raw)
-        except json.JSONDecodeError:
-            parsed = raw
-        out[key.strip()] = parsed
-    return tuple(sorted(out.items()))
+            raise UserError(f"expected NAME=VALUE, got {item!r}", field="--proxy-option")
+        out[key.strip()] = raw
+    return out
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -169,6 +269,36 @@ def _explicit(ctx: click.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source not in (click.core.ParameterSource.DEFAULT,
                                                  click.core.ParameterSource.DEFAULT_MAP)
+
+
+def _fields_from(params: dict) -> dict:
+    """Config fields from click parameters: paths absolute, pairs and proxy options parsed."""
+    fields = {name: value for name, value in params.items() if name in _FIELDS}
+    for name in _PATH_FIELDS:
+        if name in fields:
+            fields[name] = _abs(fields[name])
+    if "field_map" in fields:
+        fields["field_map"] = _parse_pairs(fields["field_map"], option="--field-map")
+    if "proxy_options" in fields:
+        fields["proxy_options"] = _parse_proxy_options(fields["proxy_options"])
+    return fields
+
+
+def build_config(ctx: click.Context, params: dict, *, base: RefineConfig | None = None, **fixed) -> RefineConfig:
+    """A :class:`RefineConfig` from the command's parameters; over ``base`` only explicitly given options apply
+    (``--proxy-option`` values merge into the stored ones; a new ``--ratio`` clears a stored ``--size`` and
+    vice versa)."""
+    fields = _fields_from(params)
+    if base is None:
+        return RefineConfig(**{**fields, **fixed})
+    changes = {name: value for name, value in fields.items() if _explicit(ctx, name)}
+    if "proxy_options" in changes:
+        changes["proxy_options"] = {**dict(base.proxy_options), **changes["proxy_options"]}
+    if "ratio" in changes:
+        changes.setdefault("size", None)
+    if "size" in changes:
+        changes.setdefault("ratio", None)
+    return base.replace(**{**changes, **fixed})
 
 
 def common_options(function):
@@ -180,78 +310,11 @@ def common_options(function):
     return function
 
 
-def seed_option(function):
-    return click.option("--seed", type=int, default=0, show_default=True,
-                        help="Seeds k-means, the proxy utility, the Shapley permutations and the sampler.")(function)
-
-
-def data_options(function):
-    """Options of reading and embedding the instruction data."""
-    for decorator in reversed([
-        click.option("--format", "data_format", default="auto", show_default=True,
-                     type=click.Choice(["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]),
-                     help="Record format of DATA (auto: detected from the keys)."),
-        click.option("--field-map", default=None, metavar="NAME=KEY,...",
-                     help="Map canonical field names to the keys in DATA, e.g. instruction=question,output=answer."),
-        click.option("--duplicates", default="drop", show_default=True, type=click.Choice(["drop", "keep", "error"]),
-                     help="Exact duplicate records: drop (never clustered or selected), keep, or error."),
-        click.option("--text", default="all", show_default=True, metavar="all|prompt|response|KEY,...",
-                     help="What to embed for clustering: prompt + response, one side, or a comma list of record keys."),
-        click.option("--model", default=_DEFAULT_MODEL, show_default=True,
-                     help="Sentence-transformers model (hub name or local path; the default ships offline)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-                     help="Embedding batch size."),
-    ]):
-        function = decorator(function)
-    return function
-
-
-def value_options(function):
-    for decorator in reversed([
-        click.option("--valid", default=None, metavar="VALID",
-                     help="Validation set: multiple-choice ({question, choices, answer}) or instruction records."),
-        click.option("--valid-format", default="auto", show_default=True,
-                     help="Format of VALID: auto, multiple_choice, or an instruction format."),
-        click.option("--proxy", default="embedding", show_default=True, type=click.Choice(_PROXIES),
-                     help="Utility that values a coalition of proxies (embedding: a scorer fitted in "
-                          "sentence-embedding space, CPU-friendly)."),
-        click.option("--proxy-option", multiple=True, metavar="NAME=VALUE",
-                     help="Override a field of the proxy's configuration (repeatable), e.g. steps=20, metric=logprob."),
-        click.option("--proxies-per-cluster", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Members of each cluster valued as Shapley players (those nearest its centroid); a "
-                          "cluster's value is their mean. 1 is SHED's single proxy; more cost proportionally more "
-                          "evaluations but see clusters that mix good and bad examples."),
-        click.option("--permutations", type=click.IntRange(min=1), default=50, show_default=True,
-                     help="Monte Carlo permutations (each costs about K / removal-step utility evaluations)."),
-        click.option("--removal-step", type=click.IntRange(min=1), default=None,
-                     help="Proxies removed per step along a permutation [default: max(1, P // 32) for P = K x "
-                          "proxies-per-cluster players, i.e. at most ~63 evaluations per permutation]."),
-        click.option("--shapley-batch-size", type=click.IntRange(min=1), default=None,
-                     help="Coalitions per utility call [default: the utility's preferred size]."),
-    ]):
-        function = decorator(function)
-    return function
-
-
-def budget_options(function):
-    for decorator in reversed([
-        click.option("--ratio", type=float, default=None, help="Budget as a fraction of the candidate examples, in (0, 1]."),
-        click.option("--size", type=int, default=None, help="Budget as a number of examples."),
-        click.option("--sampler", default="qocs", show_default=True, type=click.Choice(_SAMPLERS),
-                     help="qocs: best clusters whole; qwcs: clusters drawn with weight exp(beta * z-scored value); "
-                          "random: uniform baseline."),
-        click.option("--beta", type=float, default=1.0, show_default=True,
-                     help="QWCS inverse temperature on z-scored cluster values (0 = uniform over clusters)."),
-    ]):
-        function = decorator(function)
-    return function
-
-
 def _check_budget_flags(ratio, size):
     if ratio is not None and size is not None:
-        raise UserError("give either --ratio or --size, not both")
+        raise _UsageError("give either --ratio or --size, not both")
     if ratio is None and size is None:
-        raise UserError("give a budget: --ratio R (fraction of the examples) or --size N")
+        raise _UsageError("give a budget: --ratio R (fraction of the examples) or --size N")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,18 +354,23 @@ def main(argv=None):
     return cli.main(args=argv, prog_name="shed")
 
 
+def _run_dir_for(params: dict) -> str:
+    from shed_jax.run.rundir import default_run_dir
+
+    return _abs(params.get("run_dir")) or str(default_run_dir(_abs(params["data"])))
+
+
 # --------------------------------------------------------------------------------------------------
-# embed
+# embed, cluster
 # --------------------------------------------------------------------------------------------------
 
 
 @cli.command()
 @click.argument("data", metavar="DATA")
-@data_options
-@click.option("--run-dir", default=None, help="Run directory [default: $SHED_HOME/runs/<data>-<time>].")
-@seed_option
+@options(*DATA_FIELDS, "run_dir", "seed")
 @common_options
-def embed(data, data_format, field_map, duplicates, text, model, batch_size, run_dir, seed, as_json, quiet, verbose):
+@click.pass_context
+def embed(ctx, as_json, quiet, verbose, **params):
     """Embed every record of DATA (cached in RUN_DIR/cache).
 
     \b
@@ -312,39 +380,26 @@ def embed(data, data_format, field_map, duplicates, text, model, batch_size, run
       shed embed qa.jsonl --field-map instruction=question,output=answer --run-dir run/
     """
     opts = _Opts(quiet, verbose, as_json)
-    from shed_jax import pipeline
+    run_dir = _run_dir_for(params)
 
     def work():
-        config = pipeline.RefineConfig(
-            data=_abs(data), run_dir=_abs(run_dir), format=data_format,
-            field_map=_parse_pairs(field_map, option="--field-map"), duplicates=duplicates, text=text,
-            model=model, batch_size=batch_size, seed=seed)
-        config = config.replace(run_dir=config.run_dir or str(pipeline.default_run_dir(config.data)))
-        return config, pipeline.run_embed(config, progress=opts.progress, log=opts.log)
+        from shed_jax import run
 
-    config, result = _call(opts, work)
-    summary = {"command": "embed", "run_dir": config.run_dir, "cache_dir": str(Path(config.run_dir) / "cache"),
-               **result.summary()}
+        config = build_config(ctx, params, run_dir=run_dir)
+        return run.run_embed(config, progress=opts.progress, log=opts.log)
+
+    result = _call(opts, work, run_dir=run_dir)
+    summary = {"command": "embed", "run_dir": run_dir, "cache_dir": str(Path(run_dir) / "cache"), **result.summary()}
     opts.emit(summary, [f"embedded {summary['n_examples']} records (dim {summary['dim']})"
                         f"{' [cached]' if result.skipped else ''} -> {summary['cache_dir']}"])
 
 
-# --------------------------------------------------------------------------------------------------
-# cluster
-# --------------------------------------------------------------------------------------------------
-
-
 @cli.command()
 @click.argument("data", metavar="DATA")
-@click.option("--clusters", "n_clusters", type=click.IntRange(min=1), default=None,
-              help="Number of clusters K [default: clip(N // 20, 2, 64)].")
-@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True, help="k-means iterations.")
-@data_options
-@click.option("--run-dir", default=None, help="Run directory [default: $SHED_HOME/runs/<data>-<time>].")
-@seed_option
+@options("n_clusters", "kmeans_max_iter", *DATA_FIELDS, "run_dir", "seed")
 @common_options
-def cluster(data, n_clusters, max_iter, data_format, field_map, duplicates, text, model, batch_size, run_dir, seed,
-            as_json, quiet, verbose):
+@click.pass_context
+def cluster(ctx, as_json, quiet, verbose, **params):
     """Embed DATA (cached) and cluster it with k-means; writes RUN_DIR/clusters.npz.
 
     Each cluster's proxy is its real example nearest to the centroid. Dropped duplicates get label -1.
@@ -355,19 +410,16 @@ def cluster(data, n_clusters, max_iter, data_format, field_map, duplicates, text
       shed cluster train.jsonl --clusters 300 --text prompt --run-dir run/ --json
     """
     opts = _Opts(quiet, verbose, as_json)
-    from shed_jax import pipeline
+    run_dir = _run_dir_for(params)
 
     def work():
-        config = pipeline.RefineConfig(
-            data=_abs(data), run_dir=_abs(run_dir), format=data_format,
-            field_map=_parse_pairs(field_map, option="--field-map"), duplicates=duplicates, text=text,
-            model=model, batch_size=batch_size, n_clusters=n_clusters, kmeans_max_iter=max_iter, seed=seed)
-        config = config.replace(run_dir=config.run_dir or str(pipeline.default_run_dir(config.data)))
-        return config, pipeline.run_cluster(config, progress=opts.progress, log=opts.log)
+        from shed_jax import run
 
-    config, result = _call(opts, work)
-    summary = {"command": "cluster", "run_dir": config.run_dir,
-               "clusters": str(Path(config.run_dir) / "clusters.npz"), **result.summary()}
+        return run.run_cluster(build_config(ctx, params, run_dir=run_dir), progress=opts.progress, log=opts.log)
+
+    result = _call(opts, work, run_dir=run_dir)
+    summary = {"command": "cluster", "run_dir": run_dir, "clusters": str(Path(run_dir) / "clusters.npz"),
+               **result.summary()}
     opts.emit(summary, [f"{summary['n_clusters']} clusters over {summary['n_candidates']} records "
                         f"(sizes {summary['cluster_size_min']}..{summary['cluster_size_max']})"
                         f"{' [cached]' if result.skipped else ''} -> {summary['clusters']}"])
@@ -379,14 +431,14 @@ def cluster(data, n_clusters, max_iter, data_format, field_map, duplicates, text
 
 
 @cli.command()
-@click.option("--run-dir", required=True, help="Run directory written by `shed cluster` (or `shed refine`).")
-@value_options
+@options("run_dir", *VALUE_FIELDS, run_dir={"required": True, "help": "Run directory written by `shed cluster` "
+                                                                        "(or `shed refine`)."})
 @click.option("--resume", is_flag=True, help="Continue an interrupted valuation from RUN_DIR/shapley_ckpt.")
-@click.option("--seed", type=int, default=None, help="Override the run's seed (re-clusters if it changes).")
+@config_option("seed", default=None, show_default=False,
+               help="Override the run's seed (re-clusters if it changes).")
 @common_options
 @click.pass_context
-def value(ctx, run_dir, valid, valid_format, proxy, proxy_option, proxies_per_cluster, permutations, removal_step,
-          shapley_batch_size, resume, seed, as_json, quiet, verbose):
+def value(ctx, resume, as_json, quiet, verbose, **params):
     """Monte Carlo Shapley values of the cluster proxies; writes RUN_DIR/values.json.
 
     Reads the data and clustering options from RUN_DIR/config.json; options given here override them.
@@ -398,32 +450,22 @@ def value(ctx, run_dir, valid, valid_format, proxy, proxy_option, proxies_per_cl
     Examples:
       shed value --run-dir run/ --valid mmlu_dev.jsonl
       shed value --run-dir run/ --valid mmlu_dev.jsonl --permutations 200 --removal-step 4
+      shed value --run-dir run/ --valid val.jsonl --proxy lm --proxy-option steps=20
       shed value --run-dir run/ --resume
     """
     opts = _Opts(quiet, verbose, as_json)
-    from shed_jax import pipeline
-
-    run_dir = _abs(run_dir)
+    run_dir = _abs(params["run_dir"])
 
     def work():
-        base = pipeline.load_config(run_dir)
-        changes = {"run_dir": run_dir}
-        mapping = {"valid": ("valid", _abs(valid)), "valid_format": ("valid_format", valid_format),
-                   "proxy": ("proxy", proxy), "permutations": ("n_permutations", permutations),
-                   "proxies_per_cluster": ("proxies_per_cluster", proxies_per_cluster),
-                   "removal_step": ("removal_step", removal_step),
-                   "shapley_batch_size": ("shapley_batch_size", shapley_batch_size), "seed": ("seed", seed)}
-        for name, (field_name, field_value) in mapping.items():
-            if _explicit(ctx, name):
-                changes[field_name] = field_value
-        if proxy_option:  # merged into the stored options
-            changes["proxy_options"] = {**dict(base.proxy_options), **dict(_parse_proxy_options(proxy_option))}
-        config = base.replace(**changes)
-        if not config.valid:
-            raise pipeline.PipelineError("no validation set: give --valid VALID")
-        return config, pipeline.run_value(config, progress=opts.progress, log=opts.log, resume=resume)
+        from shed_jax import run
+        from shed_jax.errors import PipelineError
 
-    config, result = _call(opts, work, resume_hint=f"shed value --run-dir {run_dir} --resume")
+        config = build_config(ctx, params, base=run.RunDir(run_dir).load_config(), run_dir=run_dir)
+        if not config.valid:
+            raise PipelineError("no validation set: give --valid VALID", field="--valid")
+        return run.run_value(config, progress=opts.progress, log=opts.log, resume=resume)
+
+    result = _call(opts, work, resume_hint=f"shed value --run-dir {run_dir} --resume", run_dir=run_dir)
     summary = {"command": "value", "run_dir": run_dir, "values": str(Path(run_dir) / "values.json"),
                **result.summary()}
     opts.emit(summary, [
@@ -439,15 +481,14 @@ def value(ctx, run_dir, valid, valid_format, proxy, proxy_option, proxies_per_cl
 
 @cli.command()
 @click.argument("data", metavar="DATA")
-@click.option("--values", "values_path", default=None, metavar="VALUES.json",
+@click.option("--values", "values_path", default=None, metavar="VALUES.json", type=click.Path(path_type=str),
               help="Values file with \"cluster_values\" [default: RUN_DIR/values.json].")
-@click.option("--run-dir", default=None,
-              help="Run directory with clusters.npz [default: the directory of --values].")
-@click.option("-o", "--output", required=True, metavar="OUT.jsonl", help="Where to write the selected records.")
-@budget_options
-@seed_option
+@options("run_dir", "output", *BUDGET_FIELDS, "seed",
+         run_dir={"help": "Run directory with clusters.npz [default: the directory of --values]."},
+         output={"required": True})
 @common_options
-def select(data, values_path, run_dir, output, ratio, size, sampler, beta, seed, as_json, quiet, verbose):
+@click.pass_context
+def select(ctx, values_path, as_json, quiet, verbose, **params):
     """Select a budget of records of DATA from cluster values and write them to OUT.jsonl.
 
     The records are written exactly as they are in DATA; OUT.scores.jsonl holds each one's cluster,
@@ -459,26 +500,24 @@ def select(data, values_path, run_dir, output, ratio, size, sampler, beta, seed,
       shed select train.jsonl --values run/values.json --size 1000 --sampler qwcs --beta 2 -o refined.jsonl
     """
     opts = _Opts(quiet, verbose, as_json)
-    if values_path is None and run_dir is None:
-        raise UserError("give --values VALUES.json or --run-dir DIR")
-    _check_budget_flags(ratio, size)
-    from shed_jax import pipeline
-
-    values_file = _abs(values_path) if values_path else str(Path(_abs(run_dir)) / "values.json")
-    directory = _abs(run_dir) if run_dir else str(Path(values_file).parent)
+    if values_path is None and params["run_dir"] is None:
+        raise _UsageError("give --values VALUES.json or --run-dir DIR")
+    _check_budget_flags(params["ratio"], params["size"])
+    values_file = _abs(values_path) if values_path else str(Path(_abs(params["run_dir"])) / "values.json")
+    directory = _abs(params["run_dir"]) if params["run_dir"] else str(Path(values_file).parent)
 
     def work():
-        config = pipeline.RefineConfig(data=_abs(data), run_dir=directory, sampler=sampler, beta=beta, ratio=ratio,
-                                       size=size, seed=seed, output=_abs(output))
-        try:
-            stored = pipeline.load_config(directory)
-            config = config.replace(format=stored.format, field_map=stored.field_map, duplicates=stored.duplicates)
-        except ValueError:
-            pass  # a bare directory with clusters.npz: read DATA with the defaults
-        return config, pipeline.run_select(config, progress=opts.progress, log=opts.log, values_path=values_file,
-                                           output=_abs(output))
+        from shed_jax import run
 
-    config, result = _call(opts, work)
+        config = build_config(ctx, params, run_dir=directory)
+        stored = run.RunDir(directory)
+        if (stored.path / "config.json").is_file():
+            base = stored.load_config()
+            config = config.replace(format=base.format, field_map=base.field_map, duplicates=base.duplicates)
+        return config, run.run_select(config, progress=opts.progress, log=opts.log, values_path=values_file,
+                                      output=config.output)
+
+    config, result = _call(opts, work, run_dir=directory)
     summary = {"command": "select", "run_dir": directory, "output": config.output, **result.summary()}
     opts.emit(summary, [f"selected {result.budget} of {result.n_candidates} records with {result.sampler} "
                         f"-> {config.output}"])
@@ -489,37 +528,15 @@ def select(data, values_path, run_dir, output, ratio, size, sampler, beta, seed,
 # --------------------------------------------------------------------------------------------------
 
 
-_REFINE_FIELDS = {
-    # CLI parameter -> RefineConfig field
-    "output": "output", "valid": "valid", "valid_format": "valid_format", "data_format": "format",
-    "field_map": "field_map", "duplicates": "duplicates", "text": "text", "model": "model",
-    "batch_size": "batch_size", "n_clusters": "n_clusters", "max_iter": "kmeans_max_iter", "proxy": "proxy",
-    "proxy_option": "proxy_options", "permutations": "n_permutations", "removal_step": "removal_step",
-    "proxies_per_cluster": "proxies_per_cluster",
-    "shapley_batch_size": "shapley_batch_size", "sampler": "sampler", "beta": "beta", "ratio": "ratio",
-    "size": "size", "seed": "seed",
-}
-
-
 @cli.command()
 @click.argument("data", metavar="[DATA]", required=False)
-@click.option("-o", "--output", default=None, metavar="OUT.jsonl", help="Where to write the selected records.")
-@value_options
-@budget_options
-@click.option("--clusters", "n_clusters", type=click.IntRange(min=1), default=None,
-              help="Number of clusters K [default: clip(N // 20, 2, 64)].")
-@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True, help="k-means iterations.")
-@data_options
-@seed_option
-@click.option("--run-dir", default=None, help="Run directory [default: $SHED_HOME/runs/<data>-<time>].")
+@options("output", *VALUE_FIELDS, *BUDGET_FIELDS, "n_clusters", "kmeans_max_iter", *DATA_FIELDS, "seed", "run_dir")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --run-dir: options come from its config.json (options given here "
                    "override them), finished stages are loaded and an interrupted valuation continues.")
 @common_options
 @click.pass_context
-def refine(ctx, data, output, valid, valid_format, proxy, proxy_option, proxies_per_cluster, permutations, removal_step,
-           shapley_batch_size, ratio, size, sampler, beta, n_clusters, max_iter, data_format, field_map, duplicates,
-           text, model, batch_size, seed, run_dir, resume, as_json, quiet, verbose):
+def refine(ctx, resume, as_json, quiet, verbose, **params):
     """The whole pipeline: embed -> cluster -> value -> select -> report.
 
     Writes the selected records of DATA, exactly as they are in DATA, to OUT.jsonl (plus
@@ -531,58 +548,41 @@ def refine(ctx, data, output, valid, valid_format, proxy, proxy_option, proxies_
       shed refine train.jsonl --valid mmlu_dev.jsonl --ratio 0.1 -o refined.jsonl
       shed refine train.jsonl --valid valid.jsonl --size 5000 --clusters 300 \\
           --sampler qwcs --beta 2 --permutations 100 --run-dir run/ -o refined.jsonl
+      shed refine train.jsonl --valid valid.jsonl --ratio 0.1 -o refined.jsonl --proxy lm:model.gguf
       shed refine --resume --run-dir run/          # after Ctrl-C, or to finish a killed run
     """
     opts = _Opts(quiet, verbose, as_json)
-    from shed_jax import pipeline
-
-    if resume and not run_dir:
-        raise UserError("--resume needs --run-dir DIR")
+    if resume and not params["run_dir"]:
+        raise _UsageError("--resume needs --run-dir DIR")
     if not resume:
-        if not data:
-            raise UserError("missing DATA (or use --resume --run-dir DIR)")
-        if not output:
-            raise UserError("missing -o/--output OUT.jsonl")
-        if not valid:
-            raise UserError("missing --valid VALID (the validation set the utility is measured on)")
-        _check_budget_flags(ratio, size)
-    elif ratio is not None and size is not None:
-        raise UserError("give either --ratio or --size, not both")
-
-    params = {"output": _abs(output), "valid": _abs(valid), "valid_format": valid_format, "data_format": data_format,
-              "duplicates": duplicates, "text": text, "model": model, "batch_size": batch_size,
-              "n_clusters": n_clusters, "max_iter": max_iter, "proxy": proxy, "permutations": permutations,
-              "proxies_per_cluster": proxies_per_cluster,
-              "removal_step": removal_step, "shapley_batch_size": shapley_batch_size, "sampler": sampler,
-              "beta": beta, "ratio": ratio, "size": size, "seed": seed}
-    run_dir_abs = _abs(run_dir) or str(pipeline.default_run_dir(_abs(data)))
+        if not params["data"]:
+            raise _UsageError("missing DATA (or use --resume --run-dir DIR)")
+        if not params["output"]:
+            raise _UsageError("missing -o/--output OUT.jsonl")
+        if not params["valid"]:
+            raise _UsageError("missing --valid VALID (the validation set the utility is measured on)")
+        _check_budget_flags(params["ratio"], params["size"])
+    elif params["ratio"] is not None and params["size"] is not None:
+        raise _UsageError("give either --ratio or --size, not both")
+    run_dir = _run_dir_for(params) if not resume else _abs(params["run_dir"])
 
     def work():
-        fields = {_REFINE_FIELDS[k]: v for k, v in params.items()}
-        fields["field_map"] = _parse_pairs(field_map, option="--field-map")
-        fields["proxy_options"] = _parse_proxy_options(proxy_option)
-        if resume:
-            base = pipeline.load_config(run_dir_abs)
-            changes = {_REFINE_FIELDS[k]: fields[_REFINE_FIELDS[k]] for k in _REFINE_FIELDS
-                       if _explicit(ctx, k)}
-            if "proxy_options" in changes:  # merged into the stored options
-                changes["proxy_options"] = {**dict(base.proxy_options), **dict(changes["proxy_options"])}
-            if data:
-                changes["data"] = _abs(data)
-            if "ratio" in changes:
-                changes.setdefault("size", None)
-            if "size" in changes:
-                changes.setdefault("ratio", None)
-            config = base.replace(run_dir=run_dir_abs, **changes)
-            if not config.output:
-                raise pipeline.PipelineError("the run has no output file; give -o OUT.jsonl")
-            if not config.valid:
-                raise pipeline.PipelineError("the run has no validation set; give --valid VALID")
-        else:
-            config = pipeline.RefineConfig(data=_abs(data), run_dir=run_dir_abs, **fields)
-        return pipeline.refine(config, progress=opts.progress, log=opts.log, resume=resume)
+        from shed_jax import run
+        from shed_jax.errors import PipelineError
 
-    result = _call(opts, work, resume_hint=f"shed refine --resume --run-dir {run_dir_abs}")
+        if resume:
+            base = run.RunDir(run_dir).load_config()
+            config = build_config(ctx, {k: v for k, v in params.items() if k != "data" or v}, base=base,
+                                  run_dir=run_dir)
+            if not config.output:
+                raise PipelineError("the run has no output file; give -o OUT.jsonl", field="--output")
+            if not config.valid:
+                raise PipelineError("the run has no validation set; give --valid VALID", field="--valid")
+        else:
+            config = build_config(ctx, params, run_dir=run_dir)
+        return run.refine(config, progress=opts.progress, log=opts.log, resume=resume)
+
+    result = _call(opts, work, resume_hint=f"shed refine --resume --run-dir {run_dir}", run_dir=run_dir)
     summary = dict(result.summary)
     summary["command"] = "refine"
     s = result.summary
@@ -599,16 +599,17 @@ def refine(ctx, data, output, valid, valid_format, proxy, proxy_option, proxies_
 
 
 @cli.command()
-@click.option("--run-dir", default=None, help="Run directory [default: $SHED_HOME/runs/demo-<size>-<time>].")
+@click.option("--run-dir", default=None, type=click.Path(path_type=str),
+              help="Run directory [default: $SHED_HOME/runs/demo-<size>-<time>].")
 @click.option("--size", "demo_size", type=click.Choice(["small", "default"]), default="small", show_default=True,
               help="small: 600 records, 16 clusters (~2 CPU-minutes); default: 3000 records, 48 clusters.")
 @click.option("--ratio", type=float, default=0.2, show_default=True, help="Budget as a fraction of the data.")
-@click.option("--permutations", type=click.IntRange(min=1), default=None,
-              help="Monte Carlo permutations [default: as in `shed refine`].")
-@click.option("--model", default=_DEFAULT_MODEL, show_default=True, help="Sentence-transformers model.")
-@seed_option
+@config_option("n_permutations", default=None, show_default=False,
+               help="Monte Carlo permutations [default: as in `shed refine`].")
+@config_option("model")
+@config_option("seed")
 @common_options
-def demo(run_dir, demo_size, ratio, permutations, model, seed, as_json, quiet, verbose):
+def demo(run_dir, demo_size, ratio, n_permutations, model, seed, as_json, quiet, verbose):
     """Refine a generated data set with known junk and show how much junk each selection keeps.
 
     The data (RUN_DIR/demo_data) mixes useful instruction clusters with junk clusters; the validation
@@ -621,13 +622,15 @@ def demo(run_dir, demo_size, ratio, permutations, model, seed, as_json, quiet, v
       shed demo --size default --run-dir demo-run/ --json
     """
     opts = _Opts(quiet, verbose, as_json)
-    from shed_jax import pipeline
 
     def work():
-        return pipeline.demo(_abs(run_dir), size=demo_size, seed=seed, ratio=ratio, n_permutations=permutations,
-                             progress=opts.progress, log=opts.log, model=model)
+        from shed_jax.demo import demo as run_demo
 
-    result = _call(opts, work, resume_hint="shed demo --run-dir <same dir> (finished stages are skipped)")
+        return run_demo(_abs(run_dir), size=demo_size, seed=seed, ratio=ratio, n_permutations=n_permutations,
+                        progress=opts.progress, log=opts.log, model=model)
+
+    result = _call(opts, work, resume_hint="shed demo --run-dir <same dir> (finished stages are skipped)",
+                   run_dir=_abs(run_dir))
     summary = {"command": "demo", **result.summary()}
     rates = result.junk_rate
     opts.emit(summary, [
@@ -639,29 +642,25 @@ def demo(run_dir, demo_size, ratio, permutations, model, seed, as_json, quiet, v
 
 
 @cli.command()
-@click.argument("run_dir", metavar="RUN_DIR")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=str))
 @common_options
 def report(run_dir, as_json, quiet, verbose):
-    """(Re)write RUN_DIR/report.html from the files in a run directory.
+    """(Re)write RUN_DIR/report.html from the artifacts in a run directory.
 
     \b
     Example:
       shed report runs/train-20240101-120000
     """
     opts = _Opts(quiet, verbose, as_json)
-    from shed_jax import pipeline
-
     directory = Path(_abs(run_dir))
 
     def work():
-        if not directory.is_dir():
-            raise pipeline.PipelineError(f"{directory}: not a directory")
-        path = pipeline.write_report(directory, log=opts.log)
-        if path is None:
-            raise pipeline.PipelineError("the report module (shed_jax.report) is not available")
-        return path
+        from shed_jax import run
 
-    path = _call(opts, work)
+        run.RunDir(directory).require("shed report")
+        return run.write_report(directory, log=opts.log)
+
+    path = _call(opts, work, run_dir=str(directory))
     opts.emit({"command": "report", "run_dir": str(directory), "report": str(path)}, [f"wrote {path}"])
 
 

@@ -47,16 +47,25 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import operator
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
+
+from shed_jax.errors import DataError
+from shed_jax.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_many,
+    atomic_write_text,
+    finite_or_none as _finite_or_none,
+    jsonl_bytes as _jsonl_bytes,
+    write_jsonl,
+)
 
 __all__ = [
     "DataError",
@@ -103,49 +112,6 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 _CHAT_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
 
 _JSON_WS = re.compile(r"[ \t\n\r]*")
-
-
-class DataError(ValueError):
-    """Bad user input, reported on one line.
-
-    ``str(e) == f"{path}:{line}: {field}: {message}"``; the ``line`` and ``field`` parts (and ``path``) are
-    left out when they are ``None``. Newlines in the message are replaced by spaces.
-
-    Attributes:
-        message: what is wrong (one line).
-        path: the file, as given (``str``), or ``None``.
-        line: 1-based line number in the file, or ``None``.
-        field: the field (key path such as ``conversations[2].from``), or ``None``.
-
-    >>> str(DataError("must be a string", path="a.jsonl", line=3, field="output"))
-    'a.jsonl:3: output: must be a string'
-    >>> str(DataError("file is empty", path="a.jsonl"))
-    'a.jsonl: file is empty'
-    """
-
-    def __init__(self, message: str, *, path: Any = None, line: int | None = None,
-                 field: str | None = None):
-        self.message = " ".join(str(message).split())
-        self.path = None if path is None else os.fspath(path)
-        self.line = line
-        self.field = field
-        super().__init__(self.__str__())
-
-    def __str__(self) -> str:
-        location = ""
-        if self.path is not None:
-            location = self.path
-        if self.line is not None:
-            location = f"{location}:{self.line}" if location else f"line {self.line}"
-        parts = [p for p in (location, self.field) if p]
-        return ": ".join(parts + [self.message])
-
-    def __reduce__(self):  # keep the keyword-only attributes through pickling (multiprocessing)
-        return (_rebuild_data_error, (self.message, self.path, self.line, self.field))
-
-
-def _rebuild_data_error(message, path, line, field):
-    return DataError(message, path=path, line=line, field=field)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -805,176 +771,6 @@ def read_validation(path, *, format: str = "auto", field_map: Mapping[str, str] 
                                   duplicates="keep")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Atomic writes
-# ----------------------------------------------------------------------------------------------------
-
-
-def _new_file_mode(path: str) -> int:
-    """Permission bits for a written file: the existing target's, else 0o666 minus the umask."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        pass
-    umask = 0o022
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for status_line in f:
-                if status_line.startswith("Umask:"):
-                    umask = int(status_line.split()[1], 8)
-                    break
-    except (OSError, ValueError):
-        pass
-    return 0o666 & ~umask
-
-
-def _write_temp(path: str, data: bytes) -> str:
-    """Write ``data`` to a new temporary file next to ``path`` (flushed + fsync-ed); return its name."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise DataError("the output directory does not exist", path=path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _new_file_mode(path))
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return tmp
-
-
-def _remove_quietly(name: str) -> None:
-    try:
-        os.unlink(name)
-    except OSError:
-        pass
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_many(items: Sequence[tuple[str, bytes]]) -> None:
-    """Write every (path, bytes) through temporary files; replace the targets only once all are written.
-
-    If a later ``os.replace`` fails after an earlier one succeeded, the earlier target is already in
-    place (rename of several files cannot be made atomic together); every temporary file is removed.
-    """
-    temps: list[str] = []
-    try:
-        for path, data in items:
-            temps.append(_write_temp(path, data))
-        for (path, _), tmp in zip(items, temps):
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in temps:
-            _remove_quietly(tmp)
-        raise
-    for directory in {os.path.dirname(os.path.abspath(p)) for p, _ in items}:
-        _fsync_directory(directory)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory + fsync + ``os.replace``.
-
-    Readers see either the old file or the complete new one. On error nothing is left behind (the
-    temporary file is removed and an existing ``path`` is unchanged).
-
-    Raises:
-        DataError: the directory of ``path`` does not exist.
-        OSError: writing failed (disk full, permissions, ...).
-    """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    _atomic_write_many([(os.fspath(path), bytes(data))])
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_write_bytes`)."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be str, got {type(text).__name__}")
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(value: Any) -> Any:
-    """JSON for numpy scalars and arrays (``np.float32(0.5)`` -> ``0.5``)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"object of type {type(value).__name__} is not JSON serializable")
-
-
-def _dumps(obj: Any, *, indent: int | None = None) -> str:
-    """Strict JSON (no NaN/Infinity), non-ASCII kept as is; lone surrogates fall back to \\u escapes."""
-    text = json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False, default=_json_default)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(obj, ensure_ascii=True, indent=indent, allow_nan=False, default=_json_default)
-    return text
-
-
-def atomic_write_json(path, obj) -> None:
-    """Write ``obj`` as JSON (``indent=2``, UTF-8, key order kept, trailing newline) atomically.
-
-    numpy scalars/arrays are converted to Python numbers/lists.
-
-    Raises:
-        ValueError: ``obj`` holds NaN or infinity (not valid JSON); TypeError: not serialisable.
-    """
-    _atomic_write_many([(os.fspath(path), (_dumps(obj, indent=2) + "\n").encode("utf-8"))])
-
-
-def _jsonl_bytes(records: Iterable[Any], what: str = "record") -> tuple[bytes, int]:
-    lines = []
-    for i, record in enumerate(records):
-        try:
-            lines.append(_dumps(record))
-        except ValueError as e:
-            raise ValueError(f"{what} {i}: {e} (NaN and infinity are not valid JSON)") from None
-        except TypeError as e:
-            raise TypeError(f"{what} {i}: {e}") from None
-    return "".join(line + "\n" for line in lines).encode("utf-8"), len(lines)
-
-
-def write_jsonl(path, records: Iterable[dict]) -> None:
-    """Write ``records`` as JSON Lines (one per line, ``ensure_ascii=False``, key order kept) atomically.
-
-    The whole iterable is serialised before anything touches the disk, so an exception while iterating
-    or serialising leaves no file.
-    """
-    data, _ = _jsonl_bytes(records)
-    _atomic_write_many([(os.fspath(path), data)])
-
-
-def _finite_or_none(value: Any) -> Any:
-    """Replace NaN/infinite floats (also inside lists and dicts) with None; numpy -> Python."""
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
-
-
 def scores_path(path) -> str:
     """Sidecar file of per-record scores for the selection at ``path``: ``<dir>/<stem>.scores.jsonl``."""
     p = Path(os.fspath(path))
@@ -1031,7 +827,7 @@ def write_selection(path, dataset: InstructionSet, indices, *,
         if os.path.abspath(sidecar) == os.path.abspath(os.fspath(path)):  # pragma: no cover
             raise ValueError(f"the scores file would overwrite the selection: {sidecar}")
         items.append((sidecar, score_data))
-    _atomic_write_many(items)
+    atomic_write_many(items)
 
 
 # ----------------------------------------------------------------------------------------------------

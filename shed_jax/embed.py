@@ -27,16 +27,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shed_jax.io import atomic_write_npy
 
 __all__ = ["DEFAULT_MODEL", "resolve_model", "embed_texts", "embedding_cache_key", "clear_model_cache"]
 
@@ -129,7 +129,7 @@ def embed_texts(texts: Sequence[str], *, model: str = DEFAULT_MODEL, batch_size:
     embeddings = _encode(encoder, unique_texts, batch_size=batch_size, progress=progress,
                          num_threads=num_threads)[inverse]
     if cache_path is not None:
-        _atomic_save_npy(cache_path, embeddings)
+        _save_npy(cache_path, embeddings)
     return embeddings
 
 
@@ -257,19 +257,7 @@ def _read_cache(path: Path, n_texts: int) -> np.ndarray | None:
     return embeddings
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` as .npy to ``path`` atomically (same-directory temp file, fsync, os.replace)."""
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as .npy to ``path`` atomically, creating the cache directory if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_npy(path, array)

@@ -70,7 +70,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -81,7 +80,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from shed_jax.proxies.base import as_mask_batch
+from shed_jax.errors import UserError
+from shed_jax.proxies.base import ProxyInputs, as_mask_batch, bucket_sizes, chunk_size_for, evaluate_coalitions, trace_count
 
 __all__ = [
     "BilinearParams",
@@ -207,31 +207,6 @@ class EmbeddingProxyConfig:
         return dataclasses.asdict(self)
 
 
-def bucket_sizes(n_players: int, *, ratio: float = 2.0, min_bucket: int = 16) -> tuple[int, ...]:
-    """The ladder of padded coalition sizes: ``(0, min_bucket, ~min_bucket*ratio, ..., n_players)``.
-
-    Bucket 0 is the empty coalition (no training). Sizes above 0 are rounded up to a multiple of 8 and
-    capped at ``n_players``, which is always the last bucket.
-
-    >>> bucket_sizes(1000)
-    (0, 16, 32, 64, 128, 256, 512, 1000)
-    >>> bucket_sizes(5)
-    (0, 5)
-    """
-    if n_players < 1:
-        raise ValueError(f"n_players must be >= 1, got {n_players}")
-    sizes = [0]
-    size = float(min_bucket)
-    while True:
-        rounded = min(int(math.ceil(size / 8.0)) * 8 if size > 8 else int(math.ceil(size)), n_players)
-        if rounded > sizes[-1]:
-            sizes.append(rounded)
-        if rounded >= n_players:
-            break
-        size *= ratio
-    return tuple(sizes)
-
-
 def training_flops(n_members: int, dim: int, rank: int, steps: int, objective: str = "spectral") -> float:
     """Analytic matmul FLOPs to train one coalition padded to ``n_members`` rows for ``steps`` steps.
 
@@ -353,28 +328,31 @@ class ValidationEmbeddings:
 
 
 def embed_validation(validation_set, *, model: str | None = None, cache_dir: str | os.PathLike | None = None,
-                     progress: bool = True, batch_size: int = 64) -> ValidationEmbeddings:
+                     progress: bool = True, batch_size: int = 64, embed=None) -> ValidationEmbeddings:
     """Embeds a validation set read by ``shed_jax.data.read_validation``.
 
     A ``MultipleChoiceSet`` (attributes ``questions``, ``choices``, ``answers``) gives question
     embeddings ``(V, d)`` and choice embeddings padded to ``(V, C_max, d)`` with a mask; an
     ``InstructionSet`` (attributes ``prompts``, ``responses``) gives prompt and response embeddings
     ``(V, d)``. Distractors for the instruction format are drawn later, by
-    :meth:`EmbeddingProxyUtility.from_arrays` (seeded). Uses ``shed_jax.embed.embed_texts`` (imported here,
-    lazily) with its on-disk cache.
+    :meth:`EmbeddingProxyUtility.from_arrays` (seeded). Uses ``embed(texts, progress=...)`` when given (e.g.
+    :attr:`ProxyInputs.embed`), else ``shed_jax.embed.embed_texts`` (imported here, lazily) with ``model``,
+    ``batch_size`` and its on-disk cache in ``cache_dir``.
     """
-    from shed_jax import embed as embed_module  # lazy: loads torch/sentence-transformers only when used
+    if embed is None:
+        from shed_jax import embed as embed_module  # lazy: loads torch/sentence-transformers only when used
 
-    model_name = embed_module.DEFAULT_MODEL if model is None else model
-    kwargs = dict(model=model_name, cache_dir=cache_dir, progress=progress, batch_size=batch_size)
+        model_name = embed_module.DEFAULT_MODEL if model is None else model
+        embed = partial(embed_module.embed_texts, model=model_name, cache_dir=cache_dir, batch_size=batch_size)
+    kwargs = dict(progress=progress)
     if hasattr(validation_set, "questions") and hasattr(validation_set, "choices"):
         questions = list(validation_set.questions)
         choices = [list(c) for c in validation_set.choices]
         if len(questions) == 0:
             raise ValueError("validation set is empty")
-        question_emb = embed_module.embed_texts(questions, **kwargs)
+        question_emb = embed(questions, **kwargs)
         flat = [text for item in choices for text in item]
-        flat_emb = embed_module.embed_texts(flat, **kwargs)
+        flat_emb = embed(flat, **kwargs)
         n_choices_max = max(len(item) for item in choices)
         choice_emb = np.zeros((len(questions), n_choices_max, flat_emb.shape[1]), np.float32)
         choice_mask = np.zeros((len(questions), n_choices_max), bool)
@@ -389,8 +367,8 @@ def embed_validation(validation_set, *, model: str | None = None, cache_dir: str
         prompts, responses = list(validation_set.prompts), list(validation_set.responses)
         if len(prompts) == 0:
             raise ValueError("validation set is empty")
-        return ValidationEmbeddings.instruction(embed_module.embed_texts(prompts, **kwargs),
-                                                embed_module.embed_texts(responses, **kwargs))
+        return ValidationEmbeddings.instruction(embed(prompts, **kwargs),
+                                                embed(responses, **kwargs))
     raise TypeError(f"expected a MultipleChoiceSet or an InstructionSet, got {type(validation_set).__name__}")
 
 
@@ -646,50 +624,6 @@ def _coalition_value(data: _ProxyArrays, mask: jax.Array, *, n_bucket: int, conf
     return _validation_value(data, trained, config)
 
 
-def _unit_chunk(value_fn):
-    """Adapts ``(data, mask (K,)) -> ()`` to a chunk of one: ``(data, masks (1, K)) -> (1,)``."""
-    return lambda data, chunk_masks: value_fn(data, chunk_masks[0])[None]
-
-
-def _evaluate_batch(data: _ProxyArrays, masks: jax.Array, *, config: EmbeddingProxyConfig,
-                    buckets: tuple[int, ...], chunk_size: int) -> jax.Array:
-    """``(B, K)`` bool -> ``(B,)`` float32: sort by size, ``lax.map`` over chunks, ``lax.switch`` on bucket."""
-    n_batch, n_players = masks.shape
-    counts = jnp.sum(masks, axis=1, dtype=jnp.int32)
-    order = jnp.argsort(counts, stable=True)
-    n_chunks = -(-n_batch // chunk_size)
-    padded = jnp.zeros((n_chunks * chunk_size, n_players), bool).at[:n_batch].set(masks[order])
-    chunks = padded.reshape(n_chunks, chunk_size, n_players)
-    bucket_array = jnp.asarray(buckets, jnp.int32)
-    if chunk_size == 1:  # no vmap: a batch axis of 1 would turn every matmul into a slower batched dot
-        branches = [_unit_chunk(partial(_coalition_value, n_bucket=size, config=config)) for size in buckets]
-    else:
-        branches = [jax.vmap(partial(_coalition_value, n_bucket=size, config=config), in_axes=(None, 0))
-                    for size in buckets]
-
-    def value_chunk(chunk_masks):
-        largest = jnp.max(jnp.sum(chunk_masks, axis=1, dtype=jnp.int32))
-        branch = jnp.searchsorted(bucket_array, largest, side="left")
-        return jax.lax.switch(branch, branches, data, chunk_masks)
-
-    values_sorted = jax.lax.map(value_chunk, chunks).reshape(-1)[:n_batch]
-    return jnp.zeros((n_batch,), jnp.float32).at[order].set(values_sorted)
-
-
-_TRACE_COUNTS: dict[tuple, int] = {}  # diagnostics only: traces of the batched function per static setting
-
-
-def _evaluate_batch_counted(data: _ProxyArrays, masks: jax.Array, *, config: EmbeddingProxyConfig,
-                            buckets: tuple[int, ...], chunk_size: int) -> jax.Array:
-    key = (config, buckets, chunk_size)
-    _TRACE_COUNTS[key] = _TRACE_COUNTS.get(key, 0) + 1  # runs at trace time only
-    return _evaluate_batch(data, masks, config=config, buckets=buckets, chunk_size=chunk_size)
-
-
-# One jitted function for every utility: utilities with the same static setting share compilations.
-_evaluate_batch_jit = jax.jit(_evaluate_batch_counted, static_argnames=("config", "buckets", "chunk_size"))
-
-
 _coalition_value_jit = jax.jit(_coalition_value, static_argnames=("n_bucket", "config"))
 _train_jit = jax.jit(_train, static_argnames=("config",))
 
@@ -731,11 +665,9 @@ class EmbeddingProxyUtility:
         self.backend = jax.default_backend() if backend is None else backend
         if config.chunk_size is not None:
             self.chunk_size = config.chunk_size
-        elif self.backend == "cpu":
-            self.chunk_size = 1
         else:
-            per = _per_coalition_bytes(self.buckets[-1], self.dim, config.rank)
-            self.chunk_size = int(max(1, min(256, config.accelerator_memory_bytes // per)))
+            self.chunk_size = chunk_size_for(self.backend, _per_coalition_bytes(self.buckets[-1], self.dim, config.rank),
+                                             config.accelerator_memory_bytes)
         self.preferred_batch_size = 64 if self.chunk_size == 1 else 4 * self.chunk_size
 
     @property
@@ -745,7 +677,7 @@ class EmbeddingProxyUtility:
         Utilities with the same setting share compiled code, and this count. A new batch shape traces once;
         new masks of a seen shape never do.
         """
-        return _TRACE_COUNTS.get((self.config, self.buckets, self.chunk_size), 0)
+        return trace_count(_coalition_value, self.config, self.buckets, self.chunk_size)
 
     @classmethod
     def from_arrays(cls, proxy_prompt_emb, proxy_response_emb, validation: ValidationEmbeddings,
@@ -816,8 +748,8 @@ class EmbeddingProxyUtility:
     # -- evaluation ---------------------------------------------------------------------------------------
     def __call__(self, masks) -> jax.Array:
         """``(B, K)`` bool masks -> ``(B,)`` float32 utility values (jitted; traceable)."""
-        return _evaluate_batch_jit(self._data, as_mask_batch(masks, self.n_players), config=self.config,
-                                   buckets=self.buckets, chunk_size=self.chunk_size)
+        return evaluate_coalitions(_coalition_value, self._data, as_mask_batch(masks, self.n_players),
+                                   config=self.config, buckets=self.buckets, chunk_size=self.chunk_size)
 
     def evaluate_one(self, mask) -> float:
         """Value of one coalition ``(K,)`` bool, through a per-bucket jitted function (host picks the bucket).
@@ -874,3 +806,31 @@ class EmbeddingProxyUtility:
     def __repr__(self) -> str:
         return (f"EmbeddingProxyUtility(n_players={self.n_players}, dim={self.dim}, n_validation={self.n_validation}, "
                 f"chunk_size={self.chunk_size}, config={self.config})")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Registration (shed_jax.proxies.registry)
+# --------------------------------------------------------------------------------------------------------
+def check_validation(validation_set, config: EmbeddingProxyConfig) -> None:
+    """Raises :class:`UserError` when the validation set cannot be scored with ``config`` (checked before any
+    stage runs)."""
+    if not hasattr(validation_set, "choices") and len(validation_set) <= config.n_distractors:
+        raise UserError(f"an instruction-format validation set needs more than n_distractors="
+                        f"{config.n_distractors} records, got {len(validation_set)}",
+                        path=getattr(validation_set, "path", None))
+
+
+def build_embedding_proxy(inputs: ProxyInputs, config: EmbeddingProxyConfig) -> EmbeddingProxyUtility:
+    """The registry factory: embeds the players' prompts and responses and the validation set with the run's
+    cached encoder (``inputs.embed``) and builds an :class:`EmbeddingProxyUtility` seeded with ``inputs.seed``."""
+    prompt_emb = np.asarray(inputs.embed(list(inputs.prompts), progress=False), np.float32)
+    response_emb = np.asarray(inputs.embed(list(inputs.responses), progress=False), np.float32)
+    validation = embed_validation(inputs.validation, embed=inputs.embed, progress=inputs.progress)
+    return EmbeddingProxyUtility.from_arrays(prompt_emb, response_emb, validation, config=config, seed=inputs.seed)
+
+
+PROXY_NAME = "embedding"
+CONFIG_CLASS = EmbeddingProxyConfig
+FACTORY = build_embedding_proxy
+CHECK = check_validation
+SUMMARY = "a contrastive scorer fitted in sentence-embedding space (CPU-friendly)"

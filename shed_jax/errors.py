@@ -1,0 +1,69 @@
+"""Errors: what the user got wrong vs what the program got wrong.
+
+:class:`UserError` (and its subclasses) is raised only where input is validated: data and validation files,
+options, run directories, output paths. The command line reports it as one line, ``Error: <message>``,
+with exit status 2. Anything else that escapes is a bug: the command line writes the traceback to the run
+directory's log (``RUN_DIR/logs/``, or a temporary file when there is no run directory yet), prints one
+line pointing to it, and exits with status 1.
+
+``str(UserError(...)) == "path:line: field: message"``, each location part left out when unknown:
+
+>>> str(UserError("must be a string", path="a.jsonl", line=3, field="output"))
+'a.jsonl:3: output: must be a string'
+>>> str(UserError("must be in (0, 1], got 2.0", field="--ratio"))
+'--ratio: must be in (0, 1], got 2.0'
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["DataError", "PipelineError", "UserError"]
+
+
+class UserError(Exception):
+    """Bad user input, reported on one line (exit status 2 on the command line).
+
+    Attributes:
+        message: what is wrong (one line; newlines are folded into spaces).
+        path: the file or directory, as given (``str``), or ``None``.
+        line: 1-based line number in the file, or ``None``.
+        field: the record field (key path such as ``conversations[2].from``) or the option (``--ratio``),
+            or ``None``.
+    """
+
+    def __init__(self, message: str, *, path: Any = None, line: int | None = None, field: str | None = None):
+        self.message = " ".join(str(message).split())
+        self.path = None if path is None else os.fspath(path)
+        self.line = line
+        self.field = field
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        location = "" if self.path is None else self.path
+        if self.line is not None:
+            location = f"{location}:{self.line}" if location else f"line {self.line}"
+        parts = [p for p in (location, self.field) if p]
+        return ": ".join(parts + [self.message])
+
+    def __reduce__(self):  # keep the keyword-only attributes through pickling (multiprocessing)
+        return (_rebuild, (type(self), self.message, self.path, self.line, self.field))
+
+
+def _rebuild(cls, message, path, line, field):
+    return cls(message, path=path, line=line, field=field)
+
+
+class DataError(UserError, ValueError):
+    """A problem in a data, validation or values file (names the file, line and field).
+
+    Also a ``ValueError``, as it was before :class:`UserError` existed, so that callers catching
+    ``ValueError`` around the readers keep working.
+
+    >>> str(DataError("file is empty", path="a.jsonl"))
+    'a.jsonl: file is empty'
+    """
+
+
+class PipelineError(UserError, ValueError):
+    """A problem with the options or the run directory of a pipeline command."""

@@ -1,0 +1,56 @@
+"""A self-contained HTML report of a SHED run directory.
+
+``write_report(run_dir)`` reads the run's typed artifacts (:mod:`shed_jax.run.artifacts`: clusters, values,
+convergence, selection, examples and, for generated demo data, the ground truth) and writes one HTML file with
+the plots inlined as base64 PNG images:
+
+* the distribution of the cluster values (sorted, with +-2 standard-error bars),
+* the convergence of the Monte Carlo estimates over permutations (trajectories of the top and bottom
+  clusters, and the mean standard error against the number of permutations),
+* cluster size against value, with the clusters the selection drew from highlighted,
+* the composition of the selection against the input by ``category`` (when the records have one),
+* tables of the top and bottom clusters with example records (HTML-escaped).
+
+Every piece except the run directory itself is optional: a missing or unreadable artifact gives a note in the
+report where its section would be, never an exception. The report never reads the data file: the cluster
+stage saves the examples it shows. When the run has a ground truth (``shed demo``), the report also shows the
+fraction of known junk per cluster.
+
+matplotlib is imported lazily and used through ``matplotlib.figure.Figure`` only (no pyplot, no global
+backend switch), so writing a report never changes the caller's plotting state.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from shed_jax.io import atomic_write_text
+from shed_jax.report._html import _render
+from shed_jax.report._load import load_run
+
+__all__ = ["write_report"]
+
+
+def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                 summary: dict | None = None) -> Path:
+    """Write a self-contained HTML report of the SHED run in ``run_dir``.
+
+    Args:
+        run_dir: a run directory. Only the directory must exist; each missing or unreadable artifact is
+            reported as a note in the HTML in place of its section.
+        out: where to write the report; default ``run_dir / "report.html"``.
+        summary: the run summary to show (default: ``run_dir/summary.json`` when present).
+
+    Returns:
+        The path written (atomically: a reader never sees a half-written report).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a directory.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: run directory not found")
+    document = _render(load_run(run_dir, summary=summary))
+    out_path = Path(out) if out is not None else run_dir / "report.html"
+    atomic_write_text(out_path, document)
+    return out_path

@@ -1,0 +1,202 @@
+"""The inputs of a run, read once and checked before any stage starts; stage fingerprints.
+
+:class:`RunInputs` reads the data and validation files lazily (each at most once), resolves the options left
+to the run (K, the removal step, the budget) and runs :meth:`RunInputs.preflight`, which raises a
+:class:`shed_jax.errors.UserError` for anything wrong with the input before any heavy work starts.
+
+Fingerprints. Each stage's fingerprint is the sha256 of its inputs: the data file's hash, the configuration
+fields the stage reads, and the upstream stage's fingerprint. A stage whose fingerprint matches the one in
+``stages.json`` is loaded instead of recomputed; changing an option recomputes exactly the stages downstream.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from shed_jax import data as _data
+from shed_jax import select as _select
+from shed_jax.config import RefineConfig
+from shed_jax.errors import DataError, PipelineError, UserError
+
+__all__ = ["RunInputs", "STAGES", "sha256_file", "stage_fingerprints"]
+
+STAGES = ("embed", "cluster", "value", "select")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hash(payload: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def resolved_proxy_options(config: RefineConfig) -> Any:
+    """The proxy's full configuration (defaults filled in), so that a change of a default between versions
+    invalidates stored values; the raw options where they are invalid (preflight reports those)."""
+    from shed_jax.proxies import registry
+
+    try:
+        return sorted(registry.config_dict(registry.make_config(config.proxy, dict(config.proxy_options))).items())
+    except UserError:
+        return list(config.proxy_options)
+
+
+def stage_fingerprints(config: RefineConfig, *, data_sha256: str, n_candidates: int,
+                       valid_sha256: str | None = None) -> dict[str, str]:
+    """Fingerprint (hex sha256) of each stage's inputs; a stage's includes its upstream stage's.
+
+    Returns ``{"embed": ..., "cluster": ..., "value": ..., "select": ...}``.
+    """
+    embed_fp = _hash({"stage": "embed", "data": data_sha256, "format": config.format,
+                      "field_map": sorted(config.field_map), "duplicates": config.duplicates,
+                      "text": config.text, "model": config.model})
+    n_clusters = config.resolved_n_clusters(n_candidates)
+    cluster_fp = _hash({"stage": "cluster", "up": embed_fp, "n_clusters": n_clusters,
+                        "max_iter": config.kmeans_max_iter, "seed": config.seed})
+    value_fp = _hash({"stage": "value", "up": cluster_fp, "valid": valid_sha256,
+                      "valid_format": config.valid_format, "proxy": config.proxy,
+                      "proxy_options": resolved_proxy_options(config), "model": config.model,
+                      "proxies_per_cluster": int(config.proxies_per_cluster),
+                      "n_permutations": config.n_permutations,
+                      "removal_step": config.resolved_removal_step(n_clusters),
+                      "shapley_batch_size": config.shapley_batch_size, "seed": config.seed})
+    select_fp = _hash({"stage": "select", "up": value_fp, "sampler": config.sampler,
+                       "beta": float(config.beta), "ratio": config.ratio, "size": config.size,
+                       "seed": config.seed})
+    return {"embed": embed_fp, "cluster": cluster_fp, "value": value_fp, "select": select_fp}
+
+
+class RunInputs:
+    """The data and validation sets of one configuration, read lazily, and what follows from them."""
+
+    def __init__(self, config: RefineConfig):
+        self.config = config
+        self._memo: dict[str, Any] = {}
+
+    def _once(self, key, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    @property
+    def dataset(self) -> _data.InstructionSet:
+        cfg = self.config
+        return self._once("dataset", lambda: _data.read_instructions(
+            cfg.data, format=cfg.format, field_map=dict(cfg.field_map) or None, duplicates=cfg.duplicates))
+
+    @property
+    def data_sha256(self) -> str:
+        return self._once("data_sha", lambda: sha256_file(self.config.data))
+
+    @property
+    def candidate_mask(self) -> np.ndarray:
+        """(N,) bool: records that may be clustered and selected."""
+        dup = np.asarray(self.dataset.duplicate_of, dtype=np.int64)
+        return dup < 0 if self.config.duplicates == "drop" else np.ones(len(self.dataset), dtype=bool)
+
+    @property
+    def n_candidates(self) -> int:
+        return int(self.candidate_mask.sum())
+
+    @property
+    def validation(self):
+        def read():
+            if not self.config.valid:
+                raise PipelineError("the value stage needs a validation file", field="--valid")
+            validation = _data.read_validation(self.config.valid, format=self.config.valid_format)
+            if len(validation) == 0:
+                raise DataError("validation set is empty", path=self.config.valid)
+            return validation
+
+        return self._once("validation", read)
+
+    @property
+    def valid_sha256(self) -> str | None:
+        if not self.config.valid:
+            return None
+        return self._once("valid_sha", lambda: sha256_file(self.config.valid))
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        return self._once("fingerprints", lambda: stage_fingerprints(
+            self.config, data_sha256=self.data_sha256, n_candidates=self.n_candidates,
+            valid_sha256=self.valid_sha256))
+
+    @property
+    def n_clusters(self) -> int:
+        return self.config.resolved_n_clusters(self.n_candidates)
+
+    @property
+    def removal_step(self) -> int:
+        return self.config.resolved_removal_step(self.n_clusters)
+
+    def proxy_config(self):
+        """The proxy's typed configuration (``config.proxy_options`` applied); :class:`UserError` if invalid."""
+        from shed_jax.proxies import registry
+
+        return self._once("proxy_config", lambda: registry.make_config(self.config.proxy,
+                                                                      dict(self.config.proxy_options)))
+
+    def budget(self, n_candidates: int | None = None, *, path: str | None = None) -> int:
+        """The number of records to select (``--ratio``/``--size`` against the candidates)."""
+        cfg = self.config
+        if (cfg.ratio is None) == (cfg.size is None):
+            raise PipelineError("give exactly one of a ratio or a size for the budget (--ratio R | --size N)",
+                                field="--ratio/--size")
+        n = self.n_candidates if n_candidates is None else int(n_candidates)
+        if cfg.size is not None:
+            _data.check_budget(n, cfg.size, path=path or cfg.data)
+        return int(_select.budget(n, size=cfg.size, ratio=cfg.ratio))
+
+    def resolved(self, run_dir) -> dict:
+        return {"run_dir": str(run_dir), "n_examples": len(self.dataset), "n_candidates": self.n_candidates,
+                "n_clusters": self.n_clusters, "removal_step": self.removal_step, "data_sha256": self.data_sha256,
+                "valid_sha256": self.valid_sha256}
+
+    # -- checks before any heavy work ---------------------------------------------------------------
+    def preflight(self, *, need_valid: bool, need_budget: bool) -> None:
+        """Read and check every input; raise a :class:`UserError` before any stage starts."""
+        cfg = self.config
+        data_path = Path(cfg.data)
+        if data_path.is_dir():
+            raise DataError("is a directory, not a data file", path=cfg.data)
+        if not data_path.exists():
+            raise DataError("file not found", path=cfg.data)
+        n = self.n_candidates  # reads + validates the data
+        if n == 0:
+            raise DataError("no candidate examples (every record is a duplicate?)", path=cfg.data)
+        if cfg.n_clusters is not None:
+            _data.check_clusters(n, cfg.n_clusters, path=cfg.data)
+        k = self.n_clusters
+        if self.removal_step > k * int(cfg.proxies_per_cluster):
+            raise PipelineError(f"{self.removal_step} is larger than the number of players "
+                                f"({k * int(cfg.proxies_per_cluster)})", field="--removal-step")
+        if cfg.text not in ("all", "prompt", "response") and len(self.dataset):
+            self.dataset.texts(cfg.text)  # raises a DataError naming a record without the key
+        if need_valid:
+            if not cfg.valid:
+                raise PipelineError("the value stage needs a validation file", field="--valid")
+            if Path(cfg.valid).is_dir():
+                raise DataError("is a directory, not a validation file", path=cfg.valid)
+            if not Path(cfg.valid).is_file():
+                raise DataError("validation file not found", path=cfg.valid)
+            from shed_jax.proxies import registry
+
+            proxy_config = self.proxy_config()
+            check = registry.get(cfg.proxy).check
+            if check is not None:
+                check(self.validation, proxy_config)
+            else:
+                self.validation  # noqa: B018  (reads and validates the file)
+        if need_budget:
+            self.budget()

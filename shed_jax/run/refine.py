@@ -1,0 +1,191 @@
+"""The commands' library functions: each opens a :class:`~shed_jax.run.stage.Run` (inputs and outputs checked
+before anything is written), runs the stages it needs, and returns their results. :func:`refine` composes
+embed -> cluster -> value -> select -> report and writes the selected records last, so a failed run leaves
+no partial output.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shed_jax.config import RefineConfig
+from shed_jax.io import atomic_write_json
+from shed_jax.run.artifacts import Clusters, Values
+from shed_jax.run.select import check_values_match, select_from, write_output
+from shed_jax.run.stage import Log, Run, StageResult
+
+__all__ = ["RefineResult", "refine", "run_cluster", "run_embed", "run_select", "run_value", "write_report"]
+
+logger = logging.getLogger("shed_jax.run")
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """Outcome of :func:`refine`. ``summary`` is what ``RUN_DIR/summary.json`` holds."""
+
+    run_dir: Path
+    output: Path | None
+    indices: np.ndarray
+    labels: np.ndarray
+    cluster_values: np.ndarray
+    stderr: np.ndarray
+    summary: dict
+    report: Path | None = None
+    stages: dict = field(default_factory=dict)  # stage -> "computed" | "skipped"
+
+
+def run_embed(config: RefineConfig, *, progress: bool = True, log: Log | None = None) -> StageResult:
+    """Embed every record of ``config.data`` into ``RUN_DIR/cache`` (skipped when up to date).
+
+    Returns a :class:`StageResult` whose ``embeddings`` is (N, d) float32.
+    """
+    with Run(config, progress=progress, log=log).open(need_valid=False, need_budget=False) as run:
+        return run.result("embed")
+
+
+def run_cluster(config: RefineConfig, *, progress: bool = True, log: Log | None = None) -> StageResult:
+    """Embed (cached) and cluster the candidates; writes ``clusters.npz`` and ``examples.json``.
+
+    Returns a :class:`StageResult` over :class:`~shed_jax.run.artifacts.Clusters`.
+    """
+    with Run(config, progress=progress, log=log).open(need_valid=False, need_budget=False) as run:
+        return run.result("cluster")
+
+
+def run_value(config: RefineConfig, *, progress: bool = True, log: Log | None = None,
+              resume: bool = False) -> StageResult:
+    """Shapley values of the players; writes ``values.json`` and ``convergence.npz``.
+
+    Runs the embed and cluster stages first when they are not up to date. With ``resume=True`` an
+    interrupted valuation with the same fingerprint continues from ``RUN_DIR/shapley_ckpt``.
+    """
+    with Run(config, progress=progress, log=log, resume=resume).open(need_valid=True, need_budget=False) as run:
+        return run.result("value")
+
+
+def run_select(config: RefineConfig, *, progress: bool = True, log: Log | None = None,
+               values_path: str | os.PathLike | None = None, output: str | os.PathLike | None = None
+               ) -> StageResult:
+    """Select a budget of records from cluster values; writes ``selection.json`` and ``scores.jsonl``.
+
+    Args:
+      config: needs ``data``, ``run_dir`` (holding ``clusters.npz``), a budget and a sampler.
+      values_path: a values file (``{"cluster_values": [K floats], "stderr": [...]}``) to use instead of
+        the run's value stage. Its length must equal the number of clusters in ``clusters.npz``.
+      output: if given, the selected records are written there exactly as in the data (with a
+        ``.scores.jsonl`` sidecar).
+    """
+    if values_path is None:
+        with Run(config, progress=progress, log=log).open(need_valid=True, need_budget=True, outputs=(output,)) as run:
+            result = run.result("select")
+            if output is not None:
+                write_output(run, output, run.result("cluster").artifact, run.result("value").artifact, result.artifact)
+            return result
+    run = Run(config, progress=progress, log=log)
+    run.dir.require("shed select")
+    clusters_path = run.run_dir / Clusters.FILENAME
+    if not clusters_path.is_file():
+        from shed_jax.errors import PipelineError
+
+        raise PipelineError("not found; run `shed cluster` into this run directory first", path=clusters_path)
+    run.inputs.preflight(need_valid=False, need_budget=True)
+    if output is not None:
+        from shed_jax.run.rundir import user_error_for_output
+
+        user_error_for_output(output, data=config.data)
+    clusters = Clusters.load(run.dir)
+    n = len(run.inputs.dataset)
+    if clusters.labels.shape[0] != n:
+        from shed_jax.errors import PipelineError
+
+        raise PipelineError(f"clustered {clusters.labels.shape[0]} records but {config.data} has {n}",
+                            path=clusters_path)
+    values = Values.from_file(values_path)
+    check_values_match(values, clusters, values_path)
+    run.dir.acquire_lock()
+    try:
+        from shed_jax.run.rundir import StageLog
+
+        run.stages = StageLog(run.dir)
+        start = time.perf_counter()
+        selection = select_from(run, clusters, values, values_source=str(values_path))
+        run.stages.invalidate("select")  # selection.json is no longer the pipeline's own selection
+        if output is not None:
+            write_output(run, output, clusters, values, selection)
+        from shed_jax.run.inputs import sha256_file, _hash
+
+        return StageResult("select", selection, _hash({"values": sha256_file(values_path), "config": config.to_dict()}),
+                           False, time.perf_counter() - start)
+    finally:
+        run.close()
+
+
+def write_report(run_dir: str | os.PathLike, *, log: Log | None = None, summary: dict | None = None) -> Path:
+    """(Re)write ``RUN_DIR/report.html`` with :func:`shed_jax.report.write_report`; returns its path."""
+    from shed_jax import report as _report
+
+    return Path(_report.write_report(Path(run_dir), summary=summary))
+
+
+def refine(config: RefineConfig, *, progress: bool = True, log: Log | None = None, resume: bool = False,
+           report: bool = True) -> RefineResult:
+    """Run the whole SHED pipeline (embed -> cluster -> value -> select -> report) in ``config.run_dir``.
+
+    Every input and output path is read and checked before the first stage starts (a user error raises
+    :class:`shed_jax.errors.UserError`). Up-to-date stages are loaded, not recomputed. Writes ``config.json``,
+    the stage artifacts, ``summary.json``, ``report.html`` and, last, ``config.output`` (the selected records
+    exactly as in the data, plus a ``.scores.jsonl`` sidecar), so a failure never leaves a partial output.
+
+    Args:
+      config: the run's options; ``valid`` and exactly one of ``ratio``/``size`` are required.
+      progress: show progress bars (stderr).
+      log: callable receiving one-line progress messages (default: the ``shed_jax.run`` logger).
+      resume: continue an interrupted Shapley valuation from ``RUN_DIR/shapley_ckpt``.
+      report: write ``RUN_DIR/report.html`` (a failure to write it is logged, never raised).
+    """
+    wall = time.perf_counter()
+    with Run(config, progress=progress, log=log, resume=resume).open(
+            need_valid=True, need_budget=True, outputs=(config.output,)) as run:
+        run.log(f"run directory: {run.run_dir}")
+        embedded = None
+        if not run.is_up_to_date("cluster", Clusters.FILENAME):
+            embedded = run.result("embed")
+        clusters, values, selection = run.result("cluster"), run.result("value"), run.result("select")
+        stages = {"embed": "skipped" if embedded is None or embedded.skipped else "computed",
+                  **{r.stage: "skipped" if r.skipped else "computed" for r in (clusters, values, selection)}}
+        summary = _summary(run, clusters, values, selection, stages)
+        summary["seconds_total"] = round(time.perf_counter() - wall, 3)
+        report_path = None
+        if report:
+            try:
+                report_path = write_report(run.run_dir, log=run.log, summary=summary)
+            except Exception as exc:  # the selection is done; a broken plot must not lose it
+                run.log(f"report: failed ({type(exc).__name__}: {exc}); the selection is unaffected")
+                logger.debug("report failure", exc_info=True)
+        output = None
+        if config.output is not None:
+            write_output(run, config.output, clusters.artifact, values.artifact, selection.artifact)
+            output = Path(config.output)
+            run.log(f"wrote {selection.budget} records to {output}")
+        summary["report"] = str(report_path) if report_path is not None else None
+        atomic_write_json(run.run_dir / "summary.json", summary)
+        return RefineResult(run.run_dir, output, selection.indices, clusters.labels, values.cluster_values,
+                            values.stderr, summary, report_path, stages)
+
+
+def _summary(run: Run, clusters: StageResult, values: StageResult, selection: StageResult, stages: dict) -> dict:
+    cfg = run.config
+    n = len(run.inputs.dataset)
+    return {"data": str(cfg.data), "valid": str(cfg.valid), "output": cfg.output, "run_dir": str(run.run_dir),
+            "n_examples": n, "n_candidates": run.inputs.n_candidates,
+            "n_duplicates": n - run.inputs.n_candidates if cfg.duplicates == "drop" else 0,
+            "n_clusters": clusters.n_clusters, "sampler": selection.sampler, "budget": selection.budget,
+            "ratio": cfg.ratio, "size": cfg.size, "seed": cfg.seed,
+            "cluster": clusters.summary(), "value": values.summary(), "select": selection.summary(),
+            "stages": stages}
+

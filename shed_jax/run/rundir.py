@@ -1,0 +1,295 @@
+"""The run directory: paths, schema version, lock, stage log with fingerprints, config and error log.
+
+A run directory holds everything one SHED run produces::
+
+    run.json        schema version and the shed_jax version that created the directory
+    config.json     every option (RefineConfig) and the values resolved for this run
+    stages.json     per stage: fingerprint of its inputs, status, timings; an event list
+    cache/          sentence embeddings (content-addressed)
+    clusters.npz  examples.json  values.json  convergence.npz  shapley_ckpt/  selection.json  scores.jsonl
+    summary.json  report.html  logs/
+
+Every file is written through :mod:`shed_jax.io` (atomically). A directory written with another schema
+version is refused with a clear error instead of being misread. While a command works in a run directory it
+holds ``.lock`` (pid and host of the holder); a second command on the same directory refuses at once, and a
+lock left by a process that no longer runs on this host is taken over.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import json
+import logging
+import os
+import socket
+import traceback
+from pathlib import Path
+from typing import Any
+
+from shed_jax.errors import PipelineError, UserError
+from shed_jax.io import atomic_write_json
+
+__all__ = ["SCHEMA_VERSION", "RunDir", "StageLog", "default_run_dir", "now"]
+
+logger = logging.getLogger("shed_jax.run")
+
+SCHEMA_VERSION = 2  # 1: run directories written before run.json existed (shed_jax 0.1)
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 with milliseconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def default_run_dir(data: str | os.PathLike, *, now_: _dt.datetime | None = None) -> Path:
+    """``$SHED_HOME/runs/<data stem>-<YYYYmmdd-HHMMSS>`` (``$SHED_HOME`` defaults to the current directory).
+
+    A numeric suffix is added if that directory already exists.
+    """
+    base = Path(os.environ.get("SHED_HOME") or Path.cwd())
+    stamp = (now_ or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    candidate = base / "runs" / f"{Path(data).stem}-{stamp}"
+    suffix = 1
+    while candidate.exists():
+        suffix += 1
+        candidate = base / "runs" / f"{Path(data).stem}-{stamp}-{suffix}"
+    return candidate
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"unreadable ({exc})", path=path) from None
+
+
+class RunDir:
+    """One run directory. Cheap to construct; nothing touches the disk until :meth:`create` or a write.
+
+    Args:
+      path: the directory.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock_held = False
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # -- schema ---------------------------------------------------------------------------------------
+    @property
+    def cache_dir(self) -> Path:
+        return self.path / "cache"
+
+    def check_schema(self) -> None:
+        """Raise :class:`PipelineError` if the directory was written by another schema version.
+
+        A directory without ``run.json`` is accepted when it holds no shed files (new, or empty).
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise PipelineError("the run directory is not a directory", path=self.path)
+        marker = self.path / "run.json"
+        if marker.is_file():
+            payload = _read_json(marker)
+            version = payload.get("schema_version") if isinstance(payload, dict) else None
+            if version != SCHEMA_VERSION:
+                newer = isinstance(version, int) and version > SCHEMA_VERSION
+                raise PipelineError(
+                    f"run directory schema {version} is {'newer' if newer else 'not'} the schema {SCHEMA_VERSION} "
+                    f"this shed_jax reads; {'upgrade shed_jax' if newer else 'use a new run directory'}",
+                    path=self.path)
+        elif (self.path / "config.json").is_file() or (self.path / "stages.json").is_file():
+            raise PipelineError(f"run directory written by an older shed_jax (schema 1, this version reads schema "
+                                f"{SCHEMA_VERSION}); use a new run directory", path=self.path)
+
+    def create(self) -> None:
+        """Create the directory (and ``run.json``) if needed; check the schema of an existing one."""
+        self.check_schema()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise PipelineError("the run directory path exists and is not a directory", path=self.path) from None
+        except OSError as exc:
+            raise PipelineError(f"cannot create the run directory ({exc.strerror})", path=self.path) from None
+        if not (self.path / "run.json").is_file():
+            from shed_jax import __version__
+
+            atomic_write_json(self.path / "run.json", {"schema_version": SCHEMA_VERSION,
+                                                       "created_by": f"shed_jax {__version__}",
+                                                       "created_at": now()})
+
+    def require(self, what: str) -> None:
+        """Raise :class:`PipelineError` unless the directory exists with a readable schema."""
+        if not self.path.is_dir():
+            raise PipelineError(f"not a run directory ({what} needs one)", path=self.path)
+        self.check_schema()
+
+    # -- lock ---------------------------------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        """Take ``.lock`` (pid + host). Raises :class:`PipelineError` if a live process holds it; a lock of a
+        dead process on this host is taken over."""
+        path = self.path / ".lock"
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _lock_holder(path)
+                if holder is None or _is_stale(holder):
+                    logger.warning("taking over a stale lock in %s (%s)", self.path, holder)
+                    try:
+                        path.unlink()
+                    except FileNotFoundError:
+                        pass
+                    continue
+                if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+                    self._lock_held = False  # held by this process already (nested use): leave it
+                    return
+                raise PipelineError(
+                    f"another shed command (pid {holder.get('pid')} on {holder.get('host')}, since "
+                    f"{holder.get('since')}) is working in this run directory; wait for it or stop it",
+                    path=self.path) from None
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(me, handle)
+            self._lock_held = True
+            return
+        raise PipelineError("could not take the run directory lock", path=self.path)
+
+    def release_lock(self) -> None:
+        if self._lock_held:
+            try:
+                (self.path / ".lock").unlink()
+            except FileNotFoundError:
+                pass
+            self._lock_held = False
+
+    # -- config ---------------------------------------------------------------------------------------
+    def write_config(self, config, resolved: dict) -> None:
+        atomic_write_json(self.path / "config.json", {"schema_version": SCHEMA_VERSION, "config": config.to_dict(),
+                                                       "resolved": resolved, "written_at": now()})
+
+    def load_config(self):
+        """The :class:`shed_jax.config.RefineConfig` stored in ``config.json``."""
+        from shed_jax.config import RefineConfig
+
+        path = self.path / "config.json"
+        if not path.is_file():
+            raise PipelineError("no config.json in this run directory (is it a shed run directory?)", path=path)
+        self.check_schema()
+        payload = _read_json(path)
+        if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
+            raise PipelineError("not a shed config (missing 'config')", path=path)
+        return RefineConfig.from_dict(payload["config"])
+
+    def resolved(self) -> dict:
+        """The ``resolved`` part of ``config.json`` ({} if absent)."""
+        path = self.path / "config.json"
+        if not path.is_file():
+            return {}
+        payload = _read_json(path)
+        return payload.get("resolved", {}) if isinstance(payload, dict) else {}
+
+    # -- errors ---------------------------------------------------------------------------------------
+    def write_error_log(self, exc: BaseException) -> Path | None:
+        """Append the traceback of ``exc`` to ``logs/errors.log``; returns its path (None if not writable)."""
+        try:
+            if not self.path.is_dir():
+                return None
+            logs = self.path / "logs"
+            logs.mkdir(exist_ok=True)
+            path = logs / "errors.log"
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(f"--- {now()} pid {os.getpid()}\n")
+                handle.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            return path
+        except OSError:
+            return None
+
+
+def _lock_holder(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        return holder if isinstance(holder, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _is_stale(holder: dict) -> bool:
+    """A lock is stale when its holder ran on this host and that pid no longer exists."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.ESRCH
+    return False
+
+
+class StageLog:
+    """``RUN_DIR/stages.json``: per stage the fingerprint and status of its last run, plus an event list."""
+
+    def __init__(self, run_dir: RunDir):
+        self.path = run_dir.path / "stages.json"
+        self.state = {"stages": {}, "events": []}
+        if self.path.is_file():
+            try:
+                loaded = json.loads(self.path.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict) and isinstance(loaded.get("stages"), dict):
+                    self.state = {"stages": loaded["stages"], "events": list(loaded.get("events", []))}
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                logger.warning("%s is unreadable; every stage will be recomputed", self.path)
+
+    def record(self, stage: str) -> dict:
+        return self.state["stages"].get(stage, {})
+
+    def is_done(self, stage: str, fingerprint: str) -> bool:
+        rec = self.record(stage)
+        return rec.get("status") == "done" and rec.get("fingerprint") == fingerprint
+
+    def _event(self, stage, event, **extra):
+        self.state["events"].append({"stage": stage, "event": event, "at": now(), **extra})
+
+    def started(self, stage: str, fingerprint: str, *, event: str = "started"):
+        self.state["stages"][stage] = {"fingerprint": fingerprint, "status": "running", "started_at": now()}
+        self._event(stage, event, fingerprint=fingerprint)
+        self._save()
+
+    def finished(self, stage: str, fingerprint: str, seconds: float, **extra):
+        rec = self.state["stages"].setdefault(stage, {"started_at": now()})
+        rec.update({"fingerprint": fingerprint, "status": "done", "finished_at": now(),
+                    "seconds": round(seconds, 3), **extra})
+        self._event(stage, "computed", fingerprint=fingerprint, seconds=round(seconds, 3))
+        self._save()
+
+    def skipped(self, stage: str, fingerprint: str):
+        self._event(stage, "skipped", fingerprint=fingerprint)
+        self._save()
+
+    def invalidate(self, stage: str):
+        if stage in self.state["stages"]:
+            self.state["stages"][stage]["status"] = "stale"
+            self._event(stage, "invalidated")
+            self._save()
+
+    def _save(self):
+        atomic_write_json(self.path, self.state)
+
+
+def user_error_for_output(path: str | os.PathLike, *, data: str | None = None) -> None:
+    """Raise :class:`UserError` when ``path`` cannot be an output file (checked before any work starts)."""
+    out = Path(path)
+    if data is not None and out.exists() and out.resolve() == Path(data).resolve():
+        raise UserError("the output would overwrite the input data", path=out)
+    if out.is_dir():
+        raise UserError("is a directory; give a file path for the output", path=out)
+    if not out.parent.is_dir():
+        raise UserError("output directory does not exist", path=out.parent)
+    if not os.access(out.parent, os.W_OK):
+        raise UserError("output directory is not writable", path=out.parent)

@@ -1,0 +1,123 @@
+"""Select stage: a budget of records from the cluster values (QOCS, QWCS or random), the per-record scores
+(``scores.jsonl``) and the selected records exactly as they were in the data file (plus a sidecar).
+
+:func:`select_from` is the one place a selection is made, for the pipeline's own values and for a values
+file given to ``shed select --values``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from shed_jax import data as _data
+from shed_jax.errors import DataError, PipelineError
+from shed_jax.io import finite_or_none, write_jsonl
+from shed_jax.run.artifacts import Clusters, Selection, Values
+from shed_jax.run.stage import Run, StageResult
+
+__all__ = ["SCORES_FILE", "run_stage", "score_rows", "select_from", "select_indices", "write_output"]
+
+SCORES_FILE = "scores.jsonl"
+
+
+def select_indices(labels: np.ndarray, cluster_values: np.ndarray, budget: int, *, sampler: str = "qocs",
+                   beta: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Selected record indices, (budget,) int64, distinct, never a record with label -1.
+
+    Args:
+      labels: (N,) int cluster of each record, -1 for non-candidates.
+      cluster_values: (K,) float value of each cluster.
+      budget: number of records to select (<= number of candidates).
+      sampler: "qocs", "qwcs" or "random" (uniform over the candidates).
+    """
+    from shed_jax import select as _select
+
+    labels = np.asarray(labels)
+    cluster_values = np.asarray(cluster_values, dtype=np.float64)
+    n_clusters = int(cluster_values.shape[0])
+    if sampler == "qocs":
+        return np.asarray(_select.qocs(labels, cluster_values, budget, seed=seed, n_clusters=n_clusters), np.int64)
+    if sampler == "qwcs":
+        return np.asarray(_select.qwcs(labels, cluster_values, budget, beta=beta, seed=seed, n_clusters=n_clusters),
+                          np.int64)
+    if sampler == "random":
+        return np.asarray(_select.random(labels.shape[0], budget, seed=seed, candidates=labels >= 0), np.int64)
+    raise PipelineError(f"unknown sampler {sampler!r}", field="--sampler")
+
+
+def score_rows(dataset, clusters: Clusters, cluster_values: np.ndarray, stderr: np.ndarray,
+               selected: Sequence[int]) -> list[dict]:
+    """One dict per input record: index, cluster, is_proxy, value, stderr, selected (+ duplicate_of).
+
+    ``value``/``stderr`` are the record's cluster's; dropped duplicates have cluster -1, value None and
+    ``duplicate_of`` (index of the earlier identical record).
+    """
+    labels = np.asarray(clusters.labels)
+    is_proxy = np.zeros(labels.shape[0], dtype=bool)
+    is_proxy[np.asarray(clusters.proxy_index, dtype=np.int64)] = True
+    chosen = np.zeros(labels.shape[0], dtype=bool)
+    chosen[np.asarray(selected, dtype=np.int64)] = True
+    duplicate_of = np.asarray(dataset.duplicate_of, dtype=np.int64)
+    rows = []
+    for i in range(labels.shape[0]):  # one dict per record for the JSONL file; not a numeric hot path
+        k = int(labels[i])
+        row = {"index": i, "cluster": k, "is_proxy": bool(is_proxy[i]),
+               "value": float(cluster_values[k]) if k >= 0 else None,
+               "stderr": finite_or_none(float(stderr[k])) if k >= 0 else None,
+               "selected": bool(chosen[i])}
+        if k < 0 and duplicate_of[i] >= 0:
+            row["duplicate_of"] = int(duplicate_of[i])
+        rows.append(row)
+    return rows
+
+
+def select_from(run: Run, clusters: Clusters, values: Values, *, values_source: str | None = None) -> Selection:
+    """Choose the budget with the run's sampler and write ``selection.json`` and ``scores.jsonl``."""
+    cfg = run.config
+    n_labelled = int((clusters.labels >= 0).sum())
+    budget = run.inputs.budget(n_labelled, path=str(run.run_dir / Clusters.FILENAME))
+    indices = select_indices(clusters.labels, values.cluster_values, budget, sampler=cfg.sampler, beta=cfg.beta,
+                             seed=cfg.seed)
+    run.log(f"select: {budget} of {n_labelled} candidate records with {cfg.sampler}")
+    selection = Selection(indices, cfg.sampler, budget, float(cfg.beta), cfg.seed, cfg.ratio, cfg.size, values_source,
+                          n_labelled)
+    selection.save(run.dir)
+    write_jsonl(run.run_dir / SCORES_FILE,
+                score_rows(run.inputs.dataset, clusters, values.cluster_values, values.stderr, indices))
+    return selection
+
+
+def run_stage(run: Run) -> StageResult:
+    fp = run.inputs.fingerprints["select"]
+    if run.is_up_to_date("select", Selection.FILENAME, SCORES_FILE):
+        selection = Selection.load(run.dir)
+        run.log(f"select: up to date ({selection.budget} records, {selection.sampler}); loaded {Selection.FILENAME}")
+        run.stages.skipped("select", fp)
+        return StageResult("select", selection, fp, True, 0.0)
+    clusters = run.result("cluster").artifact
+    values = run.result("value").artifact
+    run.stages.started("select", fp)
+    start = time.perf_counter()
+    selection = select_from(run, clusters, values)
+    seconds = time.perf_counter() - start
+    run.stages.finished("select", fp, seconds, budget=selection.budget)
+    return StageResult("select", selection, fp, False, seconds)
+
+
+def check_values_match(values: Values, clusters: Clusters, path) -> None:
+    """Raise :class:`DataError` when a values file does not belong to this clustering."""
+    if values.n_clusters != clusters.n_clusters:
+        raise DataError(f"{values.n_clusters} cluster values but {Clusters.FILENAME} has {clusters.n_clusters} "
+                        "clusters", path=path, field="cluster_values")
+    if values.proxy_index is not None and not np.array_equal(values.proxy_index, clusters.proxy_index):
+        raise DataError(f"these values belong to another clustering (proxy_index differs from {Clusters.FILENAME})",
+                        path=path, field="proxy_index")
+
+
+def write_output(run: Run, output, clusters: Clusters, values: Values, selection: Selection) -> None:
+    """The selected records exactly as in the data, with the ``.scores.jsonl`` sidecar."""
+    scores = score_rows(run.inputs.dataset, clusters, values.cluster_values, values.stderr, selection.indices)
+    _data.write_selection(output, run.inputs.dataset, selection.indices,
+                          scores=[scores[int(i)] for i in selection.indices])

@@ -1,0 +1,138 @@
+"""Value stage: Monte Carlo Shapley values of the Shapley players (each cluster's proxy, or its
+``proxies_per_cluster`` members nearest the centroid) under the chosen proxy's utility.
+
+The proxy is looked up in :mod:`shed_jax.proxies.registry` and built from :class:`ProxyInputs`; this module
+names no proxy. The estimator state is checkpointed in ``RUN_DIR/shapley_ckpt`` (orbax), so ``--resume``
+continues an interrupted valuation. Writes :class:`~shed_jax.run.artifacts.Values` and
+:class:`~shed_jax.run.artifacts.Convergence`.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+
+from shed_jax.io import finite_or_none
+from shed_jax.run.artifacts import Clusters, Convergence, MemberValues, Values
+from shed_jax.run.stage import Run, StageResult
+
+__all__ = ["CHECKPOINT_DIR", "cluster_means", "players", "proxy_inputs", "run_stage"]
+
+CHECKPOINT_DIR = "shapley_ckpt"
+
+
+def cluster_means(member_values: np.ndarray, member_stderr: np.ndarray, owners: np.ndarray, n_clusters: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster mean of the players' values (last axis) and its standard error.
+
+    The standard error combines the players' standard errors as if independent,
+    ``sqrt(sum se_i^2) / n_k``: the players' estimates share permutations, so it is approximate. With one
+    player per cluster both are the players' own, reordered by cluster.
+    """
+    owners = np.asarray(owners, np.int64)
+    if owners.size and (owners.min() < 0 or owners.max() >= n_clusters):
+        raise ValueError(f"owners must lie in [0, {n_clusters})")
+    counts = np.bincount(owners, minlength=n_clusters).astype(np.float64)
+    if np.any(counts == 0):
+        raise ValueError(f"clusters without a valued member: {np.flatnonzero(counts == 0)[:10].tolist()}")
+    order = np.argsort(owners, kind="stable")
+    starts = np.searchsorted(owners[order], np.arange(n_clusters))  # every cluster has >= 1 member
+    with np.errstate(invalid="ignore"):  # NaN standard errors (too few permutations yet) stay NaN
+        values = np.add.reduceat(np.asarray(member_values, np.float64)[..., order], starts, axis=-1) / counts
+        variance = np.add.reduceat(np.asarray(member_stderr, np.float64)[..., order] ** 2, starts, axis=-1)
+        stderr = np.sqrt(variance) / counts
+    return values, stderr
+
+
+def players(run: Run, clusters: Clusters) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, cluster)`` of the Shapley players: each cluster's proxy, then (with
+    ``proxies_per_cluster > 1``) its next members nearest the centroid."""
+    per_cluster = int(run.config.proxies_per_cluster)
+    if per_cluster == 1:
+        proxy_index = np.asarray(clusters.proxy_index, np.int64)
+        return proxy_index, np.arange(proxy_index.shape[0], dtype=np.int64)
+    from shed_jax import cluster as _cluster
+
+    embeddings = run.result("embed").embeddings
+    return _cluster.representatives(embeddings, clusters.centroids, clusters.labels, per_cluster,
+                                    proxy_index=clusters.proxy_index)
+
+
+def proxy_inputs(run: Run, member_index: np.ndarray):
+    """The :class:`shed_jax.proxies.ProxyInputs` of the players ``member_index``."""
+    from shed_jax.proxies import ProxyInputs
+    from shed_jax.run.embed import embedder
+
+    dataset = run.inputs.dataset
+    index = [int(i) for i in member_index]
+    embed_result = run._results.get("embed")
+    embeddings = (embed_result.embeddings[np.asarray(index, np.int64)] if embed_result is not None
+                  else np.zeros((len(index), 0), np.float32))
+    return ProxyInputs(prompts=tuple(dataset.prompts[i] for i in index),
+                       responses=tuple(dataset.responses[i] for i in index),
+                       records=tuple(dataset.records[i] for i in index),
+                       record_index=np.asarray(index, np.int64), embeddings=embeddings,
+                       validation=run.inputs.validation, embed=embedder(run), seed=int(run.config.seed),
+                       progress=run.progress)
+
+
+def _number(value) -> float | None:
+    return None if value is None else finite_or_none(float(value))
+
+
+def run_stage(run: Run) -> StageResult:
+    fp = run.inputs.fingerprints["value"]
+    ckpt_dir = run.run_dir / CHECKPOINT_DIR
+    if run.is_up_to_date("value", Values.FILENAME):
+        values = Values.load(run.dir)
+        run.log(f"value: up to date ({values.n_permutations} permutations); loaded {Values.FILENAME}")
+        run.stages.skipped("value", fp)
+        return StageResult("value", values, fp, True, 0.0)
+
+    clusters = run.result("cluster").artifact
+    rec = run.stages.record("value")
+    continuing = run.resume and rec.get("status") == "running" and rec.get("fingerprint") == fp and ckpt_dir.is_dir()
+    if ckpt_dir.exists() and not continuing:
+        if rec.get("status") == "running" and rec.get("fingerprint") == fp:
+            run.log("value: discarding the partial Shapley run in shapley_ckpt/ (pass --resume to continue it)")
+        shutil.rmtree(ckpt_dir)
+    run.stages.started("value", fp, event="resumed" if continuing else "started")
+    start = time.perf_counter()
+    member_index, owners = players(run, clusters)
+    from shed_jax.proxies import registry
+
+    utility = registry.get(run.config.proxy).factory(proxy_inputs(run, member_index), run.inputs.proxy_config())
+    k, n_players = clusters.n_clusters, int(member_index.shape[0])
+    step, n_perm = run.inputs.removal_step, run.config.n_permutations
+    who = (f"K={k} proxies" if n_players == k
+           else f"{n_players} proxies (up to {run.config.proxies_per_cluster} per cluster, K={k})")
+    run.log(f"value: Monte Carlo Shapley over {who}, {n_perm} permutations, removal step {step}"
+            + (" (resuming from shapley_ckpt/)" if continuing else ""))
+    from shed_jax import shapley as _shapley
+
+    kwargs = dict(n_permutations=n_perm, removal_step=step, seed=run.config.seed, checkpoint_dir=str(ckpt_dir),
+                  progress=run.progress, history_every=max(1, n_perm // 100))
+    if run.config.shapley_batch_size is not None:
+        kwargs["batch_size"] = run.config.shapley_batch_size
+    estimate = _shapley.monte_carlo(utility, n_players, **kwargs)
+    member_values = np.asarray(estimate.values, dtype=np.float64)
+    member_stderr = np.asarray(estimate.stderr, dtype=np.float64)
+    cluster_values, stderr = cluster_means(member_values, member_stderr, owners, k)
+    description = {key: v for key, v in utility.describe().items() if key != "proxy"} \
+        if callable(getattr(utility, "describe", None)) else {"class": type(utility).__name__}
+    values = Values(cluster_values, stderr, int(estimate.n_permutations), int(estimate.n_evaluations), step,
+                    run.config.seed, {"proxy": run.config.proxy, **description},
+                    _number(getattr(estimate, "u_full", None)), _number(getattr(estimate, "u_empty", None)),
+                    np.asarray(clusters.proxy_index, np.int64), int(run.config.proxies_per_cluster),
+                    MemberValues(member_index, owners, member_values, member_stderr) if n_players != k else None)
+    history = getattr(estimate, "history", None)
+    if history:
+        history_values, history_stderr = cluster_means(np.asarray(history["values"], np.float64),
+                                                       np.asarray(history["stderr"], np.float64), owners, k)
+        Convergence(np.asarray(history["n_permutations"]), history_values, history_stderr).save(run.dir)
+    values.save(run.dir)
+    seconds = time.perf_counter() - start
+    run.stages.finished("value", fp, seconds, n_permutations=values.n_permutations,
+                        n_evaluations=values.n_evaluations)
+    return StageResult("value", values, fp, False, seconds)

@@ -33,6 +33,7 @@ scan next to the stacked base weights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping
 
@@ -316,33 +317,66 @@ def _block(config, dtype, attention_impl, hidden, layer, adapters, cos, sin, kv_
 # ------------------------------------------------------------------------------------- modules
 
 
-def _normal(rngs: nnx.Rngs, shape, param_dtype, std=0.02) -> nnx.Param:
-    return nnx.Param((std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(param_dtype))
+def weight_shapes(config: DecoderConfig) -> dict:
+    """``{name: shape}`` of every weight, nested like the module (``"blocks"`` holds the stacked ones)."""
+    n_layers, hidden = config.num_layers, config.hidden_size
+    io = config.lora_shapes()
+    blocks = {"attn_norm": (n_layers, hidden), "mlp_norm": (n_layers, hidden)}
+    blocks.update({name: (n_layers, *io[name]) for name in LORA_TARGETS})
+    if config.attention_bias:
+        blocks.update({f"{p}_bias": (n_layers, io[f"{p}_proj"][1]) for p in ("q", "k", "v")})
+    if config.attention_out_bias:
+        blocks["o_bias"] = (n_layers, hidden)
+    shapes = {"embed_tokens": (config.vocab_size, hidden), "blocks": blocks, "norm": (hidden,)}
+    if not config.tie_word_embeddings:
+        shapes["lm_head"] = (hidden, config.vocab_size)
+    return shapes
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_weights(key: jax.Array, config: DecoderConfig, param_dtype) -> dict:
+    """transformers-like initial weights: normal(0, 0.02) matrices, zero biases, unit norms.
+
+    One jitted program drawing one flat normal vector: per-shape eager ``jax.random`` calls each
+    compile their own threefry kernel, which costs seconds on a small CPU.
+    """
+    shapes = weight_shapes(config)
+    flat_shapes = {("blocks", k): v for k, v in shapes["blocks"].items()}
+    flat_shapes.update({(k,): v for k, v in shapes.items() if k != "blocks"})
+    matrices = [k for k, v in flat_shapes.items() if len(v) - (k[0] == "blocks") == 2]
+    sizes = [math.prod(flat_shapes[k]) for k in matrices]
+    noise = 0.02 * jax.random.normal(key, (sum(sizes),), jnp.float32)
+    values, offset = {}, 0
+    for name, size in zip(matrices, sizes):
+        values[name] = noise[offset:offset + size].reshape(flat_shapes[name])
+        offset += size
+    for name, shape in flat_shapes.items():
+        if name not in values:
+            fill = 1.0 if name[-1].endswith("norm") else 0.0
+            values[name] = jnp.full(shape, fill, jnp.float32)
+    out: dict = {"blocks": {}}
+    for name, value in values.items():
+        (out["blocks"] if name[0] == "blocks" else out)[name[-1]] = value.astype(param_dtype)
+    return out
 
 
 class StackedBlocks(nnx.Module):
     """The weights of all ``num_layers`` decoder blocks, stacked on a leading layer axis.
 
-    Freshly initialised like transformers (normal(0, 0.02) matrices, zero biases, unit norms);
-    :func:`shed_jax.lm.load` overwrites them with checkpoint weights.
+    Args:
+      arrays: ``{name: (num_layers, ...) array}``: ``attn_norm``, ``mlp_norm``, the seven projections
+        of :data:`LORA_TARGETS` and, when configured, ``q_bias``, ``k_bias``, ``v_bias``, ``o_bias``.
     """
 
-    def __init__(self, config: DecoderConfig, *, param_dtype, rngs: nnx.Rngs):
-        n_layers, hidden = config.num_layers, config.hidden_size
-        shapes = config.lora_shapes()
-        self.attn_norm = nnx.Param(jnp.ones((n_layers, hidden), param_dtype))
-        self.mlp_norm = nnx.Param(jnp.ones((n_layers, hidden), param_dtype))
-        for name in LORA_TARGETS:
-            setattr(self, name, _normal(rngs, (n_layers, *shapes[name]), param_dtype))
-        for name in ("q", "k", "v"):
-            bias = nnx.Param(jnp.zeros((n_layers, shapes[f"{name}_proj"][1]), param_dtype))
-            setattr(self, f"{name}_bias", bias if config.attention_bias else None)
-        self.o_bias = nnx.Param(jnp.zeros((n_layers, hidden), param_dtype)) if config.attention_out_bias else None
+    _NAMES = ("attn_norm", "mlp_norm", *LORA_TARGETS, "q_bias", "k_bias", "v_bias", "o_bias")
+
+    def __init__(self, arrays: Mapping[str, jax.Array]):
+        for name in self._NAMES:
+            setattr(self, name, nnx.Param(arrays[name]) if name in arrays else None)
 
     def arrays(self) -> dict[str, jax.Array]:
         """``{name: (num_layers, ...) array}`` of the present weights (biases only when configured)."""
-        names = ("attn_norm", "mlp_norm", *LORA_TARGETS, "q_bias", "k_bias", "v_bias", "o_bias")
-        return {name: getattr(self, name)[...] for name in names if getattr(self, name) is not None}
+        return {name: getattr(self, name)[...] for name in self._NAMES if getattr(self, name) is not None}
 
 
 class Decoder(nnx.Module):
@@ -372,13 +406,11 @@ class Decoder(nnx.Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.attention_impl = attention_impl
-        self.embed_tokens = _normal(rngs, (config.vocab_size, config.hidden_size), param_dtype)
-        self.blocks = StackedBlocks(config, param_dtype=param_dtype, rngs=rngs)
-        self.norm = nnx.Param(jnp.ones((config.hidden_size,), param_dtype))
-        self.lm_head = (
-            None if config.tie_word_embeddings
-            else _normal(rngs, (config.hidden_size, config.vocab_size), param_dtype)
-        )
+        weights = _init_weights(rngs.params(), config, jnp.dtype(param_dtype))
+        self.embed_tokens = nnx.Param(weights["embed_tokens"])
+        self.blocks = StackedBlocks(weights["blocks"])
+        self.norm = nnx.Param(weights["norm"])
+        self.lm_head = nnx.Param(weights["lm_head"]) if "lm_head" in weights else None
 
     def __call__(self, input_ids: jax.Array, *, attention_mask: jax.Array | None = None,
                  lora: Mapping[str, Mapping[str, jax.Array]] | None = None,
@@ -449,11 +481,18 @@ def init_lora(config: DecoderConfig, *, rank: int, targets=LORA_TARGETS, key: ja
     unknown = [t for t in targets if t not in shapes]
     if unknown:
         raise ValueError(f"unknown LoRA targets {unknown}; choose from {LORA_TARGETS}")
-    adapters = {}
-    for index, target in enumerate(targets):
+    return _init_lora(key, config, int(rank), tuple(targets), jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _init_lora(key, config: DecoderConfig, rank: int, targets: tuple, dtype) -> dict:
+    shapes = config.lora_shapes()
+    sizes = [config.num_layers * shapes[t][0] * rank for t in targets]
+    unit = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)  # one threefry kernel
+    adapters, offset = {}, 0
+    for target, size in zip(targets, sizes):
         d_in, d_out = shapes[target]
-        bound = 1.0 / math.sqrt(d_in)
-        a = jax.random.uniform(jax.random.fold_in(key, index), (config.num_layers, d_in, rank),
-                               jnp.float32, -bound, bound)
+        a = unit[offset:offset + size].reshape(config.num_layers, d_in, rank) / math.sqrt(d_in)
+        offset += size
         adapters[target] = {"a": a.astype(dtype), "b": jnp.zeros((config.num_layers, rank, d_out), dtype)}
     return adapters

@@ -1,0 +1,282 @@
+"""The Flax decoder on its own: config parsing, padding, LoRA (vs merged weights), vmap over adapters,
+remat, dtypes and compilation. Parity with transformers lives in test_lm_load.py."""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from shed_jax.lm import LORA_TARGETS, Decoder, DecoderConfig, decoder_from_weights, init_lora, rope_inv_freq
+
+TINY = DecoderConfig(
+    vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+    head_dim=8, rms_norm_eps=1e-6, rope_theta=10000.0, attention_bias=True,
+)
+F32 = dict(dtype=jnp.float32, param_dtype=jnp.float32)
+
+
+def _model(config=TINY, seed=0, **kwargs):
+    return Decoder(config, **{**F32, **kwargs}, rngs=nnx.Rngs(seed))
+
+
+@jax.jit
+def _jit_logits(graphdef, state, ids, attention_mask, lora, lora_scale):
+    model = nnx.merge(graphdef, state)
+    return model.unembed(model(ids, attention_mask=attention_mask, lora=lora, lora_scale=lora_scale))
+
+
+def _logits(model, ids, *, attention_mask=None, lora=None, lora_scale=1.0):
+    """Jitted ``model.unembed(model(ids, ...))`` (eager NNX calls are slow on CPU)."""
+    graphdef, state = nnx.split(model)
+    return _jit_logits(graphdef, state, ids, attention_mask, lora, lora_scale)
+
+
+def _ids(shape, seed=0, vocab=TINY.vocab_size):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, shape), jnp.int32)
+
+
+def _randomize_lora(lora, seed, std=0.3):
+    """Adapters with random (non-zero) b, so that they change the model (numpy draws: eager
+    jax.random compiles one kernel per shape, seconds on a small CPU)."""
+    rng = np.random.default_rng(seed)
+    return {name: {"a": ab["a"], "b": jnp.asarray(std * rng.standard_normal(ab["b"].shape), jnp.float32)}
+            for name, ab in lora.items()}
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+def _hf_llama(**extra):
+    return {
+        "model_type": "llama", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+        "hidden_act": "silu", "max_position_embeddings": 128, "tie_word_embeddings": True, **extra,
+    }
+
+
+def test_from_hf_reads_transformers4_and_5_rope_keys():
+    old = DecoderConfig.from_hf(_hf_llama(rope_theta=5e5, rope_scaling={"type": "linear", "factor": 2.0}))
+    new = DecoderConfig.from_hf(_hf_llama(rope_parameters={"rope_theta": 5e5, "rope_type": "linear", "factor": 2.0}))
+    assert old == new
+    assert old.rope_theta == 5e5 and dict(old.rope_scaling) == {"factor": 2.0, "rope_type": "linear"}
+    assert old.head_dim == 8 and old.num_kv_heads == 2 and old.tie_word_embeddings
+    hash(old)  # usable as a static argument
+    default = DecoderConfig.from_hf(_hf_llama(rope_parameters={"rope_theta": 1e4, "rope_type": "default"}))
+    assert default.rope_scaling is None
+
+
+def test_from_hf_family_specifics():
+    qwen = DecoderConfig.from_hf({**_hf_llama(), "model_type": "qwen2", "use_sliding_window": False,
+                                  "sliding_window": 64, "layer_types": ["full_attention"] * 2})
+    assert qwen.attention_bias and not qwen.attention_out_bias and qwen.sliding_window is None
+    mistral = DecoderConfig.from_hf({**_hf_llama(), "model_type": "mistral", "sliding_window": 4096})
+    assert mistral.sliding_window == 4096
+    llama_bias = DecoderConfig.from_hf(_hf_llama(attention_bias=True))
+    assert llama_bias.attention_bias and llama_bias.attention_out_bias
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_type": "gemma"}, "unsupported model_type"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"mlp_bias": True}, "mlp_bias"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "yarn"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}, "dynamic"),
+    ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 16}, "sliding"),
+])
+def test_from_hf_rejects_unsupported(change, message):
+    with pytest.raises(ValueError, match=message):
+        DecoderConfig.from_hf(_hf_llama(**change))
+
+
+def test_llama3_inv_freq_matches_transformers():
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    hf = LlamaConfig(hidden_size=512, num_attention_heads=4, rope_theta=500000.0, rope_scaling=scaling)
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, torch.device("cpu"))
+    ours = rope_inv_freq(DecoderConfig.from_hf(hf.to_dict()))
+    assert ours.shape == (64,)
+    np.testing.assert_allclose(ours, expected.numpy(), rtol=1e-6)
+    assert not np.allclose(ours, rope_inv_freq(dataclasses.replace(TINY, head_dim=128, rope_theta=500000.0)))
+
+
+# ----------------------------------------------------------------------------------- forward
+
+
+def test_shapes_dtypes_and_default_bfloat16_close_to_float32():
+    ids = _ids((2, 7))
+    model32 = _model()
+    graphdef, state = nnx.split(model32)
+    hidden = jax.eval_shape(lambda st, x: nnx.merge(graphdef, st)(x), state, ids)
+    assert hidden.shape == (2, 7, TINY.hidden_size) and hidden.dtype == jnp.float32
+    logits = _logits(model32, ids)
+    assert logits.shape == (2, 7, TINY.vocab_size) and logits.dtype == jnp.float32
+
+    weights16 = jax.tree.map(lambda x: np.asarray(x).astype(jnp.bfloat16), state.to_pure_dict())
+    model16 = decoder_from_weights(TINY, weights16)  # defaults: bfloat16 compute and parameters
+    assert model16.embed_tokens[...].dtype == jnp.bfloat16 and model16.dtype == jnp.bfloat16
+    logits16 = _logits(model16, ids)
+    assert logits16.dtype == jnp.float32
+    # bf16 has 8 mantissa bits: an error of ~1e-2 of the logit scale, far below its spread.
+    error = float(jnp.max(jnp.abs(logits16 - logits)))
+    assert 0 < error < 0.1 * float(jnp.std(logits))  # > 0: really computed in bf16
+
+
+def test_causal_future_tokens_do_not_change_past_logits():
+    model = _model()
+    ids = _ids((1, 9), seed=9)
+    changed = ids.at[0, 6:].set((ids[0, 6:] + 1) % TINY.vocab_size)
+    a, b = _logits(model, ids), _logits(model, changed)
+    np.testing.assert_allclose(a[:, :6], b[:, :6], rtol=1e-6, atol=1e-6)
+    assert float(jnp.max(jnp.abs(a[:, 6:] - b[:, 6:]))) > 1e-3
+
+
+def test_right_padded_batch_matches_unpadded_rows():
+    model = _model()
+    lengths = [9, 4]
+    rows = [_ids((1, n), seed=n) for n in lengths]
+    padded = jnp.zeros((2, 9), jnp.int32)
+    mask = jnp.zeros((2, 9), bool)
+    for i, (row, n) in enumerate(zip(rows, lengths)):
+        padded = padded.at[i, :n].set(row[0])
+        mask = mask.at[i, :n].set(True)
+    padded = jnp.where(mask, padded, 7)  # arbitrary pad id: must not matter
+    batch = _logits(model, padded, attention_mask=mask)
+    assert bool(jnp.all(jnp.isfinite(batch)))
+    for i, (row, n) in enumerate(zip(rows, lengths)):
+        alone = _logits(model, row)
+        np.testing.assert_allclose(batch[i, :n], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_sliding_window_changes_only_positions_beyond_the_window():
+    window = 3
+    full = _model()
+    windowed = _model(dataclasses.replace(TINY, sliding_window=window))
+    ids = _ids((1, 8))
+    a, b = _logits(full, ids), _logits(windowed, ids)
+    np.testing.assert_allclose(a[:, :window], b[:, :window], rtol=1e-6, atol=1e-6)
+    assert float(jnp.max(jnp.abs(a[:, window:] - b[:, window:]))) > 1e-3
+
+
+def test_untied_head_and_unembed_of_any_leading_shape():
+    model = _model(dataclasses.replace(TINY, tie_word_embeddings=False))
+    assert model.lm_head is not None
+    hidden = jnp.asarray(np.random.default_rng(1).standard_normal((3, TINY.hidden_size)), jnp.float32)
+    expected = hidden @ model.lm_head[...]
+    np.testing.assert_allclose(model.unembed(hidden), expected, rtol=1e-5, atol=1e-5)
+    tied = _model(dataclasses.replace(TINY, tie_word_embeddings=True))
+    assert tied.lm_head is None
+    np.testing.assert_allclose(tied.unembed(hidden), hidden @ tied.embed_tokens[...].T, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------- LoRA
+
+
+def test_init_lora_shapes_and_peft_bound():
+    lora = init_lora(TINY, rank=4, key=jax.random.key(0))
+    shapes = TINY.lora_shapes()
+    assert set(lora) == set(LORA_TARGETS)
+    for name, (d_in, d_out) in shapes.items():
+        assert lora[name]["a"].shape == (TINY.num_layers, d_in, 4)
+        assert lora[name]["b"].shape == (TINY.num_layers, 4, d_out)
+        assert lora[name]["a"].dtype == jnp.float32 and not bool(jnp.any(lora[name]["b"]))
+        bound = 1 / np.sqrt(d_in)
+        assert float(jnp.max(jnp.abs(lora[name]["a"]))) <= bound
+        assert float(jnp.max(jnp.abs(lora[name]["a"]))) > 0.5 * bound
+    with pytest.raises(ValueError, match="unknown LoRA targets"):
+        init_lora(TINY, rank=2, targets=("lm_head",), key=jax.random.key(0))
+
+
+def test_zero_lora_changes_nothing():
+    model = _model()
+    ids = _ids((2, 6))
+    lora = init_lora(TINY, rank=4, key=jax.random.key(0))
+    np.testing.assert_array_equal(_logits(model, ids, lora=lora, lora_scale=2.0), _logits(model, ids))
+
+
+def test_lora_equals_merged_weights():
+    scale = 0.5
+    model = _model()
+    lora = _randomize_lora(init_lora(TINY, rank=3, key=jax.random.key(0)), 1)
+    ids = _ids((2, 6))
+    with_lora = _logits(model, ids, lora=lora, lora_scale=scale)
+
+    weights = nnx.split(model)[1].to_pure_dict()
+    for name, ab in lora.items():  # W' = W + scale * a @ b, per layer
+        weights["blocks"][name] = weights["blocks"][name] + scale * jnp.einsum("lir,lro->lio", ab["a"], ab["b"])
+    merged = decoder_from_weights(TINY, weights, **F32)
+    expected = _logits(merged, ids)
+    np.testing.assert_allclose(with_lora, expected, rtol=1e-4, atol=1e-4)
+    assert float(jnp.max(jnp.abs(with_lora - _logits(model, ids)))) > 1e-2
+
+
+def test_lora_subset_of_targets():
+    model = _model()
+    ids = _ids((1, 5))
+    lora = _randomize_lora(init_lora(TINY, rank=2, targets=("v_proj", "down_proj"), key=jax.random.key(2)),
+                           3)
+    out = _logits(model, ids, lora=lora)
+    assert float(jnp.max(jnp.abs(out - _logits(model, ids)))) > 1e-3
+
+
+def test_vmap_over_adapters_with_broadcast_base_and_grad_wrt_lora_only():
+    """The caller's pattern: split once, merge inside jit(vmap(...)) with the base state broadcast;
+    values and LoRA gradients equal separate calls per adapter (and remat changes nothing)."""
+    model = _model()
+    graphdef, state = nnx.split(model)
+    ids = _ids((2, 6))
+    mask = jnp.asarray([[True] * 6, [True] * 4 + [False] * 2])
+    adapters = [
+        _randomize_lora(init_lora(TINY, rank=2, key=jax.random.key(k)), 10 + k)
+        for k in range(2)
+    ]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *adapters)
+
+    def loss(lora, base_state, remat):
+        m = nnx.merge(graphdef, base_state)
+        logits = m.unembed(m(ids, attention_mask=mask, lora=lora, lora_scale=0.7, remat=remat))
+        return jnp.mean(jnp.where(mask[..., None], logits, 0.0) ** 2)
+
+    # Batched with remat (recompute each block in the backward pass), single calls without.
+    batched = jax.jit(jax.vmap(jax.value_and_grad(functools.partial(loss, remat=True)), in_axes=(0, None)))
+    values, grads = batched(stacked, state)
+    assert values.shape == (2,)
+    single = jax.jit(jax.value_and_grad(functools.partial(loss, remat=False)))
+    for k, lora in enumerate(adapters):
+        value, grad = single(lora, state)
+        np.testing.assert_allclose(values[k], value, rtol=1e-5)
+        for path_grad, one in zip(jax.tree.leaves(grads), jax.tree.leaves(grad)):
+            np.testing.assert_allclose(path_grad[k], one, rtol=1e-4, atol=1e-6)
+    assert values[0] != values[1]
+
+
+def test_new_data_does_not_retrace():
+    model = _model()
+    graphdef, state = nnx.split(model)
+    traces = []
+
+    @jax.jit
+    def logits(state, ids):
+        traces.append(1)
+        m = nnx.merge(graphdef, state)
+        return m.unembed(m(ids))
+
+    logits(state, _ids((2, 6), seed=1))
+    logits(state, _ids((2, 6), seed=2))
+    assert len(traces) == 1
+
+
+def test_decoder_from_weights_checks_names_and_shapes():
+    weights = nnx.split(_model())[1].to_pure_dict()
+    bad = {**weights, "blocks": {**weights["blocks"], "q_proj": weights["blocks"]["q_proj"][:, :-1]}}
+    with pytest.raises(ValueError, match="q_proj"):
+        decoder_from_weights(TINY, bad, **F32)
+    missing = {k: v for k, v in weights.items() if k != "norm"}
+    with pytest.raises(ValueError, match="missing"):
+        decoder_from_weights(TINY, missing, **F32)

@@ -83,11 +83,6 @@ def unpermute_rope_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def _field_value(field):
-    value = field.contents()
-    return value
-
-
 def gguf_metadata(reader) -> dict:
     """All key/value fields of a ``gguf.GGUFReader`` except the (large) tokenizer arrays."""
     meta = {}
@@ -97,7 +92,7 @@ def gguf_metadata(reader) -> dict:
         ):
             continue
         try:
-            meta[key] = _field_value(field)
+            meta[key] = field.contents()
         except Exception:  # noqa: BLE001 - unreadable exotic field types are not needed
             continue
     return meta
@@ -155,8 +150,17 @@ def config_from_gguf(meta: dict, *, vocab_size: int, tied: bool) -> DecoderConfi
 def read_gguf(path: str | os.PathLike) -> tuple[DecoderConfig, dict]:
     """Config and float32 numpy weights (stacked layout of :mod:`shed_jax.lm.model`) of a GGUF file.
 
+    See :func:`read_gguf_with_metadata`, which also returns the metadata.
+    """
+    config, weights, _ = read_gguf_with_metadata(path)
+    return config, weights
+
+
+def read_gguf_with_metadata(path: str | os.PathLike) -> tuple[DecoderConfig, dict, dict]:
+    """Config, float32 numpy weights (stacked layout of :mod:`shed_jax.lm.model`) of a GGUF file.
+
     Returns:
-      ``(config, weights)``; ``weights`` is ``{"embed_tokens": (V, H), "blocks": {name: (L, ...)},
+      ``(config, weights, metadata)``; ``weights`` is ``{"embed_tokens": (V, H), "blocks": {name: (L, ...)},
       "norm": (H,), ["lm_head": (H, V)]}`` with projections ``(d_in, d_out)``.
 
     Raises:
@@ -185,6 +189,12 @@ def read_gguf(path: str | os.PathLike) -> tuple[DecoderConfig, dict]:
     if any(name.endswith("attn_output.bias") for name in tensors):
         config = _with(config, attention_out_bias=True)
 
+    known = {"token_embd.weight", "output_norm.weight", "output.weight"}
+    known |= {f"blk.{i}.{suffix}" for i in range(config.num_layers) for suffix in _LAYER_TENSORS}
+    unknown = sorted(set(tensors) - known)
+    if unknown:  # e.g. rope_freqs.weight (llama3 rope scaling): refuse rather than silently ignore
+        raise ValueError(f"{path}: unsupported GGUF tensors {unknown[:5]}")
+
     per_layer: dict[str, list[np.ndarray]] = {}
     for layer in range(config.num_layers):
         for suffix, (name, transpose) in _LAYER_TENSORS.items():
@@ -205,13 +215,18 @@ def read_gguf(path: str | os.PathLike) -> tuple[DecoderConfig, dict]:
     weights = {"embed_tokens": embed, "blocks": blocks, "norm": load("output_norm.weight")}
     if not tied:
         weights["lm_head"] = load("output.weight").T
-    return config, weights
+    return config, weights, meta
 
 
 def _with(config: DecoderConfig, **changes) -> DecoderConfig:
     import dataclasses
 
     return dataclasses.replace(config, **changes)
+
+
+def has_tokenizer(metadata: dict) -> bool:
+    """Whether GGUF metadata holds a tokenizer (``tokenizer.ggml.model``)."""
+    return "tokenizer.ggml.model" in metadata
 
 
 def gguf_tokenizer(path: str | os.PathLike):

@@ -292,6 +292,7 @@ def _load_hf_dir(directory: Path, *, dtype, param_dtype, attention_impl) -> Lang
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise ModelNotFoundError(f"{directory}: no config.json")
+    safetensors_files(directory)  # refuse pickle-only checkpoints before anything else
     config = DecoderConfig.from_hf(json.loads(config_path.read_text()))
     weights = read_hf_weights(directory, config)
     model = decoder_from_weights(config, weights, dtype=dtype, param_dtype=param_dtype,
@@ -300,9 +301,10 @@ def _load_hf_dir(directory: Path, *, dtype, param_dtype, attention_impl) -> Lang
 
 
 def _load_gguf(path: Path, *, dtype, param_dtype, attention_impl) -> LanguageModel:
-    from shed_jax.lm.gguf import gguf_tokenizer, read_gguf
+    from shed_jax.lm.gguf import gguf_tokenizer, has_tokenizer, read_gguf_with_metadata
 
-    config, weights = read_gguf(path)
+    config, weights, metadata = read_gguf_with_metadata(path)
     model = decoder_from_weights(config, weights, dtype=dtype, param_dtype=param_dtype,
                                  attention_impl=attention_impl)
-    return LanguageModel(model=model, tokenizer=gguf_tokenizer(path), source=str(path))
+    tokenizer = gguf_tokenizer(path) if has_tokenizer(metadata) else None
+    return LanguageModel(model=model, tokenizer=tokenizer, source=str(path))

@@ -112,6 +112,8 @@ class DecoderConfig:
         Raises:
           ValueError: unsupported model type, activation, MLP bias, RoPE scaling or attention layout.
         """
+        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        missing = [key for key in required if key not in config]
         model_type = config.get("model_type")
         if model_type not in _SUPPORTED_MODEL_TYPES:
             raise ValueError(
@@ -122,6 +124,8 @@ class DecoderConfig:
             raise ValueError(f"unsupported hidden_act {act!r} (only 'silu' / SwiGLU)")
         if config.get("mlp_bias"):
             raise ValueError("unsupported: mlp_bias=True")
+        if missing:
+            raise ValueError(f"config lacks {', '.join(missing)}")
         hidden_size = int(config["hidden_size"])
         num_heads = int(config["num_attention_heads"])
         head_dim = config.get("head_dim") or hidden_size // num_heads

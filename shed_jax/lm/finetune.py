@@ -1,0 +1,314 @@
+"""Batched LoRA fine-tunes: many coalitions fine-tuned at once, one adapter per *slot*.
+
+SHED's utility of a coalition ``S`` is the validation score of a model fine-tuned on ``S`` (He et al.,
+NeurIPS 2024). Here the model is a frozen :class:`~shed_jax.lm.model.Decoder` plus a LoRA adapter (Hu et al.,
+2021), and ``n_slots`` coalitions are fine-tuned together:
+
+* only the adapters carry the slot axis: ``{target: {"a": (S, L, d_in, r), "b": (S, L, r, d_out)}}`` in
+  float32, with float32 AdamW state from ``jax.vmap(tx.init)``; the base weights are split off once
+  (``nnx.split``) and enter the vmapped step with ``in_axes=None``: shared, never copied, never
+  differentiated (the gradient is taken with respect to the adapter only);
+* one optimiser step of all slots is one jitted call: ``jax.vmap`` over slots of (gather the slot's minibatch
+  rows from the token table on the device, forward with ``remat`` per block, loss over chunks of positions,
+  ``value_and_grad``, ``optax`` update). Inactive slots compute but keep their state (``jnp.where``);
+* shapes are fixed: ``n_slots`` is fixed, and a step's sequence width is the smallest bucket of a fixed
+  ladder (:func:`shed_jax.lm.prompts.length_buckets`) that holds the longest row any slot draws at that step.
+  Each width compiles once; new coalitions never retrace (tested by counting traces);
+* slots are refilled in place: the stacked state is donated to a jitted ``where(reset, fresh, current)``.
+
+One fine-tune is a fixed recipe (:class:`FinetuneRecipe`): ``steps`` AdamW steps (linear warm-up over
+``warmup_steps``, then constant, linear or cosine decay), each on ``batch_size`` sequences drawn from the
+coalition's own members by epochs of random permutations, from a NumPy generator seeded by the run's seed and
+a hash of the member indices (:func:`coalition_rng`): a coalition's minibatches, and so its adapter, do not
+depend on which slot, batch or call it lands in. The loss is the token-mean next-token loss over the
+continuation (response) tokens of the minibatch (:class:`~shed_jax.lm.prompts.TokenTable` weights);
+full-vocabulary logits are produced ``logits_chunk`` positions at a time
+(:func:`shed_jax.lm.scoring.target_logprob_sums`).
+
+Example:
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> from flax import nnx
+    >>> from shed_jax.lm.model import Decoder, DecoderConfig, init_lora
+    >>> from shed_jax.lm.prompts import TokenTable
+    >>> cfg = DecoderConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=1,
+    ...                     num_heads=2, num_kv_heads=1, head_dim=8)
+    >>> graphdef, state = nnx.split(Decoder(cfg, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    >>> ids = np.arange(24, dtype=np.int32).reshape(3, 8) % 32
+    >>> table = TokenTable(ids, np.full(3, 8, np.int32), np.roll(ids, -1, 1), np.ones((3, 8), np.float32),
+    ...                    np.zeros(3, np.int32), 0)
+    >>> trainer = SlotTrainer(graphdef, state, table, FinetuneRecipe(steps=2, batch_size=2), n_slots=2,
+    ...                       lora_init=init_lora(cfg, rank=2, key=jax.random.key(0)))
+    >>> trainer.train([np.array([0, 1]), np.array([2])], seed=0).lora["q_proj"]["a"].shape
+    (2, 1, 16, 2)
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from shed_jax.lm.prompts import TokenTable, bucket_for, length_buckets
+from shed_jax.lm.scoring import target_logprob_sums
+
+__all__ = [
+    "FinetuneRecipe",
+    "SlotState",
+    "SlotTrainer",
+    "coalition_rng",
+    "learning_rate_schedule",
+    "make_optimizer",
+    "minibatch_schedule",
+    "sequence_loss",
+    "stack_adapters",
+]
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """One fine-tune's fixed recipe (hashable).
+
+    Attributes:
+        steps: optimiser steps.
+        learning_rate: peak AdamW learning rate.
+        warmup_steps: linear warm-up from 0 to ``learning_rate`` over this many steps.
+        batch_size: sequences per step, drawn from the coalition's members.
+        lr_schedule: after warm-up: ``"constant"``, ``"linear"`` (to 0 at ``steps``) or ``"cosine"`` (to 0).
+        weight_decay: AdamW decoupled weight decay on the adapters.
+        max_grad_norm: clip each adapter's gradient to this global norm (None: no clipping).
+        lora_scale: the adapter's multiplier (peft's ``alpha / rank``).
+        logits_chunk: positions per chunk of full-vocabulary logits in the loss.
+        remat: recompute each block in the backward pass.
+    """
+
+    steps: int = 20
+    learning_rate: float = 1e-3
+    warmup_steps: int = 2
+    batch_size: int = 4
+    lr_schedule: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    lora_scale: float = 2.0
+    logits_chunk: int = 16
+    remat: bool = True
+
+    def __post_init__(self):
+        if not (isinstance(self.steps, int) and self.steps >= 1):
+            raise ValueError(f"steps: must be an int >= 1, got {self.steps!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"batch_size: must be an int >= 1, got {self.batch_size!r}")
+        if not (isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps <= self.steps):
+            raise ValueError(f"warmup_steps: must be an int in [0, steps={self.steps}], got {self.warmup_steps!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: unknown {self.lr_schedule!r}, allowed {', '.join(LR_SCHEDULES)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate!r}")
+
+
+def learning_rate_schedule(recipe: FinetuneRecipe) -> optax.Schedule:
+    """Linear warm-up over ``warmup_steps`` (the first step uses ``lr / warmup_steps``), then the decay."""
+    peak, warmup, steps = recipe.learning_rate, recipe.warmup_steps, recipe.steps
+    warm = optax.linear_schedule(peak / max(warmup, 1), peak, max(warmup - 1, 1))
+    rest = max(steps - warmup, 1)
+    if recipe.lr_schedule == "constant":
+        decay = optax.constant_schedule(peak)
+    elif recipe.lr_schedule == "linear":
+        decay = optax.linear_schedule(peak, 0.0, rest)
+    else:
+        decay = optax.cosine_decay_schedule(peak, rest)
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([warm, decay], [warmup])
+
+
+def make_optimizer(recipe: FinetuneRecipe) -> optax.GradientTransformation:
+    """AdamW on :func:`learning_rate_schedule`, after global-norm clipping (when ``max_grad_norm``)."""
+    adamw = optax.adamw(learning_rate_schedule(recipe), b1=0.9, b2=0.999, eps=1e-8,
+                        weight_decay=recipe.weight_decay)
+    if recipe.max_grad_norm is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(recipe.max_grad_norm), adamw)
+
+
+def sequence_loss(lora, graphdef, base_state, ids, lengths, targets, weights, *, lora_scale: float,
+                  logits_chunk: int = 16, remat: bool = False) -> jax.Array:
+    """Token-mean next-token loss of a batch under base model + adapter: scalar float32.
+
+    Args:
+        lora: one adapter ``{target: {"a": (L, d_in, r), "b": (L, r, d_out)}}`` (the differentiated argument).
+        graphdef, base_state: ``nnx.split`` of the decoder.
+        ids, targets: ``(B, T)`` int32; ``lengths``: ``(B,)`` int32 real tokens per row (right padding).
+        weights: ``(B, T)`` float32 per-target weights.
+
+    Returns:
+        ``- sum(weights * log p(targets)) / max(sum(weights), 1)``.
+    """
+    model = nnx.merge(graphdef, base_state)
+    mask = jnp.arange(ids.shape[1])[None, :] < lengths[:, None]
+    hidden = model(ids, attention_mask=mask, lora=lora, lora_scale=lora_scale, remat=remat)
+    total = jnp.sum(target_logprob_sums(model, hidden, targets, weights, logits_chunk=logits_chunk))
+    return -total / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+class SlotState(NamedTuple):
+    """Stacked per-slot training state: adapters and optimiser state, leading axis ``n_slots``."""
+
+    lora: Any
+    opt_state: Any
+
+
+def stack_adapters(lora, n_slots: int):
+    """``n_slots`` copies of one adapter on a new leading axis."""
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_slots,) + x.shape), lora)
+
+
+def coalition_rng(members: np.ndarray, seed: int) -> np.random.Generator:
+    """A NumPy generator determined by ``seed`` and the set of player indices ``members`` (order-free)."""
+    members = np.unique(np.asarray(members, np.int64))
+    digest = hashlib.blake2b(members.tobytes(), digest_size=16, person=b"shed-lm-coal").digest()
+    words = np.frombuffer(digest, np.uint32).tolist()
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, *words]))
+
+
+def minibatch_schedule(members: np.ndarray, *, steps: int, batch_size: int, rng: np.random.Generator
+                       ) -> np.ndarray:
+    """``(steps, batch_size)`` int32 player indices: epochs of random permutations of ``members``.
+
+    Every member is drawn once per epoch (an epoch may straddle two steps), so a coalition smaller than a
+    batch repeats its members within a step.
+    """
+    members = np.unique(np.asarray(members, np.int64))
+    if members.size == 0:
+        raise ValueError("members: a fine-tune needs at least one member")
+    need = steps * batch_size
+    n_epochs = -(-need // members.size)
+    draws = np.concatenate([members[rng.permutation(members.size)] for _ in range(n_epochs)])[:need]
+    return draws.reshape(steps, batch_size).astype(np.int32)
+
+
+class SlotTrainer:
+    """Fine-tunes up to ``n_slots`` coalitions at once on a token table (see the module docstring).
+
+    Args:
+        graphdef, base_state: ``nnx.split(decoder)``; the base weights are never modified.
+        table: the players' tokenised texts, one row per player.
+        recipe: the :class:`FinetuneRecipe`.
+        n_slots: coalitions per batch (fixed; fewer are padded with inactive slots).
+        lora_init: the initial adapter (one, unstacked), the same for every coalition.
+        max_length: the widest sequence bucket (default: the table's width).
+        buckets: the sequence widths to pad a step to (default :func:`~shed_jax.lm.prompts.length_buckets` up to
+            ``max_length``); each one used compiles the step once.
+
+    Attributes:
+        n_traces: times the step function was traced (one per sequence-width bucket used).
+        last_losses: ``(steps, n_slots)`` float32 training losses of the last :meth:`train` (device array).
+    """
+
+    def __init__(self, graphdef, base_state, table: TokenTable, recipe: FinetuneRecipe, *, n_slots: int,
+                 lora_init, max_length: int | None = None, buckets: Sequence[int] | None = None):
+        if n_slots < 1:
+            raise ValueError(f"n_slots: must be >= 1, got {n_slots}")
+        self.graphdef, self.base_state = graphdef, base_state
+        self.recipe, self.n_slots = recipe, int(n_slots)
+        self.optimizer = make_optimizer(recipe)
+        self.buckets = (tuple(sorted(int(b) for b in buckets)) if buckets is not None
+                        else length_buckets(max_length or table.width))
+        top = self.buckets[-1]
+        pad = max(top - table.width, 0)
+        self._lengths_host = np.minimum(table.lengths, top)
+        self._data = tuple(jnp.asarray(np.pad(a, ((0, 0), (0, pad)))[:, :top])
+                           for a in (table.ids, table.targets, table.target_weights)) + (
+            jnp.asarray(self._lengths_host),)
+        lora_stack = stack_adapters(lora_init, self.n_slots)
+        self._fresh = SlotState(lora_stack, jax.vmap(self.optimizer.init)(lora_stack))
+        self._slots = jax.tree_util.tree_map(jnp.copy, self._fresh)
+        self.n_traces = 0
+        self.last_losses = None
+        self._step = jax.jit(self._step_impl, static_argnames=("width",), donate_argnums=(1,))
+        self._refill = jax.jit(_refill, donate_argnums=(0,))
+
+    def _step_impl(self, base_state, slots: SlotState, data, rows, active, *, width: int):
+        self.n_traces += 1  # trace-time only
+        graphdef, recipe, optimizer = self.graphdef, self.recipe, self.optimizer
+        ids_all, targets_all, weights_all, lengths_all = data
+
+        def one_slot(state, lora, opt_state, slot_rows, is_active):
+            ids, targets = ids_all[slot_rows, :width], targets_all[slot_rows, :width]
+            weights, lengths = weights_all[slot_rows, :width], lengths_all[slot_rows]
+            loss, grads = jax.value_and_grad(sequence_loss)(
+                lora, graphdef, state, ids, lengths, targets, weights, lora_scale=recipe.lora_scale,
+                logits_chunk=recipe.logits_chunk, remat=recipe.remat)
+            updates, new_opt_state = optimizer.update(grads, opt_state, lora)
+            new_lora = optax.apply_updates(lora, updates)
+
+            def keep(new, old):
+                return jnp.where(is_active, new, old)
+
+            return (jax.tree_util.tree_map(keep, new_lora, lora),
+                    jax.tree_util.tree_map(keep, new_opt_state, opt_state), loss)
+
+        lora, opt_state, losses = jax.vmap(one_slot, in_axes=(None, 0, 0, 0, 0))(
+            base_state, slots.lora, slots.opt_state, rows, active)
+        return SlotState(lora, opt_state), losses
+
+    def schedules(self, member_lists: Sequence[np.ndarray], seed: int) -> np.ndarray:
+        """``(n_slots, steps, batch_size)`` int32 rows: each coalition's minibatches, padding slots row 0."""
+        recipe = self.recipe
+        rows = np.zeros((self.n_slots, recipe.steps, recipe.batch_size), np.int32)
+        for slot, members in enumerate(member_lists):  # host: one small permutation draw per coalition
+            rows[slot] = minibatch_schedule(members, steps=recipe.steps, batch_size=recipe.batch_size,
+                                            rng=coalition_rng(members, seed))
+        return rows
+
+    def train(self, member_lists: Sequence[np.ndarray], seed: int) -> SlotState:
+        """Fine-tune ``len(member_lists) <= n_slots`` coalitions (player indices) from the initial adapter.
+
+        Returns the stacked state after ``recipe.steps`` steps: slot ``i`` holds coalition ``i``; slots past
+        ``len(member_lists)`` hold the initial adapter. The returned arrays stay owned by the trainer until
+        the next call (they are donated and refilled in place then).
+        """
+        n_active = len(member_lists)
+        if not 1 <= n_active <= self.n_slots:
+            raise ValueError(f"member_lists: need 1..{self.n_slots} coalitions, got {n_active}")
+        rows = self.schedules(member_lists, seed)
+        active = np.arange(self.n_slots) < n_active
+        longest = self._lengths_host[rows[:n_active]].max(axis=(0, 2))             # (steps,)
+        widths = [bucket_for(int(w), self.buckets) for w in longest]
+        slots = self._refill(self._slots, self._fresh, jnp.ones(self.n_slots, bool))
+        active_device = jnp.asarray(active)
+        losses = []
+        for step, width in enumerate(widths):  # one dispatch per step for all slots; no host sync
+            slots, loss = self._step(self.base_state, slots, self._data, rows[:, step], active_device,
+                                     width=width)
+            losses.append(loss)
+        self._slots = slots
+        self.last_losses = jnp.stack(losses)
+        return slots
+
+    def compiled_memory(self, width: int | None = None) -> dict[str, int]:
+        """XLA's memory analysis of the step at ``width`` (default the widest bucket): bytes of arguments,
+        outputs, temporaries, and generated code, as reported by the compiled executable."""
+        width = self.buckets[-1] if width is None else width
+        rows = jnp.zeros((self.n_slots, self.recipe.batch_size), jnp.int32)
+        compiled = self._step.lower(self.base_state, self._fresh, self._data, rows,
+                                    jnp.ones(self.n_slots, bool), width=width).compile()
+        analysis = compiled.memory_analysis()
+        names = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                 "alias_size_in_bytes", "generated_code_size_in_bytes")
+        return {name: int(getattr(analysis, name, 0) or 0) for name in names}
+
+
+def _refill(slots: SlotState, fresh: SlotState, reset: jax.Array) -> SlotState:
+    """Slots where ``reset`` (S,) is True get the fresh state; the others keep theirs (in place)."""
+    def pick(current, initial):
+        flags = reset.reshape((-1,) + (1,) * (current.ndim - 1))
+        return jnp.where(flags, initial, current)
+
+    return jax.tree_util.tree_map(pick, slots, fresh)

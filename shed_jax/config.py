@@ -125,12 +125,17 @@ def _check_value(name: str, spec: OptionSpec, kind: str, value: Any, *, owner: s
     allowed = spec.allowed()
     if allowed is not None and value not in allowed:
         raise PipelineError(f"must be one of {', '.join(map(str, allowed))}; got {value!r}", field=label)
-    if spec.minimum is not None and kind in ("int", "float"):
-        if value < spec.minimum or (spec.exclusive_minimum and value == spec.minimum):
-            bound = f"> {spec.minimum}" if spec.exclusive_minimum else f">= {spec.minimum}"
+    if kind in ("int", "float") and (spec.minimum is not None or spec.maximum is not None):
+        low = spec.minimum is not None and (value < spec.minimum or (spec.exclusive_minimum and value == spec.minimum))
+        high = spec.maximum is not None and value > spec.maximum
+        if low or high:
+            if spec.minimum is not None and spec.maximum is not None:
+                bound = (f"in {'(' if spec.exclusive_minimum else '['}{spec.minimum:g}, {spec.maximum:g}]")
+            elif spec.minimum is not None:
+                bound = f"> {spec.minimum:g}" if spec.exclusive_minimum else f">= {spec.minimum:g}"
+            else:
+                bound = f"<= {spec.maximum:g}"
             raise PipelineError(f"must be {bound}, got {value!r}", field=label)
-    if spec.maximum is not None and kind in ("int", "float") and value > spec.maximum:
-        raise PipelineError(f"must be <= {spec.maximum}, got {value!r}", field=label)
 
 
 def _strip_optional(annotation: Any) -> Any:

@@ -21,8 +21,11 @@ from typing import Any
 __all__ = ["DataError", "PipelineError", "UserError"]
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Bad user input, reported on one line (exit status 2 on the command line).
+
+    A ``ValueError`` (library callers catching that keep working), but the command line treats only this
+    type as the user's mistake: any other ``ValueError`` that escapes is a bug.
 
     Attributes:
         message: what is wrong (one line; newlines are folded into spaces).
@@ -54,16 +57,13 @@ def _rebuild(cls, message, path, line, field):
     return cls(message, path=path, line=line, field=field)
 
 
-class DataError(UserError, ValueError):
+class DataError(UserError):
     """A problem in a data, validation or values file (names the file, line and field).
-
-    Also a ``ValueError``, as it was before :class:`UserError` existed, so that callers catching
-    ``ValueError`` around the readers keep working.
 
     >>> str(DataError("file is empty", path="a.jsonl"))
     'a.jsonl: file is empty'
     """
 
 
-class PipelineError(UserError, ValueError):
+class PipelineError(UserError):
     """A problem with the options or the run directory of a pipeline command."""

@@ -123,10 +123,10 @@ def test_refine_rejects_bad_data_files(case, demo, tmp_path, fake_embed):
     (["--ratio", "0.2", "--clusters", "500"], r"K=500 clusters is more than the 200"),
     (["--ratio", "0.2", "--size", "10"], r"either --ratio or --size"),
     ([], r"give a budget"),
-    (["--ratio", "1.5"], r"ratio must be in \(0, 1\]"),
-    (["--ratio", "0.2", "--removal-step", "50", "--clusters", "8"], r"removal-step 50 is larger"),
-    (["--ratio", "0.2", "--proxy-option", "nope=1"], r"unknown proxy option"),
-    (["--ratio", "0.2", "--field-map", "instruction"], r"key=value"),
+    (["--ratio", "1.5"], r"--ratio: must be in \(0, 1\], got 1.5"),
+    (["--ratio", "0.2", "--removal-step", "50", "--clusters", "8"], r"--removal-step: 50 is larger"),
+    (["--ratio", "0.2", "--proxy-option", "nope=1"], r"--proxy-option: unknown option 'nope'"),
+    (["--ratio", "0.2", "--field-map", "instruction"], r"--field-map: expected NAME=KEY"),
 ])
 def test_refine_rejects_impossible_options(args, pattern, demo, tmp_path, fake_embed):
     out = tmp_path / "out.jsonl"
@@ -199,7 +199,7 @@ def test_select_rejects_bad_values_files(demo, tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     result = invoke(["select", demo.train, "--values", tmp_path / "broken.json", "--run-dir", run, "--size", "5",
                      "-o", out])
-    assert_user_error(result, r"broken\.json: not a JSON values file")
+    assert_user_error(result, r"broken\.json: not valid JSON")
     (tmp_path / "flat.json").write_text(json.dumps([1, 2, 3, 4]))
     result = invoke(["select", demo.train, "--values", tmp_path / "flat.json", "--run-dir", run, "--size", "5",
                      "-o", out])

@@ -655,7 +655,9 @@ def test_write_jsonl_generator_error_leaves_nothing(tmp_path):
 
 def test_write_selection_second_file_failure_cleans_temps(tmp_path, monkeypatch):
     ds = read_instructions(write_lines(tmp_path / "src.jsonl", ALPACA))
-    real_write_temp = data._write_temp
+    from shed_jax import io as shed_io
+
+    real_write_temp = shed_io._write_temp
     written = []
 
     def write_temp(path, payload):
@@ -665,7 +667,7 @@ def test_write_selection_second_file_failure_cleans_temps(tmp_path, monkeypatch)
         written.append(name)
         return name
 
-    monkeypatch.setattr(data, "_write_temp", write_temp)
+    monkeypatch.setattr(shed_io, "_write_temp", write_temp)
     with pytest.raises(OSError, match="sidecar"):
         write_selection(tmp_path / "sel.jsonl", ds, [0], scores=[{"v": 1}])
     assert written and listing(tmp_path) == ["src.jsonl"]
@@ -689,7 +691,9 @@ def test_atomic_writes_content_and_mode(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["b.bin", "o.json", "t.txt"]
     with pytest.raises(TypeError):
         atomic_write_text(tmp_path / "x", b"bytes")
-    with pytest.raises(DataError, match="directory does not exist"):
+    from shed_jax.errors import UserError
+
+    with pytest.raises(UserError, match="directory does not exist"):
         atomic_write_text(tmp_path / "no" / "x.txt", "x")
 
 

@@ -73,12 +73,13 @@ def test_config_validation_and_round_trip():
     assert again == cfg
     with pytest.raises(ValueError, match="not both"):
         pipeline.RefineConfig(data="d", ratio=0.1, size=3)
-    with pytest.raises(ValueError, match="unknown sampler"):
+    with pytest.raises(ValueError, match="--sampler: must be one of"):
         pipeline.RefineConfig(data="d", sampler="best")
     with pytest.raises(ValueError, match="ratio"):
         pipeline.RefineConfig(data="d", ratio=1.5)
-    with pytest.raises(ValueError, match="n_permutations"):
+    with pytest.raises(ValueError, match="--permutations: must be >= 1, got 0"):
         pipeline.RefineConfig(data="d", n_permutations=0)
+    assert pipeline.RefineConfig(data="d", beta=0.0).beta == 0.0  # documented as uniform over clusters
     with pytest.raises(ValueError, match="unknown configuration keys"):
         pipeline.RefineConfig.from_dict({"data": "d", "bogus": 1})
 
@@ -378,7 +379,7 @@ def test_user_errors_are_raised_before_any_stage(demo_data, tmp_path, fake_embed
         pipeline.refine(base.replace(removal_step=9), progress=False, report=False)
     with pytest.raises(ValueError, match="overwrite"):
         pipeline.refine(base.replace(output=str(demo_data.train)), progress=False, report=False)
-    with pytest.raises(ValueError, match="unknown proxy option"):
+    with pytest.raises(ValueError, match="unknown option"):
         pipeline.refine(base.replace(proxy_options={"stepz": 1}), progress=False, report=False)
     with pytest.raises(ValueError, match="validation"):
         pipeline.refine(base.replace(valid=None), progress=False, report=False)
@@ -466,5 +467,5 @@ def test_proxies_per_cluster_values_members_and_averages(demo_data, tmp_path, fa
     single = make_config(demo_data, tmp_path, proxies_per_cluster=1)
     fp = lambda c: pipeline.stage_fingerprints(c, data_sha256="a", n_candidates=200, valid_sha256="v")  # noqa: E731
     assert fp(single)["cluster"] == fp(config)["cluster"] and fp(single)["value"] != fp(config)["value"]
-    with pytest.raises(pipeline.PipelineError, match="proxies_per_cluster"):
+    with pytest.raises(pipeline.PipelineError, match="--proxies-per-cluster: must be >= 1"):
         make_config(demo_data, tmp_path, proxies_per_cluster=0)

@@ -29,25 +29,25 @@ from typing import Any
 from shed_jax.errors import PipelineError, UserError
 from shed_jax.io import atomic_write_json
 
-__all__ = ["SCHEMA_VERSION", "RunDir", "StageLog", "default_run_dir", "now"]
+__all__ = ["SCHEMA_VERSION", "RunDir", "StageLog", "default_run_dir", "utc_now"]
 
 logger = logging.getLogger("shed_jax.run")
 
 SCHEMA_VERSION = 2  # 1: run directories written before run.json existed (shed_jax 0.1)
 
 
-def now() -> str:
+def utc_now() -> str:
     """The current UTC time, ISO 8601 with milliseconds."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def default_run_dir(data: str | os.PathLike, *, now_: _dt.datetime | None = None) -> Path:
+def default_run_dir(data: str | os.PathLike, *, now: _dt.datetime | None = None) -> Path:
     """``$SHED_HOME/runs/<data stem>-<YYYYmmdd-HHMMSS>`` (``$SHED_HOME`` defaults to the current directory).
 
     A numeric suffix is added if that directory already exists.
     """
     base = Path(os.environ.get("SHED_HOME") or Path.cwd())
-    stamp = (now_ or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     candidate = base / "runs" / f"{Path(data).stem}-{stamp}"
     suffix = 1
     while candidate.exists():
@@ -120,12 +120,12 @@ class RunDir:
 
             atomic_write_json(self.path / "run.json", {"schema_version": SCHEMA_VERSION,
                                                        "created_by": f"shed_jax {__version__}",
-                                                       "created_at": now()})
+                                                       "created_at": utc_now()})
 
     def require(self, what: str) -> None:
         """Raise :class:`PipelineError` unless the directory exists with a readable schema."""
         if not self.path.is_dir():
-            raise PipelineError(f"not a run directory ({what} needs one)", path=self.path)
+            raise PipelineError(f"not a directory ({what} needs a run directory)", path=self.path)
         self.check_schema()
 
     # -- lock ---------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ class RunDir:
         """Take ``.lock`` (pid + host). Raises :class:`PipelineError` if a live process holds it; a lock of a
         dead process on this host is taken over."""
         path = self.path / ".lock"
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -170,7 +170,7 @@ class RunDir:
     # -- config ---------------------------------------------------------------------------------------
     def write_config(self, config, resolved: dict) -> None:
         atomic_write_json(self.path / "config.json", {"schema_version": SCHEMA_VERSION, "config": config.to_dict(),
-                                                       "resolved": resolved, "written_at": now()})
+                                                       "resolved": resolved, "written_at": utc_now()})
 
     def load_config(self):
         """The :class:`shed_jax.config.RefineConfig` stored in ``config.json``."""
@@ -203,7 +203,7 @@ class RunDir:
             logs.mkdir(exist_ok=True)
             path = logs / "errors.log"
             with path.open("a", encoding="utf-8") as handle:
-                handle.write(f"--- {now()} pid {os.getpid()}\n")
+                handle.write(f"--- {utc_now()} pid {os.getpid()}\n")
                 handle.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
             return path
         except OSError:
@@ -254,16 +254,16 @@ class StageLog:
         return rec.get("status") == "done" and rec.get("fingerprint") == fingerprint
 
     def _event(self, stage, event, **extra):
-        self.state["events"].append({"stage": stage, "event": event, "at": now(), **extra})
+        self.state["events"].append({"stage": stage, "event": event, "at": utc_now(), **extra})
 
     def started(self, stage: str, fingerprint: str, *, event: str = "started"):
-        self.state["stages"][stage] = {"fingerprint": fingerprint, "status": "running", "started_at": now()}
+        self.state["stages"][stage] = {"fingerprint": fingerprint, "status": "running", "started_at": utc_now()}
         self._event(stage, event, fingerprint=fingerprint)
         self._save()
 
     def finished(self, stage: str, fingerprint: str, seconds: float, **extra):
-        rec = self.state["stages"].setdefault(stage, {"started_at": now()})
-        rec.update({"fingerprint": fingerprint, "status": "done", "finished_at": now(),
+        rec = self.state["stages"].setdefault(stage, {"started_at": utc_now()})
+        rec.update({"fingerprint": fingerprint, "status": "done", "finished_at": utc_now(),
                     "seconds": round(seconds, 3), **extra})
         self._event(stage, "computed", fingerprint=fingerprint, seconds=round(seconds, 3))
         self._save()

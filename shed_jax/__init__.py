@@ -6,7 +6,10 @@ The pipeline, one module per stage::
 
 Public modules (imported lazily, so ``import shed_jax`` and ``shed --help`` stay fast)::
 
-    from shed_jax import data, embed, cluster, shapley, proxies, select, pipeline, report
+    from shed_jax import config, data, embed, cluster, shapley, proxies, select, run, report, lm, demo
+
+``shed_jax.run`` holds the stages and the run directory; ``shed_jax.pipeline`` re-exports its entry points
+under the names of shed_jax 0.1.
 
 See README.md for the command line (``shed``).
 """
@@ -14,15 +17,21 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "cluster",
+    "config",
     "data",
+    "demo",
     "embed",
+    "errors",
+    "io",
+    "lm",
     "pipeline",
     "proxies",
     "report",
+    "run",
     "select",
     "shapley",
     "sharding",

@@ -400,7 +400,10 @@ def test_user_errors_are_raised_before_any_stage(demo_data, tmp_path, fake_embed
 # validation items over every topic): K=32 -> seeds 0-5: 0.000 0.000 0.000 0.000 0.125 0.016; K=16 -> 0.094
 # 0.312 0.000 0.000 0.000 0.000 (with K = #topics k-means merges a junk topic into a good cluster whose proxy
 # is good). The former default (spectral loss on low-rank factors, metric "accuracy") gave 0.156 0.000 0.391 at
-# K=16. This test pins seeds 0-2 at K=32 (two clusters per topic).
+# K=16. This test checks the first three data seeds, 0-2, at K=32 (two clusters per topic) -- the first three
+# by number, fixed before measuring, three because each costs ~20 s of CI -- against the bound
+# selected rate <= input rate / 4 (= 0.05, issue 4's bar). Seeds 4 (0.125) and 5 (0.016, within the bound)
+# are outside the test; seed 4 FAILS the bound and is reported in README.md's junk-detection table.
 @pytest.mark.parametrize("data_seed", [0, 1, 2])
 def test_refine_keeps_out_junk_with_real_encoder(tmp_path, data_seed):
     """Generated data, 20% junk in whole topics: the QOCS selection at ratio 0.2 keeps < 1/4 of that rate.
@@ -408,7 +411,6 @@ def test_refine_keeps_out_junk_with_real_encoder(tmp_path, data_seed):
     Real all-MiniLM-L6-v2 encoder, real k-means, embedding proxy utility with its default configuration
     and the real Shapley engine (K=32, 20 permutations). ~20 s per seed (model load, embedding, ~600 evaluations).
     """
-    pytest.importorskip("sentence_transformers")
     demo = synthetic.make_demo(tmp_path / "data", n_examples=320, n_topics=16, n_validation=80, seed=data_seed)
     config = pipeline.RefineConfig(data=str(demo.train), valid=str(demo.valid), output=str(tmp_path / "o.jsonl"),
                                    run_dir=str(tmp_path / "run"), n_clusters=32, n_permutations=20, ratio=0.2,

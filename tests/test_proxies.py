@@ -480,7 +480,7 @@ def test_embed_validation_packs_ragged_choices(monkeypatch):
 
 def test_shapley_engine_drives_the_utility(arrays):
     """The engine calls the utility inside its own jit: values must match the per-coalition loop."""
-    shapley = pytest.importorskip("shed_jax.shapley")
+    from shed_jax import shapley
     prompts, responses, validation = arrays
     n_players = 5
     utility = EmbeddingProxyUtility.from_arrays(prompts[:n_players], responses[:n_players], validation,
@@ -494,7 +494,7 @@ def test_shapley_engine_drives_the_utility(arrays):
 
 @pytest.mark.slow
 def test_monte_carlo_engine_efficiency(arrays):
-    shapley = pytest.importorskip("shed_jax.shapley")
+    from shed_jax import shapley
     prompts, responses, validation = arrays
     n_players = 5
     utility = EmbeddingProxyUtility.from_arrays(prompts[:n_players], responses[:n_players], validation,

@@ -211,7 +211,7 @@ def test_answer_in_text():
 
 
 def test_readable_by_data_module(demo, tmp_path):
-    data = pytest.importorskip("shed_jax.data")
+    from shed_jax import data
     train = data.read_instructions(demo.train, duplicates="error")
     assert len(train) == 600 and train.format == "alpaca"
     assert train.category() == [r["category"] for r in _read_jsonl(demo.train)]
@@ -227,15 +227,13 @@ def test_readable_by_data_module(demo, tmp_path):
 def test_embeddings_separate_topics_and_good_data_teaches(tmp_path):
     """MiniLM + k-means recovers the topics; a linear prompt->response map fitted (ridge) on the good records
     answers the held-out multiple-choice items far better than one fitted on the junk records."""
-    embed = pytest.importorskip("shed_jax.embed")
-    cluster = pytest.importorskip("sklearn.cluster")
+    from shed_jax import embed
+
+    from sklearn import cluster  # the reference k-means (dev extra)
     demo = make_demo(tmp_path / "d", n_examples=300, n_topics=12, n_validation=60, seed=0)
     train, valid = _read_jsonl(demo.train), _read_jsonl(demo.valid)
     kw = dict(cache_dir=tmp_path / "cache", progress=False)
-    try:
-        full = embed.embed_texts([_prompt(r) + "\n\n" + r["output"] for r in train], **kw)
-    except Exception as exc:  # no local model and no network
-        pytest.skip(f"sentence embedder unavailable: {exc}")
+    full = embed.embed_texts([_prompt(r) + "\n\n" + r["output"] for r in train], **kw)  # the model ships offline
     prompts = embed.embed_texts([_prompt(r) for r in train], **kw)
     responses = embed.embed_texts([r["output"] for r in train], **kw)
     questions = embed.embed_texts([v["question"] for v in valid], **kw)

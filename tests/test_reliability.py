@@ -1,0 +1,141 @@
+"""Reliability (issue 10, the parts the run directory owns): every output path checked before work starts,
+a failed command leaves the file system as it found it, one run per run directory (lock), schema versions."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from shed_jax import cli
+from shed_jax.demo import synthetic
+from shed_jax.run.rundir import SCHEMA_VERSION
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return synthetic.make_demo(tmp_path_factory.mktemp("demo"), n_examples=120, n_topics=6, n_validation=30, seed=0)
+
+
+def invoke(args):
+    return CliRunner().invoke(cli.cli, [str(a) for a in args])
+
+
+def one_line_error(result, pattern: str):
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and pattern in lines[0], lines
+    assert "Traceback" not in result.output
+
+
+def listing(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def refine_args(demo, out, run_dir):
+    return ["refine", demo.train, "--valid", demo.valid, "--ratio", "0.2", "-o", out, "--run-dir", run_dir,
+            "--clusters", "4", "--permutations", "2", "-q"]
+
+
+def test_output_that_is_a_directory_fails_before_any_work(demo, tmp_path, fake_embed):
+    (tmp_path / "adir").mkdir()
+    result = invoke(refine_args(demo, tmp_path / "adir", tmp_path / "run"))
+    one_line_error(result, "adir: is a directory; give a file path for the output")
+    assert fake_embed == [] and listing(tmp_path) == ["adir"]  # no run directory, no cache
+
+
+def test_output_in_a_missing_directory_fails_before_any_work(demo, tmp_path, fake_embed):
+    result = invoke(refine_args(demo, tmp_path / "no" / "out.jsonl", tmp_path / "run"))
+    one_line_error(result, "output directory does not exist")
+    assert fake_embed == [] and listing(tmp_path) == []
+
+
+def test_run_directory_that_is_a_file(demo, tmp_path, fake_embed):
+    (tmp_path / "runfile").write_text("x")
+    result = invoke(refine_args(demo, tmp_path / "o.jsonl", tmp_path / "runfile"))
+    one_line_error(result, "the run directory is not a directory")
+    assert fake_embed == [] and listing(tmp_path) == ["runfile"]
+
+
+def test_validation_path_that_is_a_directory(demo, tmp_path, fake_embed):
+    (tmp_path / "vdir").mkdir()
+    args = refine_args(demo, tmp_path / "o.jsonl", tmp_path / "run")
+    args[args.index("--valid") + 1] = tmp_path / "vdir"
+    one_line_error(invoke(args), "vdir: is a directory, not a validation file")
+    assert listing(tmp_path) == ["vdir"]
+
+
+def test_missing_data_file_leaves_nothing_behind(demo, tmp_path, monkeypatch, fake_embed):
+    monkeypatch.setenv("SHED_HOME", str(tmp_path))
+    result = invoke(["refine", tmp_path / "nope.jsonl", "--valid", demo.valid, "--ratio", "0.2", "-o",
+                     tmp_path / "o.jsonl"])
+    one_line_error(result, "nope.jsonl: file not found")
+    assert listing(tmp_path) == []  # no runs/<name>-<time>/, no cache/
+
+
+def test_select_on_a_directory_without_clusters_creates_nothing(demo, tmp_path):
+    (tmp_path / "run").mkdir()
+    result = invoke(["select", demo.train, "--run-dir", tmp_path / "run", "--ratio", "0.2", "-o", tmp_path / "o.jsonl"])
+    assert result.exit_code == 2 and "clusters.npz: not found" in result.output
+    assert listing(tmp_path) == ["run"]
+
+
+def test_a_second_command_on_a_locked_run_directory_refuses(demo, tmp_path, fake_embed):
+    run_dir = tmp_path / "run"
+    assert invoke(["cluster", demo.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
+    assert not (run_dir / ".lock").exists()  # released after the command
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "since": "2026-01-01T00:00:00+00:00"}
+    (run_dir / ".lock").write_text(json.dumps(holder))
+    result = invoke(["value", "--run-dir", run_dir, "--valid", demo.valid, "--permutations", "2", "-q"])
+    one_line_error(result, f"another shed command (pid {os.getppid()} on {socket.gethostname()}")
+    assert not (run_dir / "values.json").exists()
+    assert json.loads((run_dir / ".lock").read_text()) == holder  # someone else's lock is left alone
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(demo, tmp_path, fake_embed):
+    run_dir = tmp_path / "run"
+    assert invoke(["cluster", demo.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(child.stdout)
+    (run_dir / ".lock").write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "since": "x"}))
+    result = invoke(["value", "--run-dir", run_dir, "--valid", demo.valid, "--permutations", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "values.json").is_file() and not (run_dir / ".lock").exists()
+
+
+@pytest.mark.parametrize("version, pattern", [(SCHEMA_VERSION + 1, "newer"), (1, "not the schema")])
+def test_run_directory_of_another_schema_is_refused(demo, tmp_path, fake_embed, version, pattern):
+    run_dir = tmp_path / "run"
+    assert invoke(["cluster", demo.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
+    (run_dir / "run.json").write_text(json.dumps({"schema_version": version}))
+    result = invoke(["value", "--run-dir", run_dir, "--valid", demo.valid, "-q"])
+    one_line_error(result, f"run directory schema {version} is {pattern}")
+
+
+def test_run_directory_of_shed_jax_0_1_is_refused(demo, tmp_path, fake_embed):
+    run_dir = tmp_path / "run"
+    assert invoke(["cluster", demo.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
+    (run_dir / "run.json").unlink()
+    result = invoke(["cluster", demo.train, "--clusters", "4", "--run-dir", run_dir, "-q"])
+    one_line_error(result, "written by an older shed_jax (schema 1")
+
+
+def test_an_internal_error_is_exit_1_with_the_traceback_in_the_run_log(demo, tmp_path, fake_embed, monkeypatch):
+    from shed_jax import cluster as cluster_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("shapes (3,) and (4,) not aligned")  # a bug, even though it is a ValueError
+
+    monkeypatch.setattr(cluster_module, "kmeans", broken)
+    run_dir = tmp_path / "run"
+    result = invoke(["cluster", demo.train, "--clusters", "4", "--run-dir", run_dir, "-q"])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "internal error (ValueError: shapes (3,) and (4,) not aligned)" in lines[0]
+    log = run_dir / "logs" / "errors.log"
+    assert str(log) in lines[0] and "Traceback" in log.read_text() and "broken" in log.read_text()
+    assert not (run_dir / ".lock").exists()

@@ -91,7 +91,7 @@ def decoder_from_weights(config: DecoderConfig, weights: dict, *, dtype=jnp.bflo
                         rngs=nnx.Rngs(0))
     )
     graphdef, state = nnx.split(abstract)
-    expected = state.to_pure_dict()
+    expected = nnx.to_pure_dict(state)
     flat_expected = dict(_flatten(expected))
     flat_given = dict(_flatten(weights))
     missing = sorted(set(flat_expected) - set(flat_given))

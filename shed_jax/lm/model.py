@@ -113,7 +113,7 @@ class DecoderConfig:
           ValueError: unsupported model type, activation, MLP bias, RoPE scaling or attention layout.
         """
         required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-        missing = [key for key in required if key not in config]
+        missing = [key for key in required if config.get(key) is None]
         model_type = config.get("model_type")
         if model_type not in _SUPPORTED_MODEL_TYPES:
             raise ValueError(
@@ -126,6 +126,10 @@ class DecoderConfig:
             raise ValueError("unsupported: mlp_bias=True")
         if missing:
             raise ValueError(f"config lacks {', '.join(missing)}")
+        partial_rotary = (config.get("rope_parameters") or {}).get(
+            "partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+        if float(partial_rotary) != 1.0:
+            raise ValueError(f"unsupported: partial_rotary_factor={partial_rotary}")
         hidden_size = int(config["hidden_size"])
         num_heads = int(config["num_attention_heads"])
         head_dim = config.get("head_dim") or hidden_size // num_heads
@@ -154,11 +158,18 @@ class DecoderConfig:
 
         if model_type == "qwen2":
             attention_bias, attention_out_bias = True, False
-            layer_types = config.get("layer_types") or []
-            if config.get("use_sliding_window") or "sliding_attention" in layer_types:
+            layer_types = config.get("layer_types")
+            if layer_types is None:  # transformers 4: layers >= max_window_layers slide
+                n_layers = int(config.get("num_hidden_layers", 0))
+                first_sliding = int(config.get("max_window_layers", n_layers))
+                sliding = bool(config.get("use_sliding_window")) and first_sliding < n_layers
+            else:
+                sliding = "sliding_attention" in layer_types
+            if sliding:
                 raise ValueError(
-                    "unsupported: Qwen2 use_sliding_window=True (a per-layer sliding window); "
-                    "set use_sliding_window=false if sequences never exceed sliding_window"
+                    "unsupported: Qwen2 with use_sliding_window=True (a sliding window in some layers); "
+                    "it only matters beyond sliding_window tokens: set use_sliding_window=false in "
+                    "config.json if your sequences are never longer"
                 )
             sliding_window = None
         else:

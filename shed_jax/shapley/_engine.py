@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import sharding as _sharding
+from ..config import check_positive_int
 from . import _checkpoint
 from ._estimator import ShapleyState, estimate, init, welford_scan
 from ._result import ShapleyResult
@@ -68,12 +69,6 @@ def check_utility_players(utility, n_players: int) -> None:
     declared = getattr(utility, "n_players", None)
     if isinstance(declared, (int, np.integer)) and not isinstance(declared, bool) and declared != n_players:
         raise ValueError(f"utility.n_players is {declared} but n_players={n_players} was given")
-
-
-def _validate_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def expected_block_bias_weight(n_players: int, removal_step: int) -> float:
@@ -292,20 +287,20 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
       >>> [round(v, 4) for v in res.values.tolist()]
       [1.0, 2.0, 3.0]
     """
-    n_players = _validate_int("n_players", n_players, 1)
+    n_players = check_positive_int(n_players, "n_players")
     check_utility_players(utility, n_players)
-    removal_step = _validate_int("removal_step", removal_step, 1)
-    seed = _validate_int("seed", seed, 0)
+    removal_step = check_positive_int(removal_step, "removal_step")
+    seed = check_positive_int(seed, "seed", minimum=0)
     if seed >= 2 ** 32:
         raise ValueError(f"seed must be < 2**32, got {seed}")
-    checkpoint_every = _validate_int("checkpoint_every", checkpoint_every, 1)
+    checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     if removal_step > n_players:
         raise ValueError(f"removal_step ({removal_step}) must be <= n_players ({n_players})")
     if n_permutations is None:
         if stopping is None:
             raise ValueError("n_permutations=None needs a stopping rule")
     else:
-        n_permutations = _validate_int("n_permutations", n_permutations, 1)
+        n_permutations = check_positive_int(n_permutations, "n_permutations")
     if stopping is not None and not isinstance(stopping, StoppingRule):
         raise TypeError(f"stopping must be a StoppingRule (e.g. MaxEvaluations(...) | WallClock(...)), "
                         f"got {type(stopping).__name__}")
@@ -314,12 +309,12 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
         if not (truncation_tol >= 0 and math.isfinite(truncation_tol)):
             raise ValueError(f"truncation_tol must be a finite number >= 0, got {truncation_tol}")
     if history_every is not None:
-        history_every = _validate_int("history_every", history_every, 1)
+        history_every = check_positive_int(history_every, "history_every")
     if permutations_per_chunk is not None:
-        permutations_per_chunk = _validate_int("permutations_per_chunk", permutations_per_chunk, 1)
+        permutations_per_chunk = check_positive_int(permutations_per_chunk, "permutations_per_chunk")
     if batch_size is None:
         batch_size = getattr(utility, "preferred_batch_size", None) or DEFAULT_BATCH_SIZE
-    batch_size = _validate_int("batch_size", batch_size, 1)
+    batch_size = check_positive_int(batch_size, "batch_size")
 
     devices = list(devices) if devices is not None else jax.local_devices()
     mesh = _sharding.make_mesh(devices)

@@ -12,22 +12,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..config import check_positive_int
+from ._engine import check_utility_players
+
 MAX_EXACT_PLAYERS = 20
 
 
 def coalition_values(utility, n_players: int, *, batch_size: int = 4096) -> np.ndarray:
     """Utility of every coalition: ``(2**n,)`` float64, entry ``code`` is ``U({j : bit j of code set})``."""
-    if isinstance(n_players, bool) or not isinstance(n_players, (int, np.integer)) or n_players < 1:
-        raise ValueError(f"n_players must be an integer >= 1, got {n_players!r}")
+    check_positive_int(n_players, "n_players")
     if n_players > MAX_EXACT_PLAYERS:
         raise ValueError(f"exact enumeration needs 2**n_players utility calls; n_players={n_players} exceeds "
                          f"the limit of {MAX_EXACT_PLAYERS} (2**{MAX_EXACT_PLAYERS} coalitions). "
                          f"Use shapley.monte_carlo for larger games.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    declared = getattr(utility, "n_players", None)
-    if isinstance(declared, (int, np.integer)) and not isinstance(declared, bool) and declared != n_players:
-        raise ValueError(f"utility.n_players is {declared} but n_players={n_players} was given")
+    check_positive_int(batch_size, "batch_size")
+    check_utility_players(utility, n_players)
     n = int(n_players)
     total = 1 << n
     batch_size = int(min(batch_size, total))

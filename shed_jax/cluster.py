@@ -249,7 +249,7 @@ def kmeans(
     x_host = _as_checked_matrix(x, "x")
     n_rows, n_features = x_host.shape
     # the name keeps the wording of the former message ("must be an int", ">= 1")
-    n_clusters = check_positive_int(n_clusters, "n_clusters (must be an int >= 1)")
+    n_clusters = check_positive_int(n_clusters, "n_clusters")
     if n_clusters > n_rows:
         raise ValueError(f"n_clusters={n_clusters} is larger than the number of rows N={n_rows}")
     max_iter = check_positive_int(max_iter, "max_iter")

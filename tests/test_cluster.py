@@ -157,9 +157,9 @@ def test_no_recompilation_for_new_data_of_same_shape():
     "kwargs, match",
     [
         (dict(n_clusters=11), "larger than the number of rows"),
-        (dict(n_clusters=0), ">= 1"),
-        (dict(n_clusters=2.0), "must be an int"),
-        (dict(n_clusters=True), "must be an int"),
+        (dict(n_clusters=0), "n_clusters must be a positive integer, got 0"),
+        (dict(n_clusters=2.0), "n_clusters must be a positive integer, got 2.0"),
+        (dict(n_clusters=True), "n_clusters must be a positive integer, got True"),
         (dict(n_clusters=2, init=np.zeros((3, 4), np.float32)), "init must have shape"),
         (dict(n_clusters=2, init=np.full((2, 4), np.nan, np.float32)), "init contains NaN"),
         (dict(n_clusters=2, max_iter=0), "max_iter"),

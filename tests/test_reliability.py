@@ -139,3 +139,12 @@ def test_an_internal_error_is_exit_1_with_the_traceback_in_the_run_log(demo, tmp
     log = run_dir / "logs" / "errors.log"
     assert str(log) in lines[0] and "Traceback" in log.read_text() and "broken" in log.read_text()
     assert not (run_dir / ".lock").exists()
+
+
+def test_undetectable_format_points_to_the_cli_flags(demo, tmp_path):
+    data = tmp_path / "odd.jsonl"
+    data.write_text(json.dumps({"question": "q", "reply": "r"}) + "\n")
+    result = invoke(refine_args(demo, tmp_path / "o.jsonl", tmp_path / "run")[:1] + [data]
+                    + refine_args(demo, tmp_path / "o.jsonl", tmp_path / "run")[2:])
+    one_line_error(result, "odd.jsonl:1: cannot detect the record format")
+    assert "--format" in result.stderr and "--field-map NAME=KEY" in result.stderr

@@ -151,7 +151,8 @@ def _detect_format(record: dict, keys: dict[str, str], path: str, line: int) -> 
     if all(k in record for k in _MC_FIELDS):
         hint = "; this looks like a multiple-choice set: use read_multiple_choice or read_validation"
     else:
-        hint = "; pass format= or field_map= (canonical name -> key in the file)"
+        hint = ("; give the format (--format, or format= in Python) or map the fields (--field-map NAME=KEY,..., "
+                "or field_map= in Python)")
     expected = "; ".join(f"{name}: {'+'.join(keys[r] for r in req)}" for name, req in _DETECT_KEYS)
     raise DataError(f"cannot detect the record format from the keys {list(record)[:12]} (expected "
                     f"{expected}){hint}", path=path, line=line)

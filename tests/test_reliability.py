@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -148,3 +149,36 @@ def test_undetectable_format_points_to_the_cli_flags(demo, tmp_path):
                     + refine_args(demo, tmp_path / "o.jsonl", tmp_path / "run")[2:])
     one_line_error(result, "odd.jsonl:1: cannot detect the record format")
     assert "--format" in result.stderr and "--field-map NAME=KEY" in result.stderr
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_keeps_it_and_resume_is_exact(tmp_path, monkeypatch):
+    """Issue 10, failure 1: Ctrl-C as a checkpoint is due. The SIGINT lands in the middle of writing step 2;
+    the write completes first, then KeyboardInterrupt; resuming continues from that step and ends with
+    exactly the values of an uninterrupted run."""
+    import signal
+
+    from shed_jax import shapley
+    from shed_jax.run.value import checkpointed_samples
+    from shed_jax.shapley import _checkpoint, games
+
+    game = games.UnanimitySum(9, [[0, 1], [2, 3, 4], [5], [6, 7, 8]], [1.5, -2.0, 0.75, 3.0])
+    args = dict(n_permutations=48, removal_step=1, seed=3, permutations_per_chunk=8)
+    reference = shapley.monte_carlo(game, 9, **args)
+
+    real_save, calls = _checkpoint._save, []
+
+    def save_with_ctrl_c(manager, state, history, run_args):
+        calls.append(int(state.count))
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the step is being written
+        real_save(manager, state, history, run_args)
+
+    monkeypatch.setattr(_checkpoint, "_save", save_with_ctrl_c)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        shapley.monte_carlo(game, 9, checkpoint_dir=str(ckpt), **args)
+    assert calls == [8, 16] and checkpointed_samples(ckpt) == 16  # the interrupted write completed
+    monkeypatch.setattr(_checkpoint, "_save", real_save)
+    resumed = shapley.monte_carlo(game, 9, checkpoint_dir=str(ckpt), **args)
+    np.testing.assert_array_equal(resumed.values, reference.values)
+    np.testing.assert_array_equal(resumed.stderr, reference.stderr)

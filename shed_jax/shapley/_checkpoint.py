@@ -10,10 +10,17 @@ A checkpoint step ``k`` (= samples folded in) holds two items:
 Orbax writes a step into a temporary directory and renames it when complete, so a process killed at any
 point leaves either the previous or the new step; ``restore_latest`` reads the newest complete one. Resuming
 with different run arguments raises ``CheckpointMismatchError``.
+
+:func:`save` finishes the step before it returns, and a Ctrl-C (SIGINT) that arrives while it writes is held
+back until the step is complete (:func:`deferred_interrupt`), so an interrupt never costs the checkpoint
+being written.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -37,8 +44,34 @@ def open_manager(directory: str | os.PathLike, run_args: dict) -> ocp.Checkpoint
     return ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
 
 
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold back SIGINT (Ctrl-C) until the block ends, then raise ``KeyboardInterrupt``.
+
+    Only in the main thread (where Python delivers signals); elsewhere the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if received:
+            raise KeyboardInterrupt
+
+
 def save(manager: ocp.CheckpointManager, state: ShapleyState, history: dict, run_args: dict) -> None:
-    """Save ``state`` and ``history`` as step ``state.count`` (asynchronously; no-op if that step exists)."""
+    """Save ``state`` and ``history`` as step ``state.count`` and wait until the step is complete (no-op if that
+    step exists). A SIGINT during the write is re-raised as ``KeyboardInterrupt`` after it."""
+    with deferred_interrupt():
+        _save(manager, state, history, run_args)
+        manager.wait_until_finished()
+
+
+def _save(manager: ocp.CheckpointManager, state: ShapleyState, history: dict, run_args: dict) -> None:
     step = int(state.count)
     if step in manager.all_steps():
         return

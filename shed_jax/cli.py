@@ -228,7 +228,7 @@ def _run_dir_for(params: dict) -> str:
 @common_options
 @click.pass_context
 def embed(ctx, as_json, quiet, verbose, **params):
-    """Embed every record of DATA (cached in RUN_DIR/cache).
+    """Embed every record of DATA (into the shared embedding cache; see `shed cache info`).
 
     \b
     Examples:
@@ -246,7 +246,9 @@ def embed(ctx, as_json, quiet, verbose, **params):
         return run.run_embed(config, progress=opts.progress, log=opts.log)
 
     result = _call(opts, work, run_dir=run_dir)
-    summary = {"command": "embed", "run_dir": run_dir, "cache_dir": str(Path(run_dir) / "cache"), **result.summary()}
+    from shed_jax.embed import embedding_cache_dir
+
+    summary = {"command": "embed", "run_dir": run_dir, "cache_dir": str(embedding_cache_dir()), **result.summary()}
     opts.emit(summary, [f"embedded {summary['n_examples']} records (dim {summary['dim']})"
                         f"{' [cached]' if result.skipped else ''} -> {summary['cache_dir']}"])
 
@@ -519,6 +521,44 @@ def report(run_dir, as_json, quiet, verbose):
 
     path = _call(opts, work, run_dir=str(directory))
     opts.emit({"command": "report", "run_dir": str(directory), "report": str(path)}, [f"wrote {path}"])
+
+
+@cli.group()
+def cache():
+    """The embedding cache shared by every run directory.
+
+    Location: $SHED_CACHE, else $XDG_CACHE_HOME/shed_jax, else ~/.cache/shed_jax (embeddings/ inside).
+    Entries are keyed by the model and the texts, so a second run on the same data embeds nothing.
+    """
+
+
+@cache.command("info")
+@common_options
+def cache_info(as_json, quiet, verbose):
+    """Where the embedding cache is, how many entries it holds and their size."""
+    opts = _Opts(quiet, verbose, as_json)
+    from shed_jax import embed as _embed
+
+    info = _call(opts, _embed.cache_info)
+    opts.emit({"command": "cache info", **info},
+              [f"{info['path']}: {info['entries']} entries, {info['bytes'] / 2**20:.1f} MiB"])
+
+
+@cache.command("clear")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@common_options
+def cache_clear(yes, as_json, quiet, verbose):
+    """Delete every cached embedding (they are recomputed when needed)."""
+    opts = _Opts(quiet, verbose, as_json)
+    from shed_jax import embed as _embed
+
+    info = _embed.cache_info()
+    if info["entries"] and not yes:
+        click.confirm(f"delete {info['entries']} cached embedding files ({info['bytes'] / 2**20:.1f} MiB) in "
+                      f"{info['path']}?", abort=True, err=True)
+    info = _call(opts, _embed.clear_cache)
+    opts.emit({"command": "cache clear", "deleted_entries": info["entries"], "deleted_bytes": info["bytes"],
+               "path": info["path"]}, [f"deleted {info['entries']} entries from {info['path']}"])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,7 +39,8 @@ import numpy as np
 from shed_jax.config import check_positive_int
 from shed_jax.io import atomic_write_npy
 
-__all__ = ["DEFAULT_MODEL", "resolve_model", "embed_texts", "embedding_cache_key", "clear_model_cache"]
+__all__ = ["DEFAULT_MODEL", "cache_info", "clear_cache", "clear_model_cache", "embed_texts", "embedding_cache_dir",
+           "embedding_cache_key", "resolve_model", "user_cache_dir"]
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2")
@@ -129,6 +130,37 @@ def embed_texts(texts: Sequence[str], *, model: str = DEFAULT_MODEL, batch_size:
     if cache_path is not None:
         _save_npy(cache_path, embeddings)
     return embeddings
+
+
+def user_cache_dir() -> Path:
+    """shed_jax's cache directory: ``$SHED_CACHE``, else ``$XDG_CACHE_HOME/shed_jax``, else
+    ``~/.cache/shed_jax`` (not created here)."""
+    if os.environ.get("SHED_CACHE"):
+        return Path(os.environ["SHED_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "shed_jax"
+
+
+def embedding_cache_dir() -> Path:
+    """The embedding cache shared by every run directory: ``user_cache_dir() / "embeddings"``."""
+    return user_cache_dir() / "embeddings"
+
+
+def cache_info(cache_dir: str | os.PathLike | None = None) -> dict:
+    """``{"path", "entries", "bytes"}`` of an embedding cache (default: :func:`embedding_cache_dir`)."""
+    path = Path(cache_dir) if cache_dir is not None else embedding_cache_dir()
+    files = sorted(path.glob("*.npy")) if path.is_dir() else []
+    return {"path": str(path), "entries": len(files), "bytes": int(sum(f.stat().st_size for f in files))}
+
+
+def clear_cache(cache_dir: str | os.PathLike | None = None) -> dict:
+    """Delete every cached embedding file (``*.npy``) of a cache; returns :func:`cache_info` from before."""
+    info = cache_info(cache_dir)
+    path = Path(info["path"])
+    if path.is_dir():
+        for file in path.glob("*.npy"):
+            file.unlink(missing_ok=True)
+    return info
 
 
 def clear_model_cache() -> None:

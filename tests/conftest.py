@@ -12,6 +12,18 @@ import pytest
 # Strict rank promotion catches silent broadcasting bugs (STYLE.md, equinox).
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_embedding_cache(tmp_path_factory):
+    """One embedding cache for the whole test session, never the user's (~/.cache/shed_jax)."""
+    previous = os.environ.get("SHED_CACHE")
+    os.environ["SHED_CACHE"] = str(tmp_path_factory.mktemp("shed_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SHED_CACHE", None)
+    else:
+        os.environ["SHED_CACHE"] = previous
+
+
 _DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHARED_DATA = Path(os.environ.get("SHED_SHARED_DATA", _DEFAULT_SHARED))
 

@@ -182,3 +182,30 @@ def test_ctrl_c_while_a_checkpoint_is_written_keeps_it_and_resume_is_exact(tmp_p
     resumed = shapley.monte_carlo(game, 9, checkpoint_dir=str(ckpt), **args)
     np.testing.assert_array_equal(resumed.values, reference.values)
     np.testing.assert_array_equal(resumed.stderr, reference.stderr)
+
+
+def test_a_second_run_in_a_new_run_directory_embeds_nothing(demo, tmp_path, monkeypatch):
+    """Issue 11: the embedding cache is shared by run directories ($SHED_CACHE), and `shed cache` manages it.
+    The real embed_texts (with its cache) runs; only the model is replaced by the hashing stand-in."""
+    from conftest import hashing_embed
+    from shed_jax import embed as embed_module
+
+    monkeypatch.setenv("SHED_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def encode(encoder, texts, **kwargs):
+        calls.append(len(texts))
+        return hashing_embed(list(texts))
+
+    monkeypatch.setattr(embed_module, "_get_model", lambda *args, **kwargs: None)
+    monkeypatch.setattr(embed_module, "_encode", encode)
+    for name in ("run1", "run2"):
+        assert invoke(["cluster", demo.train, "--clusters", "4", "--run-dir", tmp_path / name, "-q"]).exit_code == 0
+    assert len(calls) == 1  # the second run directory found the embeddings in the shared cache
+    assert not (tmp_path / "run1" / "cache").exists()
+    info = invoke(["cache", "info", "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["entries"] == 1
+    assert json.loads(info.stdout)["path"] == str(tmp_path / "cache" / "embeddings")
+    cleared = invoke(["cache", "clear", "--yes", "--json"])
+    assert cleared.exit_code == 0 and json.loads(cleared.stdout)["deleted_entries"] == 1
+    assert json.loads(invoke(["cache", "info", "--json"]).stdout)["entries"] == 0

@@ -1,7 +1,9 @@
 """Embed stage: every record's text as a sentence embedding, in the run's content-addressed cache.
 
-The artifact is the (N, d) float32 matrix itself; it lives in ``RUN_DIR/cache`` (keyed by model and text
-hashes, :func:`shed_jax.embed.embed_texts`), so loading it is embedding again with every text cached.
+The artifact is the (N, d) float32 matrix itself; it lives in the embedding cache shared by every run
+directory (:func:`shed_jax.embed.embedding_cache_dir`: ``$SHED_CACHE``, else ``$XDG_CACHE_HOME/shed_jax``,
+else ``~/.cache/shed_jax``; keyed by model and text hashes), so a second run on the same data, in any run
+directory, embeds nothing.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def embedder(run: Run):
     from shed_jax import embed as _embed
 
     return partial(_embed.embed_texts, model=run.config.model, batch_size=run.config.batch_size,
-                   cache_dir=run.dir.cache_dir)
+                   cache_dir=_embed.embedding_cache_dir())
 
 
 def run_stage(run: Run) -> StageResult:
@@ -42,7 +44,7 @@ def run_stage(run: Run) -> StageResult:
     start = time.perf_counter()
     texts = run.inputs.dataset.texts(run.config.text)
     if skipped:
-        run.log(f"embed: up to date ({len(texts)} records, cache {run.dir.cache_dir}); loading")
+        run.log(f"embed: up to date ({len(texts)} records); loading from the embedding cache")
     else:
         run.log(f"embed: {len(texts)} records with {run.config.model}")
         run.stages.started("embed", fp)

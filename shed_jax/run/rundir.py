@@ -5,7 +5,6 @@ A run directory holds everything one SHED run produces::
     run.json        schema version and the shed_jax version that created the directory
     config.json     every option (RefineConfig) and the values resolved for this run
     stages.json     per stage: fingerprint of its inputs, status, timings; an event list
-    cache/          sentence embeddings (content-addressed)
     clusters.npz  examples.json  values.json  convergence.npz  shapley_ckpt/  selection.json  scores.jsonl
     summary.json  report.html  logs/
 
@@ -81,10 +80,6 @@ class RunDir:
         return self.path / name
 
     # -- schema ---------------------------------------------------------------------------------------
-    @property
-    def cache_dir(self) -> Path:
-        return self.path / "cache"
-
     def check_schema(self) -> None:
         """Raise :class:`PipelineError` if the directory was written by another schema version.
 

@@ -129,3 +129,28 @@ def test_embedding_config_options_are_typed():
     assert config.steps == 7 and config.max_grad_norm is None and config.chunk_size is None
     with pytest.raises(UserError, match=r"metric must be one of 'accuracy', 'logprob', 'prob', 'margin'"):
         proxies.make_config("embedding", {"metric": "f1"})
+
+
+class SlowToyUtility(ToyUtility):
+    def estimate_seconds(self, n_evaluations: int) -> float:
+        return 2.0 * n_evaluations  # "2 s per fine-tune"
+
+
+def test_estimated_time_is_printed_and_hours_suggest_the_embedding_proxy(fake_embed, demo_data, tmp_path):
+    proxies.register("slowtoy", lambda inputs, config: SlowToyUtility(toy_weights(inputs.responses), config),
+                     config_class=ToyConfig)
+    try:
+        run_dir = tmp_path / "run"
+        assert invoke(["cluster", demo_data.train, "--clusters", "6", "--run-dir", run_dir, "-q"]).exit_code == 0
+        few = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", "slowtoy",
+                      "--permutations", "3", "--removal-step", "1"])
+        assert few.exit_code == 0, few.output
+        assert "about 20 utility evaluations, estimated 40 s on this machine" in few.stderr  # 3 x 6 + 2
+        assert "--proxy embedding" not in few.stderr
+        many = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", "slowtoy",
+                       "--permutations", "1000", "--removal-step", "1"])
+        assert many.exit_code == 0, many.output
+        assert "about 6,002 utility evaluations, estimated 3.3 h" in many.stderr
+        assert "that is hours on a CPU; `--proxy embedding`" in many.stderr
+    finally:
+        proxies.unregister("slowtoy")

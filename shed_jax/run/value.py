@@ -87,6 +87,35 @@ def checkpointed_samples(ckpt_dir) -> int:
     return max(steps, default=0)
 
 
+def expected_evaluations(n_players: int, removal_step: int, n_permutations: int) -> int:
+    """Utility evaluations of a run: ``n_players // removal_step`` per permutation, plus U(full) and U(empty)."""
+    return n_permutations * max(1, n_players // removal_step) + 2
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _log_estimate(run: Run, utility, n_players: int, removal_step: int, n_permutations: int) -> None:
+    """For utilities that can estimate their cost (``estimate_seconds(n_evaluations)``): log the estimated
+    time of the value stage before it starts, and on a CPU suggest the embedding proxy when it is hours."""
+    estimate = getattr(utility, "estimate_seconds", None)
+    if not callable(estimate):
+        return
+    n_evaluations = expected_evaluations(n_players, removal_step, n_permutations)
+    seconds = float(estimate(n_evaluations))
+    run.log(f"value: about {n_evaluations:,} utility evaluations, estimated {_duration(seconds)} on this machine")
+    import jax
+
+    if seconds > 3600 and jax.default_backend() == "cpu" and run.config.proxy != "embedding":
+        run.log("value: that is hours on a CPU; `--proxy embedding` values the same players in minutes, or use "
+                "fewer permutations (--permutations), a larger --removal-step, or a GPU")
+
+
 def _number(value) -> float | None:
     return None if value is None else finite_or_none(float(value))
 
@@ -125,6 +154,7 @@ def run_stage(run: Run) -> StageResult:
     else:
         resume_note = ""
     run.log(f"value: Monte Carlo Shapley over {who}, {n_perm} permutations, removal step {step}{resume_note}")
+    _log_estimate(run, utility, n_players, step, n_perm)
     from shed_jax import shapley as _shapley
 
     kwargs = dict(n_permutations=n_perm, removal_step=step, seed=run.config.seed, checkpoint_dir=str(ckpt_dir),

@@ -1,0 +1,76 @@
+"""`shed value --proxy lm:CHECKPOINT` end to end on a tiny random Llama checkpoint written by the test (the LM
+proxy reached only through the registry and the command line)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from shed_jax import cli
+from shed_jax.demo import synthetic
+from test_lm_finetune import tiny_config, tiny_tokenizer, tiny_weights
+from test_lm_proxy import save_hf_checkpoint
+
+LM_OPTIONS = ["--proxy-option", "steps=2", "--proxy-option", "warmup_steps=0", "--proxy-option", "batch_size=2",
+              "--proxy-option", "max_length=48", "--proxy-option", "slots=4", "--proxy-option", "dtype=float32",
+              "--proxy-option", "max_validation=8", "--proxy-option", "prompt_format=alpaca"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(len(tokenizer))
+    save_hf_checkpoint(directory, config, tiny_weights(config, seed=2), tokenizer)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    return synthetic.make_demo(tmp_path_factory.mktemp("demo"), n_examples=60, n_topics=4, n_validation=16, seed=0)
+
+
+def invoke(args):
+    return CliRunner().invoke(cli.cli, [str(a) for a in args])
+
+
+def test_value_with_the_lm_proxy_short_form(checkpoint, demo_data, tmp_path, fake_embed):
+    run_dir = tmp_path / "run"
+    assert invoke(["cluster", demo_data.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
+    result = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", f"lm:{checkpoint}",
+                     *LM_OPTIONS, "--permutations", "2", "--removal-step", "1", "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    values = json.loads((run_dir / "values.json").read_text())
+    assert values["utility"]["proxy"] == "lm" and str(checkpoint) in json.dumps(values["utility"])
+    assert len(values["cluster_values"]) == 4 and np.all(np.isfinite(values["cluster_values"]))
+    assert values["n_evaluations"] == 2 * 4  # per permutation one per removal step (U(full), U(empty) apart)
+    # efficiency: the values of one permutation sum to U(full) - U(empty); averaged over permutations too
+    assert sum(values["cluster_values"]) == pytest.approx(values["u_full"] - values["u_empty"], abs=1e-5)
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    assert config["proxy"] == "lm" and config["proxy_options"]["model"] == str(checkpoint)
+
+
+@pytest.mark.parametrize("option, message", [
+    ("rank=0", "Error: --proxy-option: rank: must be an int >= 1, got 0"),
+    ("prompt_format=markdown", "Error: --proxy-option: prompt_format: unknown 'markdown', allowed"),
+    ("targets=q_proj,qq_proj", "Error: --proxy-option: targets: must be distinct names"),
+])
+def test_bad_lm_options_fail_before_any_work(checkpoint, demo_data, tmp_path, fake_embed, option, message):
+    run_dir = tmp_path / "run"
+    assert invoke(["cluster", demo_data.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
+    result = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", "lm",
+                     "--proxy-option", f"model={checkpoint}", "--proxy-option", option, "-q"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().startswith(message), result.stderr
+
+
+def test_a_model_that_does_not_exist_is_a_user_error(demo_data, tmp_path, fake_embed, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run_dir = tmp_path / "run"
+    assert invoke(["cluster", demo_data.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
+    result = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", "lm:no-such-org/no-model",
+                     "--permutations", "1", "-q"])
+    assert result.exit_code == 2, result.output
+    assert "--proxy-option model" in result.stderr and "no-such-org/no-model" in result.stderr

@@ -209,3 +209,12 @@ def test_a_second_run_in_a_new_run_directory_embeds_nothing(demo, tmp_path, monk
     cleared = invoke(["cache", "clear", "--yes", "--json"])
     assert cleared.exit_code == 0 and json.loads(cleared.stdout)["deleted_entries"] == 1
     assert json.loads(invoke(["cache", "info", "--json"]).stdout)["entries"] == 0
+
+
+def test_qwcs_with_beta_zero_is_uniform_over_clusters_as_documented(demo, tmp_path, fake_embed):
+    run_dir = tmp_path / "run"
+    args = refine_args(demo, tmp_path / "o.jsonl", run_dir) + ["--sampler", "qwcs", "--beta", "0"]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    selection = json.loads((run_dir / "selection.json").read_text())
+    assert selection["beta"] == 0.0 and selection["sampler"] == "qwcs" and len(selection["indices"]) == 24

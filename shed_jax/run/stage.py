@@ -79,8 +79,12 @@ class Run:
                 user_error_for_output(output, data=self.config.data)
         self.dir.create()
         self.dir.acquire_lock()
-        self.stages = StageLog(self.dir)
-        self.dir.write_config(self.config, self.inputs.resolved(self.run_dir))
+        try:
+            self.stages = StageLog(self.dir)
+            self.dir.write_config(self.config, self.inputs.resolved(self.run_dir))
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:

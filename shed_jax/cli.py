@@ -16,146 +16,15 @@ once; the pipeline (JAX, and torch for the sentence encoder) is imported when a 
 """
 from __future__ import annotations
 
-import json
-import logging
-import os
 import sys
-import tempfile
-import traceback
 from pathlib import Path
 
 import click
 
 from shed_jax.cli_options import BUDGET_FIELDS, DATA_FIELDS, VALUE_FIELDS, _abs, build_config, config_option, options
-from shed_jax.errors import UserError
+from shed_jax.cli_support import _call, _Opts, _UsageError
 
 __all__ = ["main", "cli"]
-
-
-class _UsageError(click.ClickException):
-    """A problem with the user's input: one line on stderr, exit status 2."""
-
-    exit_code = 2
-
-
-class InternalError(click.ClickException):
-    """A bug: one line on stderr pointing to the traceback, exit status 1."""
-
-    exit_code = 1
-
-
-# --------------------------------------------------------------------------------------------------
-# logging, output and errors
-# --------------------------------------------------------------------------------------------------
-
-
-class _ClickHandler(logging.Handler):
-    """Logging handler writing through click to the *current* stderr (works under CliRunner)."""
-
-    def emit(self, record):
-        try:
-            click.echo(self.format(record), err=True)
-        except Exception:  # pragma: no cover - logging must never raise
-            self.handleError(record)
-
-
-def _setup_logging(verbosity: int) -> None:
-    """-q: warnings only; default: info; -v: debug, on the ``shed_jax`` logger, for this command only."""
-    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
-    root = logging.getLogger("shed_jax")
-    saved = (root.level, root.propagate)
-    handler = _ClickHandler()
-    handler.setFormatter(logging.Formatter("%(message)s" if verbosity <= 0 else "%(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level)
-    root.propagate = False
-
-    def restore():
-        root.removeHandler(handler)
-        root.setLevel(saved[0])
-        root.propagate = saved[1]
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None:
-        ctx.call_on_close(restore)
-
-
-class _Opts:
-    """Options common to every command (verbosity, --json)."""
-
-    def __init__(self, quiet: bool, verbose: int, as_json: bool):
-        self.verbosity = -1 if quiet else int(verbose)
-        self.as_json = as_json
-        _setup_logging(self.verbosity)
-
-    @property
-    def progress(self) -> bool:
-        return self.verbosity >= 0
-
-    def log(self, message: str) -> None:
-        if self.verbosity >= 0:
-            click.echo(message, err=True)
-
-    def emit(self, summary: dict, lines: list[str]) -> None:
-        """The command's result: JSON (with --json) or human-readable lines, on stdout."""
-        if self.as_json:
-            click.echo(json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default))
-        else:
-            for line in lines:
-                click.echo(line)
-
-
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _write_traceback(exc: BaseException, run_dir: str | None) -> str:
-    """The traceback of ``exc`` in ``RUN_DIR/logs/errors.log`` (or a temporary file); returns the path."""
-    if run_dir:
-        from shed_jax.run.rundir import RunDir
-
-        path = RunDir(run_dir).write_error_log(exc)
-        if path is not None:
-            return str(path)
-    fd, path = tempfile.mkstemp(prefix="shed-error-", suffix=".log")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-    return path
-
-
-def _call(opts: _Opts, function, *, resume_hint: str | None = None, run_dir: str | None = None):
-    """Run ``function()``; user errors -> exit 2, bugs -> exit 1 with the traceback logged, Ctrl-C -> 130."""
-    try:
-        return function()
-    except UserError as exc:
-        if opts.verbosity > 0:
-            traceback.print_exc(file=sys.stderr)
-        raise _UsageError(str(exc) or type(exc).__name__) from None
-    except click.ClickException:
-        raise
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted" + (f"; resume with: {resume_hint}" if resume_hint else ""), err=True)
-        sys.exit(130)
-    except FileNotFoundError as exc:
-        raise _UsageError(f"{exc.filename}: file not found" if exc.filename else str(exc)) from None
-    except OSError as exc:  # disk full, permissions, ...: not the user's input, not a bug either
-        if opts.verbosity > 0:
-            traceback.print_exc(file=sys.stderr)
-        raise click.ClickException(" ".join(str(exc).split())) from None
-    except Exception as exc:  # a bug
-        where = _write_traceback(exc, run_dir)
-        if opts.verbosity > 0:
-            traceback.print_exc(file=sys.stderr)
-        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-        raise InternalError(f"internal error ({message}); the traceback is in {where}. Please report it.") from None
 
 
 def common_options(function):

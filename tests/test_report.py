@@ -174,3 +174,35 @@ def test_a_failing_section_leaves_the_rest(run_dir, monkeypatch):
     document = write_report(run_dir).read_text(encoding="utf-8")
     assert "could not be drawn (RuntimeError: plot &lt;failed&gt;)" in document
     assert len(_images(document)) == 3 and 'id="clusters"' in document
+
+
+def test_the_page_says_how_many_values_are_beyond_noise(run_dir):
+    values = Values.load(run_dir)
+    beyond = int((np.abs(values.cluster_values) > 2 * values.stderr).sum())
+    document = write_report(run_dir).read_text(encoding="utf-8")
+    assert f"{beyond:,} of {K:,} cluster values ({100 * beyond / K:.0f}%) lie more than 2 standard errors" in document
+    noisy = Values(values.cluster_values, np.abs(values.cluster_values) + 1.0, values.n_permutations,
+                   values.n_evaluations, values.removal_step, values.seed, values.utility, values.u_full,
+                   values.u_empty, values.proxy_index)
+    noisy.save(run_dir)
+    document = write_report(run_dir).read_text(encoding="utf-8")
+    assert f"0 of {K} cluster values (0%)" in document and "Most values are within noise" in document
+
+
+def test_hundreds_of_clusters_are_drawn_as_a_ranked_band_not_error_bars(monkeypatch):
+    from matplotlib.axes import Axes
+
+    from shed_jax.report._load import ReportData
+    from shed_jax.report._plots import _plot_values
+
+    calls = []
+    for name in ("errorbar", "fill_between"):
+        real = getattr(Axes, name)
+        monkeypatch.setattr(Axes, name, lambda self, *a, _real=real, _name=name, **k: calls.append(_name)
+                            or _real(self, *a, **k))
+    rng = np.random.default_rng(0)
+    for k, expected in ((40, "errorbar"), (1000, "fill_between")):
+        calls.clear()
+        data = ReportData(run_dir=None, values=rng.normal(size=k), stderr=np.full(k, 0.1))
+        assert base64.b64decode(_plot_values(data)).startswith(PNG_SIGNATURE)
+        assert set(calls) == {expected}, (k, calls)

@@ -211,9 +211,28 @@ def _values_section(run: ReportData) -> str:
     per_cluster = run.values_meta.get("proxies_per_cluster") or 1
     what = ("each cluster's proxy example" if per_cluster == 1
             else f"each cluster: the mean over its (up to {per_cluster}) proxy examples")
-    caption = (f"Monte Carlo Shapley value of {what}, highest first; bars are ± 2 standard "
-               "errors over permutations. Blue: clusters the selection drew records from.")
-    return head + notes + _img(_plot_values(run), "cluster values") + f'<p class="caption">{caption}</p></section>'
+    caption = (f"Monte Carlo Shapley value of {what}, highest first; ± 2 standard errors over permutations. "
+               "Blue: clusters the selection drew records from.")
+    return (head + notes + _noise_note(run) + _img(_plot_values(run), "cluster values")
+            + f'<p class="caption">{caption}</p></section>')
+
+
+def _noise_note(run: ReportData) -> str:
+    """How many cluster values are distinguishable from zero (|value| > 2 s.e.); a plain warning when most
+    are not, because a ranking read into noise selects at random."""
+    known = np.isfinite(run.stderr)
+    if not known.any():
+        return ('<p class="note">The values have no standard errors (too few permutations): their ranking '
+                "cannot be told apart from noise.</p>")
+    beyond = np.abs(run.values[known]) > 2 * run.stderr[known]
+    share = float(beyond.mean())
+    text = (f"{int(beyond.sum()):,} of {int(known.sum()):,} cluster values ({100 * share:.0f}%) lie more than 2 "
+            "standard errors from zero.")
+    if share < 0.5:
+        return (f'<p class="note">{_esc(text)} Most values are within noise: the ranking, and the selection '
+                "built on it, is largely chance. More permutations (or a utility that moves more) would "
+                "sharpen it.</p>")
+    return f'<p class="caption">{_esc(text)}</p>'
 
 
 def _convergence_section(run: ReportData) -> str:

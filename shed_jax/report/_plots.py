@@ -13,6 +13,7 @@ _UNSELECTED = "#9ca3af"
 _JUNK = "#dc2626"
 _TOP = ("#1d4ed8", "#3b82f6", "#93c5fd")
 _BOTTOM = ("#b91c1c", "#ef4444", "#fca5a5")
+_MAX_ERRORBARS = 120  # above this many clusters the values plot is a ranked line with an error band
 
 # --------------------------------------------------------------------------------------------------
 # plots
@@ -49,14 +50,22 @@ def _plot_values(run: ReportData) -> str:
     per_cluster = run.selected_per_cluster()
     chosen = per_cluster[order] > 0 if per_cluster is not None else np.zeros(values.shape[0], dtype=bool)
     fig, (ax,) = _figure(10.5, 3.8)
-    for mask, colour, label in ((~chosen, _UNSELECTED, "not selected"), (chosen, _SELECTED, "selected from")):
-        if mask.any():
-            ax.errorbar(ranks[mask], values[order][mask], yerr=_two_stderr(stderr[order][mask]), fmt="o",
-                        ms=4, color=colour, ecolor=colour, elinewidth=1, capsize=2, label=label, alpha=0.9)
+    if values.shape[0] > _MAX_ERRORBARS:  # hundreds of clusters: a ranked line with an error band
+        sorted_values, band = values[order], _two_stderr(stderr[order])
+        ax.fill_between(ranks, sorted_values - band, sorted_values + band, color=_UNSELECTED, alpha=0.35,
+                        linewidth=0, label="± 2 s.e.")
+        ax.plot(ranks, sorted_values, color="#374151", linewidth=1.0, label="value")
+        if chosen.any():
+            ax.plot(ranks[chosen], sorted_values[chosen], "|", color=_SELECTED, ms=7, label="selected from")
+    else:
+        for mask, colour, label in ((~chosen, _UNSELECTED, "not selected"), (chosen, _SELECTED, "selected from")):
+            if mask.any():
+                ax.errorbar(ranks[mask], values[order][mask], yerr=_two_stderr(stderr[order][mask]), fmt="o",
+                            ms=4, color=colour, ecolor=colour, elinewidth=1, capsize=2, label=label, alpha=0.9)
     ax.axhline(0.0, color="#374151", linewidth=0.8)
     ax.set_xlabel("cluster rank (highest value first)", fontsize=10)
     ax.set_ylabel("Shapley value (± 2 s.e.)", fontsize=10)
-    if per_cluster is not None:
+    if per_cluster is not None or values.shape[0] > _MAX_ERRORBARS:
         ax.legend(frameon=False, fontsize=9)
     return _png_base64(fig)
 

@@ -169,6 +169,11 @@ def test_utility_shapes_empty_value_and_determinism(env, utility):
     one_by_one = np.array([float(utility(m[None])[0]) for m in masks[:4]])
     np.testing.assert_allclose(one_by_one, values[:4], rtol=1e-5, atol=1e-6)
     assert utility.n_traces == traces
+    # U(empty) computed in a free slot of a training round (an inactive slot) is the same number
+    utility._empty_value = None
+    free_slot = np.asarray(utility(masks[:3]))
+    assert utility._empty_value is not None
+    np.testing.assert_allclose(free_slot, values[:3], rtol=1e-5, atol=1e-6)
     description = utility.describe()
     json.dumps(description)
     assert description["metric"] == "mc_prob" and description["n_slots"] == 3

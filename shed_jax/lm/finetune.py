@@ -259,10 +259,13 @@ class SlotTrainer:
         return SlotState(lora, opt_state), losses
 
     def schedules(self, member_lists: Sequence[np.ndarray], seed: int) -> np.ndarray:
-        """``(n_slots, steps, batch_size)`` int32 rows: each coalition's minibatches, padding slots row 0."""
+        """``(n_slots, steps, batch_size)`` int32 rows: each coalition's minibatches; empty coalitions and padding
+        slots get row 0 (they are inactive)."""
         recipe = self.recipe
         rows = np.zeros((self.n_slots, recipe.steps, recipe.batch_size), np.int32)
         for slot, members in enumerate(member_lists):  # host: one small permutation draw per coalition
+            if len(members) == 0:
+                continue
             rows[slot] = minibatch_schedule(members, steps=recipe.steps, batch_size=recipe.batch_size,
                                             rng=coalition_rng(members, seed))
         return rows
@@ -270,17 +273,21 @@ class SlotTrainer:
     def train(self, member_lists: Sequence[np.ndarray], seed: int) -> SlotState:
         """Fine-tune ``len(member_lists) <= n_slots`` coalitions (player indices) from the initial adapter.
 
-        Returns the stacked state after ``recipe.steps`` steps: slot ``i`` holds coalition ``i``; slots past
-        ``len(member_lists)`` hold the initial adapter. The returned arrays stay owned by the trainer until
-        the next call (they are donated and refilled in place then).
+        Returns the stacked state after ``recipe.steps`` steps: slot ``i`` holds coalition ``i``; an empty
+        coalition (no members: the untuned model) and the slots past ``len(member_lists)`` hold the initial
+        adapter. The returned arrays stay owned by the trainer until the next call (they are donated and refilled
+        in place then).
         """
-        n_active = len(member_lists)
-        if not 1 <= n_active <= self.n_slots:
-            raise ValueError(f"member_lists: need 1..{self.n_slots} coalitions, got {n_active}")
+        if not 1 <= len(member_lists) <= self.n_slots:
+            raise ValueError(f"member_lists: need 1..{self.n_slots} coalitions, got {len(member_lists)}")
         rows = self.schedules(member_lists, seed)
-        active = np.arange(self.n_slots) < n_active
-        longest = self._lengths_host[rows[:n_active]].max(axis=(0, 2))             # (steps,)
-        widths = [bucket_for(int(w), self.buckets) for w in longest]
+        active = np.zeros(self.n_slots, bool)
+        active[: len(member_lists)] = [len(m) > 0 for m in member_lists]
+        if active.any():
+            longest = self._lengths_host[rows[active]].max(axis=(0, 2))               # (steps,)
+            widths = [bucket_for(int(w), self.buckets) for w in longest]
+        else:
+            widths = []
         slots = self._refill(self._slots, self._fresh, jnp.ones(self.n_slots, bool))
         active_device = jnp.asarray(active)
         losses = []
@@ -289,7 +296,7 @@ class SlotTrainer:
                                      width=width)
             losses.append(loss)
         self._slots = slots
-        self.last_losses = jnp.stack(losses)
+        self.last_losses = jnp.stack(losses) if losses else None
         return slots
 
     def compiled_memory(self, width: int | None = None) -> dict[str, int]:

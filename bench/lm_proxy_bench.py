@@ -7,8 +7,12 @@ One *coalition-step* is one optimiser step of one coalition's adapter on ``--bat
   one jitted, vmapped step trains S adapters at once;
 * ``loop``: a Python loop of single fine-tunes, each step one jitted, unvmapped AdamW step of one adapter
   (the same loss, recipe and shapes);
-* ``peft``: transformers ``LlamaForCausalLM`` + peft LoRA (same shapes, rank, targets, AdamW), one fine-tune
-  after another, in PyTorch (skipped when peft is not importable or with ``--no-peft``).
+* ``peft``: transformers ``LlamaForCausalLM`` + peft LoRA (same shapes, rank, targets, AdamW, gradient
+  checkpointing when remat is on), one fine-tune after another, in PyTorch with ``--torch-threads`` threads
+  (skipped when peft is not importable or with ``--no-peft``).
+
+Every variant is compiled / warmed up first, then the variants are timed interleaved, ``--rounds`` times, and
+the best and the median round are reported (the development machine is shared, so load changes during a run).
 
 FLOP convention: ``6 x N x tokens`` per coalition-step, ``N`` = the parameters that enter matmuls (every
 projection of every layer plus the unembedding matrix; the embedding lookup is not a matmul), ``tokens`` =
@@ -50,7 +54,8 @@ def parse_args(argv=None):
                         help="with --model smollm2/path: only take the shape, random weights (no load)")
     parser.add_argument("--slots", default="1,8,32")
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps per fine-tune")
-    parser.add_argument("--rounds", type=int, default=3, help="timed repetitions (best and median reported)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="timed repetitions, interleaved across variants (best and median reported)")
     parser.add_argument("--loop-coalitions", type=int, default=8, help="fine-tunes per loop / peft timing")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--length", type=int, default=64)
@@ -58,7 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--no-remat", action="store_true")
     parser.add_argument("--no-peft", action="store_true")
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: more thrash on a shared 2-core machine)")
     parser.add_argument("--hidden", type=int, default=128, help="tiny model: hidden size")
     parser.add_argument("--layers", type=int, default=4, help="tiny model: layers")
     parser.add_argument("--vocab", type=int, default=2048, help="tiny model: vocabulary")
@@ -121,16 +127,8 @@ def token_table(n_rows, length, vocab, seed=0):
                       np.full(n_rows, length // 2, np.int32), 0)
 
 
-def timed(fn, rounds):
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"best_s": min(times), "median_s": statistics.median(times), "all_s": times}
-
-
-def bench_batched(args, jax, graphdef, state, table, recipe, lora0, n_slots, rng):
+def prepare_batched(args, jax, graphdef, state, table, recipe, lora0, n_slots, rng):
+    """A compiled S-slot trainer; returns ``(run, compile_s, memory)``, ``run()`` trains one round of S coalitions."""
     from shed_jax.lm.finetune import SlotTrainer
 
     trainer = SlotTrainer(graphdef, state, table, recipe, n_slots=n_slots, lora_init=lora0,
@@ -142,15 +140,14 @@ def bench_batched(args, jax, graphdef, state, table, recipe, lora0, n_slots, rng
     start = time.perf_counter()
     jax.block_until_ready(trainer.train(members(), 0))
     compile_s = time.perf_counter() - start
-    batches = [members() for _ in range(args.rounds)]
-    iterator = iter(batches)
-    timing = timed(lambda: jax.block_until_ready(trainer.train(next(iterator), 0)), args.rounds)
-    memory = trainer.compiled_memory(args.length)
-    return trainer, timing, compile_s, memory
+    batches = iter([members() for _ in range(args.rounds)])
+    return (lambda: jax.block_until_ready(trainer.train(next(batches), 0))), compile_s, \
+        trainer.compiled_memory(args.length)
 
 
-def bench_loop(args, jax, jnp, graphdef, state, table, recipe, lora0, rng):
-    """A Python loop of single fine-tunes: one jitted (unvmapped) AdamW step per call."""
+def prepare_loop(args, jax, jnp, graphdef, state, table, recipe, lora0, rng):
+    """A Python loop of single fine-tunes, one jitted (unvmapped) AdamW step per call; returns ``(run,
+    compile_s)``, ``run()`` does ``--loop-coalitions`` fine-tunes."""
     import optax
 
     from shed_jax.lm import finetune
@@ -186,16 +183,17 @@ def bench_loop(args, jax, jnp, graphdef, state, table, recipe, lora0, rng):
         for members in next(iterator):
             jax.block_until_ready(fine_tune(members, 0))
 
-    return timed(run, args.rounds), compile_s
+    return run, compile_s
 
 
-def bench_peft(args, config, table, recipe, rng):
+def prepare_peft(args, config, table, recipe, rng):
+    """transformers + peft, one fine-tune after another; returns ``(run, info)`` or ``(None, {"skipped": ...})``."""
     try:
         import peft
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        return {"skipped": f"not importable: {exc}"}
+        return None, {"skipped": f"not importable: {exc}"}
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
     hf_config = LlamaConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
@@ -248,9 +246,8 @@ def bench_peft(args, config, table, recipe, rng):
         for members in next(iterator):
             fine_tune(members, 0)
 
-    timing = timed(run, args.rounds)
-    return {"torch_threads": args.torch_threads, "gradient_checkpointing": recipe.remat, **timing,
-            "coalition_steps": args.loop_coalitions * recipe.steps}
+    return run, {"torch_threads": args.torch_threads, "gradient_checkpointing": recipe.remat,
+                 "torch_version": torch.__version__, "peft_version": peft.__version__}
 
 
 def main(argv=None):
@@ -281,51 +278,62 @@ def main(argv=None):
               "flops_convention": "6 x matmul_params x batch_size x length per coalition-step",
               "flops_per_coalition_step": flops_per_step, "load_average_start": os.getloadavg()}
 
-    log("loop of single fine-tunes")
-    loop_timing, loop_compile = bench_loop(args, jax, jnp, graphdef, state, table, recipe, lora0, rng)
-    loop_steps = args.loop_coalitions * args.steps
-    result["loop"] = {**loop_timing, "compile_s": loop_compile, "coalition_steps": loop_steps,
-                      "coalition_steps_per_s": loop_steps / loop_timing["best_s"],
-                      "coalition_steps_per_s_median": loop_steps / loop_timing["median_s"],
-                      "model_gflops_per_s": flops_per_step * loop_steps / loop_timing["best_s"] / 1e9}
-    log(f"loop: {result['loop']['coalition_steps_per_s']:.2f} coalition-steps/s")
-
+    # Prepare (and compile) every variant first, then time them interleaved, round by round, so that a change
+    # in machine load hits every variant alike.
+    variants = {}                         # name -> (run, coalition_steps per run)
+    log("compiling: loop of single fine-tunes")
+    run, loop_compile = prepare_loop(args, jax, jnp, graphdef, state, table, recipe, lora0, rng)
+    variants["loop"] = (run, args.loop_coalitions * args.steps)
+    result["loop"] = {"compile_s": loop_compile}
     result["batched"] = {}
-    memory_one = None
     for n_slots in [int(s) for s in args.slots.split(",")]:
-        log(f"batched S={n_slots}")
-        _, timing, compile_s, memory = bench_batched(args, jax, graphdef, state, table, recipe, lora0, n_slots, rng)
-        steps = n_slots * args.steps
+        log(f"compiling: batched S={n_slots}")
+        run, compile_s, memory = prepare_batched(args, jax, graphdef, state, table, recipe, lora0, n_slots, rng)
+        variants[f"S={n_slots}"] = (run, n_slots * args.steps)
         total = (memory["temp_size_in_bytes"] + memory["argument_size_in_bytes"] + memory["output_size_in_bytes"]
                  - memory["alias_size_in_bytes"])
-        if n_slots == 1:
-            memory_one = total
-        entry = {**timing, "compile_s": compile_s, "coalition_steps": steps,
-                 "coalition_steps_per_s": steps / timing["best_s"],
-                 "coalition_steps_per_s_median": steps / timing["median_s"],
-                 "model_gflops_per_s": flops_per_step * steps / timing["best_s"] / 1e9,
-                 "speedup_vs_loop": (steps / timing["best_s"]) / result["loop"]["coalition_steps_per_s"],
-                 "speedup_vs_loop_median": (steps / timing["median_s"]) / result["loop"]["coalition_steps_per_s_median"],
-                 "compiled_memory": memory, "compiled_total_bytes": total,
-                 "bytes_per_slot_marginal": (None if memory_one is None or n_slots == 1
-                                             else (total - memory_one) / (n_slots - 1))}
-        result["batched"][str(n_slots)] = entry
-        log(f"S={n_slots}: {entry['coalition_steps_per_s']:.2f} coalition-steps/s "
-            f"({entry['speedup_vs_loop']:.2f}x loop), {total / 2**20:.1f} MiB compiled")
-
+        result["batched"][str(n_slots)] = {"compile_s": compile_s, "compiled_memory": memory,
+                                           "compiled_total_bytes": total}
     if args.no_peft:
         result["peft"] = {"skipped": "--no-peft"}
     else:
-        log("transformers + peft")
-        peft_result = bench_peft(args, config, table, recipe, rng)
-        if "skipped" not in peft_result:
-            peft_result["coalition_steps_per_s"] = peft_result["coalition_steps"] / peft_result["best_s"]
-            peft_result["coalition_steps_per_s_median"] = peft_result["coalition_steps"] / peft_result["median_s"]
-            best = max(result["batched"].values(), key=lambda e: e["coalition_steps_per_s"])
-            result["best_batched_vs_peft"] = best["coalition_steps_per_s"] / peft_result["coalition_steps_per_s"]
-            result["loop_vs_peft"] = result["loop"]["coalition_steps_per_s"] / peft_result["coalition_steps_per_s"]
-            log(f"peft: {peft_result['coalition_steps_per_s']:.2f} coalition-steps/s")
-        result["peft"] = peft_result
+        log("preparing: transformers + peft")
+        run, info = prepare_peft(args, config, table, recipe, rng)
+        result["peft"] = info
+        if run is not None:
+            variants["peft"] = (run, args.loop_coalitions * args.steps)
+    times = {name: [] for name in variants}
+    for round_index in range(args.rounds):
+        for name, (run, _) in variants.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+        log(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
+            f"{name} {variants[name][1] / times[name][-1]:.2f}" for name in variants) + " coalition-steps/s")
+
+    def rates(name):
+        steps = variants[name][1]
+        best, median = min(times[name]), statistics.median(times[name])
+        return {"coalition_steps": steps, "best_s": best, "median_s": median, "all_s": times[name],
+                "coalition_steps_per_s": steps / best, "coalition_steps_per_s_median": steps / median,
+                "model_gflops_per_s": flops_per_step * steps / best / 1e9}
+
+    result["loop"].update(rates("loop"))
+    loop_rate, loop_median = result["loop"]["coalition_steps_per_s"], result["loop"]["coalition_steps_per_s_median"]
+    one_slot_total = result["batched"].get("1", {}).get("compiled_total_bytes")
+    for key, entry in result["batched"].items():
+        entry.update(rates(f"S={key}"))
+        entry["speedup_vs_loop"] = entry["coalition_steps_per_s"] / loop_rate
+        entry["speedup_vs_loop_median"] = entry["coalition_steps_per_s_median"] / loop_median
+        n_slots = int(key)
+        entry["bytes_per_slot_marginal"] = (None if one_slot_total is None or n_slots == 1
+                                            else (entry["compiled_total_bytes"] - one_slot_total) / (n_slots - 1))
+    if "peft" in variants:
+        result["peft"].update(rates("peft"))
+        peft_rate = result["peft"]["coalition_steps_per_s"]
+        best = max(result["batched"].values(), key=lambda e: e["coalition_steps_per_s"])
+        result["best_batched_vs_peft"] = best["coalition_steps_per_s"] / peft_rate
+        result["loop_vs_peft"] = loop_rate / peft_rate
     result["load_average_end"] = os.getloadavg()
     text = json.dumps(result, indent=2)
     print(text)

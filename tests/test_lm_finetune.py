@@ -17,7 +17,7 @@ from shed_jax.lm import finetune
 from shed_jax.lm import prompts as P
 from shed_jax.lm.finetune import FinetuneRecipe, SlotTrainer, sequence_loss
 from shed_jax.lm.load import decoder_from_weights
-from shed_jax.lm.model import DecoderConfig, init_lora
+from shed_jax.lm.model import DecoderConfig
 from shed_jax.lm.scoring import target_logprob_sums
 
 WORDS = ("the a cat dog sat on mat is red blue green what colour sky grass answer with letter of correct choice "

@@ -1,7 +1,6 @@
 """The Flax decoder on its own: config parsing, padding, LoRA (vs merged weights), vmap over adapters,
 remat, dtypes and compilation. Parity with transformers lives in test_lm_load.py."""
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -3,7 +3,10 @@
 ``load(path_or_name)`` reads a local Hugging Face checkpoint directory (safetensors), a hub name
 (through the local cache when offline) or a llama.cpp ``.gguf`` file, and returns a
 :class:`LanguageModel` with ``.tokenizer``, ``.config``, ``.model`` and ``.logits(ids)``.
+Batched LoRA fine-tuning (:class:`SlotTrainer`), scoring (:class:`StackScorer`) and prompt formats
+(:func:`format_prompt`) are re-exported here; their modules are ``shed_jax.lm.finetune``, ``.scoring``, ``.prompts``.
 """
+from shed_jax.lm.finetune import FinetuneRecipe, SlotTrainer, make_optimizer
 from shed_jax.lm.gguf import find_smollm2_gguf, read_gguf
 from shed_jax.lm.load import (
     LanguageModel,
@@ -23,9 +26,19 @@ from shed_jax.lm.model import (
     rope_cos_sin,
     rope_inv_freq,
 )
+from shed_jax.lm.prompts import PROMPT_FORMATS, format_prompt, multiple_choice_prompt
+from shed_jax.lm.scoring import METRICS, StackScorer
 
 __all__ = [
     "LORA_TARGETS",
+    "METRICS",
+    "PROMPT_FORMATS",
+    "FinetuneRecipe",
+    "SlotTrainer",
+    "StackScorer",
+    "format_prompt",
+    "make_optimizer",
+    "multiple_choice_prompt",
     "Decoder",
     "DecoderConfig",
     "LanguageModel",

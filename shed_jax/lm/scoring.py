@@ -28,7 +28,6 @@ and the metrics built on them (host-side, float64, once per batch of slots):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import jax
 import jax.numpy as jnp

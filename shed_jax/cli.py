@@ -211,7 +211,7 @@ def value(ctx, resume, as_json, quiet, verbose, **params):
 @click.argument("data", metavar="DATA")
 @click.option("--values", "values_path", default=None, metavar="VALUES.json", type=click.Path(path_type=str),
               help="Values file with \"cluster_values\" [default: RUN_DIR/values.json].")
-@options("run_dir", "output", *BUDGET_FIELDS, "seed",
+@options("run_dir", "output", *BUDGET_FIELDS, "seed", "split", "revision",
          run_dir={"help": "Run directory with clusters.npz [default: the directory of --values]."},
          output={"required": True})
 @common_options
@@ -241,7 +241,9 @@ def select(ctx, values_path, as_json, quiet, verbose, **params):
         stored = run.RunDir(directory)
         if (stored.path / "config.json").is_file():
             base = stored.load_config()
-            config = config.replace(format=base.format, field_map=base.field_map, duplicates=base.duplicates)
+            config = config.replace(format=base.format, field_map=base.field_map, duplicates=base.duplicates,
+                                    **{name: getattr(base, name) for name in ("split", "revision")
+                                       if ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT})
         return config, run.run_select(config, progress=opts.progress, log=opts.log, values_path=values_file,
                                       output=config.output)
 

@@ -52,7 +52,9 @@ from shed_jax.data._instructions import (DUPLICATE_POLICIES, INSTRUCTION_FORMATS
                                         read_instructions)
 from shed_jax.data._json import CONTAINERS
 from shed_jax.data._multiple_choice import MultipleChoiceSet, read_multiple_choice, read_validation
-from shed_jax.data._write import scores_path, write_selection
+from shed_jax.data._sources import (OUTPUT_FORMATS, is_dataset_dir, is_local_path, load_records, records_sha256,
+                                    source_kind, source_stem)
+from shed_jax.data._write import check_selection_writable, scores_path, selection_format, write_selection
 from shed_jax.errors import DataError
 from shed_jax.io import atomic_write_bytes, atomic_write_json, atomic_write_text, write_jsonl
 
@@ -69,10 +71,16 @@ __all__ = [
     "atomic_write_json",
     "write_jsonl",
     "write_selection",
+    "selection_format",
+    "check_selection_writable",
+    "load_records",
+    "records_sha256",
+    "OUTPUT_FORMATS",
     "check_budget",
     "check_clusters",
 ]
 
 # Importable from here as before the split into modules, though not in ``__all__``; ``os`` too, since tests
 # patch ``os.replace`` / ``os.fsync`` through ``shed_jax.data.os``.
-_REEXPORTED = (CONTAINERS, DUPLICATE_POLICIES, logger, os, scores_path)
+_REEXPORTED = (CONTAINERS, DUPLICATE_POLICIES, logger, os, scores_path, is_dataset_dir, is_local_path, source_kind,
+               source_stem)

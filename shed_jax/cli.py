@@ -69,6 +69,10 @@ def cli():
       shed select train.jsonl --run-dir run/ --ratio 0.1 -o refined.jsonl
       shed report run/
 
+    DATA is a JSON/JSON Lines file (.gz too), .parquet, .csv/.tsv, a datasets save_to_disk directory,
+    hf:OWNER/NAME (with --split, --revision) or - (JSON Lines on stdin); the selection is written in DATA's
+    format unless the extension of -o names another.
+
     A run directory holds config.json, the stage outputs and report.html; finished stages are
     skipped when their inputs did not change. Default: $SHED_HOME/runs/<data>-<time> (SHED_HOME
     defaults to the current directory).
@@ -269,8 +273,8 @@ def select(ctx, values_path, as_json, quiet, verbose, **params):
 def refine(ctx, resume, as_json, quiet, verbose, **params):
     """The whole pipeline: embed -> cluster -> value -> select -> report.
 
-    Writes the selected records of DATA, exactly as they are in DATA, to OUT.jsonl (plus
-    OUT.scores.jsonl), and the run directory: config.json, clusters.npz, values.json, scores.jsonl,
+    Writes the selected records of DATA, exactly as they are in DATA, to OUT (in DATA's format unless OUT's
+    extension names another; plus OUT.scores.jsonl), and the run directory: config.json, clusters.npz, values.json, scores.jsonl,
     selection.json, summary.json, report.html. OUT.jsonl is written last, so a failed run leaves none.
 
     \b

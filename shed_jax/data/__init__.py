@@ -4,7 +4,13 @@ SHED (He et al., "SHED: Shapley-Based Automated Dataset Refinement for Instructi
 NeurIPS 2024) values an instruction pool against a small validation set and writes out a subset of the
 pool. This module is the boundary between user files and the rest of the pipeline:
 
-* **Containers.** A file is either one JSON array of records or JSON Lines (one object per line). The
+* **Sources** (:mod:`shed_jax.data._sources`). Besides JSON files: ``.jsonl.gz``/``.json.gz``, ``.parquet``
+  (pyarrow), ``.csv``/``.tsv`` (every value a string), a ``datasets`` ``save_to_disk`` directory (``split=`` for a
+  ``DatasetDict``), ``hf:OWNER/NAME[/CONFIG]`` (``datasets.load_dataset`` with ``split=``/``revision=``) and
+  ``-`` (JSON Lines on stdin). Every source becomes a list of dicts validated by the same code; errors name the
+  line, or for tables the 0-based ``row N``. A selection is written in the input's format unless the output's
+  extension names another (:func:`selection_format`).
+* **Containers.** A JSON file is either one JSON array of records or JSON Lines (one object per line). The
   container is detected from the content (first non-blank character ``[`` = array, ``{`` = JSON Lines),
   never from the file extension; ``container="json"|"jsonl"`` declares it explicitly. A UTF-8 byte order
   mark is accepted and skipped. Blank lines in JSON Lines are skipped, and line numbers still count them.

@@ -221,7 +221,8 @@ def value(ctx, resume, as_json, quiet, verbose, **params):
 @common_options
 @click.pass_context
 def select(ctx, values_path, as_json, quiet, verbose, **params):
-    """Select a budget of records of DATA from cluster values and write them to OUT.jsonl.
+    """Select a budget of records of DATA from cluster values and write them to OUT (DATA's format unless
+    OUT's extension names another).
 
     The records are written exactly as they are in DATA; OUT.scores.jsonl holds each one's cluster,
     value and standard error. RUN_DIR/selection.json and RUN_DIR/scores.jsonl are (re)written.
@@ -274,8 +275,9 @@ def refine(ctx, resume, as_json, quiet, verbose, **params):
     """The whole pipeline: embed -> cluster -> value -> select -> report.
 
     Writes the selected records of DATA, exactly as they are in DATA, to OUT (in DATA's format unless OUT's
-    extension names another; plus OUT.scores.jsonl), and the run directory: config.json, clusters.npz, values.json, scores.jsonl,
-    selection.json, summary.json, report.html. OUT.jsonl is written last, so a failed run leaves none.
+    extension names another; plus OUT.scores.jsonl), and the run directory: config.json, clusters.npz,
+    values.json, scores.jsonl, selection.json, summary.json, report.html. OUT is written last, so a failed
+    run leaves none.
 
     \b
     Examples:

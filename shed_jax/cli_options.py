@@ -85,8 +85,8 @@ def options(*names: str, **overrides_by_name):
 
 
 DATA_FIELDS = ("format", "field_map", "duplicates", "text", "model", "batch_size", "split", "revision")
-VALUE_FIELDS = ("valid", "valid_format", "valid_split", "proxy", "proxy_options", "proxies_per_cluster", "n_permutations",
-                "removal_step", "shapley_batch_size")
+VALUE_FIELDS = ("valid", "valid_format", "valid_split", "proxy", "proxy_options", "proxies_per_cluster",
+                "n_permutations", "removal_step", "shapley_batch_size")
 BUDGET_FIELDS = ("ratio", "size", "sampler", "beta")
 _PATH_FIELDS = ("data", "output", "valid", "run_dir")
 

@@ -6,7 +6,8 @@ with exit status 2. Anything else that escapes is a bug: the command line writes
 directory's log (``RUN_DIR/logs/``, or a temporary file when there is no run directory yet), prints one
 line pointing to it, and exits with status 1.
 
-``str(UserError(...)) == "path:line: field: message"`` (``"path: row N: field: message"`` for a table), each location part left out when unknown:
+``str(UserError(...)) == "path:line: field: message"`` (``"path: row N: field: message"`` for a table), each
+location part left out when unknown:
 
 >>> str(UserError("must be a string", path="a.jsonl", line=3, field="output"))
 'a.jsonl:3: output: must be a string'

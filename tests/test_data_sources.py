@@ -149,7 +149,8 @@ def test_parquet_errors_name_row_and_field(tmp_path):
     pq.write_table(pa.Table.from_pylist(numbers), tmp_path / "int.parquet")
     assert one_line(lambda: read_instructions(tmp_path / "int.parquet")) == (
         f"{tmp_path / 'int.parquet'}: row 0: output: must be a string, got number 1")
-    dup = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}, {"instruction": "a", "output": "b"}]
+    dup = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"},
+           {"instruction": "a", "output": "b"}]
     pq.write_table(pa.Table.from_pylist(dup), tmp_path / "dup.parquet")
     assert re.search(r"dup\.parquet: row 2: duplicate record: identical to the record at row 0",
                      one_line(lambda: read_instructions(tmp_path / "dup.parquet", duplicates="error")))
@@ -194,7 +195,7 @@ def hub_offline(monkeypatch, tmp_path):
         monkeypatch.setenv(name, "1")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf_hub"))
 
 
@@ -208,6 +209,21 @@ def test_hub_name_offline_is_one_clear_line(hub_offline, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("Error: cannot download hf:databricks/databricks-dolly-15k "
                                                    "(offline?)"), result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_hub_name_goes_through_load_dataset_with_split(hub_offline, tmp_path, monkeypatch):
+    """No hub here: ``load_dataset("owner/name")`` also reads a local directory of that name, which stands in for
+    the repository, so the call, the split and the records' conversion are exercised offline."""
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    (tmp_path / "owner" / "name" / "train.jsonl").write_bytes(jsonl_bytes(RECORDS[:8]))
+    (tmp_path / "owner" / "name" / "test.jsonl").write_bytes(jsonl_bytes(RECORDS[8:]))
+    monkeypatch.chdir(tmp_path)
+    train = read_instructions("hf:owner/name")
+    assert train.path == "hf:owner/name[train]" and train.source.kind == "hf" and train.unit == "row"
+    assert [pairs(r) for r in train.records] == [pairs(r) for r in RECORDS[:8]]
+    assert read_instructions("hf:owner/name", split="test").records == RECORDS[8:]
+    message = one_line(lambda: read_instructions("hf:owner/name", split="dev"))
+    assert message.startswith("hf:owner/name: --split: no split 'dev'") and "'train', 'test'" in message
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ from shed_jax.data._json import CONTAINERS, _decode_text, _parse_records, _read_
 from shed_jax.errors import DataError
 
 __all__ = ["LoadedRecords", "OUTPUT_EXTENSIONS", "OUTPUT_FORMATS", "is_dataset_dir", "is_local_path",
-           "load_records", "located", "output_format", "records_sha256", "selection_bytes", "source_kind", "source_stem"]
+           "load_records", "located", "output_format", "records_sha256", "selection_bytes", "source_kind",
+           "source_stem"]
 
 STDIN = "-"
 HF_PREFIX = "hf:"
@@ -329,6 +330,8 @@ def _load_hub(spec: str, split: str, revision: str | None) -> LoadedRecords:
         message = " ".join(f"{type(e).__name__}: {e}".split())
         if len(message) > 300:
             message = message[:297] + "..."
+        if isinstance(e, ValueError) and str(e).startswith("Unknown split"):
+            raise DataError(f"no split {split!r} ({e}; choose one with --split)", path=spec, field="--split") from None
         if isinstance(e, ConnectionError) or _offline():
             raise DataError(f"cannot download {spec} (offline?): {message}") from None
         raise DataError(f"cannot load {spec} (split {split!r}"

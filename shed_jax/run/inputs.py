@@ -6,8 +6,9 @@ to the run (K, the removal step, the budget) and runs :meth:`RunInputs.preflight
 
 Fingerprints. Each stage's fingerprint is the sha256 of its inputs: the hash of the data's records (their
 content, :func:`shed_jax.data.records_sha256`, so the same records from JSON Lines, parquet or the hub hash
-alike), the configuration fields the stage reads, and the upstream stage's fingerprint. A stage whose fingerprint matches the one in
-``stages.json`` is loaded instead of recomputed; changing an option recomputes exactly the stages downstream.
+alike), the configuration fields the stage reads, and the upstream stage's fingerprint. A stage whose
+fingerprint matches the one in ``stages.json`` is loaded instead of recomputed; changing an option recomputes
+exactly the stages downstream.
 """
 from __future__ import annotations
 

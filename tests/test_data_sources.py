@@ -300,6 +300,9 @@ def test_unwritable_values_are_named_before_writing(tmp_path):
     nan = read_instructions(tmp_path / "nan.parquet")
     assert one_line(lambda: data.check_selection_writable(tmp_path / "sel.jsonl", nan)).startswith(
         f"{tmp_path / 'nan.parquet'}: row 1: w: cannot be written as JSON")
+    assert one_line(lambda: data.check_selection_writable(tmp_path / "sel.csv", nan)).startswith(
+        f"{tmp_path / 'nan.parquet'}: row 1: w: cannot be written as a CSV cell")
+    assert data.check_selection_writable(tmp_path / "sel.parquet", nan) == "parquet"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "nan.parquet"]
 
 

@@ -455,14 +455,22 @@ def _csv_cell(value: Any) -> str:
     return dumps(value)
 
 
-def _csv(records: Sequence[dict], idx: Sequence[int], source, fmt: str) -> bytes:
+def _csv(records: Sequence[dict], idx: Sequence[int], positions: Sequence[int], source, name: str,
+         fmt: str) -> bytes:
     columns = list(source.columns) if source is not None and source.columns else _union_keys(records)
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
     writer.writerow(columns)
     for i in idx:
         record = records[i]
-        writer.writerow([_csv_cell(record.get(key)) for key in columns])
+        row = []
+        for key in columns:
+            try:
+                row.append(_csv_cell(record.get(key)))
+            except (TypeError, ValueError) as e:
+                raise DataError(f"cannot be written as a CSV cell ({e})", field=str(key),
+                                **_where(source, positions[i], name)) from None
+        writer.writerow(row)
     return buffer.getvalue().encode("utf-8")
 
 
@@ -486,5 +494,5 @@ def selection_bytes(fmt: str, records: Sequence[dict], idx: Sequence[int], *, po
     if fmt == "parquet":
         return _parquet(records, idx, source, name)
     if fmt in ("csv", "tsv"):
-        return _csv(records, idx, source, fmt)
+        return _csv(records, idx, positions, source, name, fmt)
     raise ValueError(f"unknown output format {fmt!r}; expected one of {OUTPUT_FORMATS}")

@@ -25,6 +25,9 @@ def scores_path(path) -> str:
     return str(p.with_name(p.stem + ".scores.jsonl"))
 
 
+_FROM_JSON = (None, "json", "json.gz", "stdin")
+
+
 def selection_format(path, dataset: InstructionSet) -> str:
     """The format the selection of ``dataset`` is written in at ``path``: ``jsonl``, ``jsonl.gz``, ``parquet``,
     ``csv`` or ``tsv``, from ``path``'s extension when it names one, else from the input's kind (parquet in,
@@ -40,9 +43,12 @@ def check_selection_writable(path, dataset: InstructionSet, indices=None) -> str
         DataError: naming the record (line or row) and field that cannot be written.
     """
     fmt = selection_format(path, dataset)
+    kind = dataset.source.kind if dataset.source is not None else None
+    if (kind in _FROM_JSON and fmt in ("jsonl", "jsonl.gz")) or (kind in ("csv", "tsv") and fmt in ("csv", "tsv")):
+        return fmt  # records parsed from strict JSON (or CSV strings) always serialise back
     idx = range(len(dataset.records)) if indices is None else [int(i) for i in indices]
-    selection_bytes(fmt, dataset.records, idx, positions=dataset.line_numbers, source=dataset.source,
-                    name=dataset.path)
+    selection_bytes("jsonl" if fmt == "jsonl.gz" else fmt, dataset.records, idx, positions=dataset.line_numbers,
+                    source=dataset.source, name=dataset.path)  # (gzip cannot fail: not compressed here)
     return fmt
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from shed_jax.config import is_local_path
-from shed_jax.data._json import CONTAINERS, _decode_text, _parse_records, _read_bytes
+from shed_jax.data._json import CONTAINERS, _decode_text, _load_records, _parse_records, _read_bytes
 from shed_jax.errors import DataError
 
 __all__ = ["LoadedRecords", "OUTPUT_EXTENSIONS", "OUTPUT_FORMATS", "is_dataset_dir", "is_local_path",
@@ -174,8 +174,8 @@ def load_records(spec, *, container: str = "auto", split: str | None = None, rev
     if revision is not None and kind != "hf":
         raise DataError("a revision applies only to hf: data sets", path=spec, field="--revision")
     if kind == "json":
-        name, records, lines = _parse_records(_decode_text(_read_bytes(spec), spec), spec, container)
-        return LoadedRecords(spec, kind, records, lines)
+        name, records, lines = _load_records(spec, container)
+        return LoadedRecords(name, kind, records, lines)
     if kind == "json.gz":
         return _load_gzip(spec, container)
     if kind == "stdin":

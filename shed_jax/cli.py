@@ -69,6 +69,10 @@ def cli():
       shed select train.jsonl --run-dir run/ --ratio 0.1 -o refined.jsonl
       shed report run/
 
+    DATA is a JSON/JSON Lines file (.gz too), .parquet, .csv/.tsv, a datasets save_to_disk directory,
+    hf:OWNER/NAME (with --split, --revision) or - (JSON Lines on stdin); the selection is written in DATA's
+    format unless the extension of -o names another.
+
     A run directory holds config.json, the stage outputs and report.html; finished stages are
     skipped when their inputs did not change. Default: $SHED_HOME/runs/<data>-<time> (SHED_HOME
     defaults to the current directory).
@@ -211,13 +215,14 @@ def value(ctx, resume, as_json, quiet, verbose, **params):
 @click.argument("data", metavar="DATA")
 @click.option("--values", "values_path", default=None, metavar="VALUES.json", type=click.Path(path_type=str),
               help="Values file with \"cluster_values\" [default: RUN_DIR/values.json].")
-@options("run_dir", "output", *BUDGET_FIELDS, "seed",
+@options("run_dir", "output", *BUDGET_FIELDS, "seed", "split", "revision",
          run_dir={"help": "Run directory with clusters.npz [default: the directory of --values]."},
          output={"required": True})
 @common_options
 @click.pass_context
 def select(ctx, values_path, as_json, quiet, verbose, **params):
-    """Select a budget of records of DATA from cluster values and write them to OUT.jsonl.
+    """Select a budget of records of DATA from cluster values and write them to OUT (DATA's format unless
+    OUT's extension names another).
 
     The records are written exactly as they are in DATA; OUT.scores.jsonl holds each one's cluster,
     value and standard error. RUN_DIR/selection.json and RUN_DIR/scores.jsonl are (re)written.
@@ -241,7 +246,9 @@ def select(ctx, values_path, as_json, quiet, verbose, **params):
         stored = run.RunDir(directory)
         if (stored.path / "config.json").is_file():
             base = stored.load_config()
-            config = config.replace(format=base.format, field_map=base.field_map, duplicates=base.duplicates)
+            config = config.replace(format=base.format, field_map=base.field_map, duplicates=base.duplicates,
+                                    **{name: getattr(base, name) for name in ("split", "revision")
+                                       if ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT})
         return config, run.run_select(config, progress=opts.progress, log=opts.log, values_path=values_file,
                                       output=config.output)
 
@@ -267,9 +274,10 @@ def select(ctx, values_path, as_json, quiet, verbose, **params):
 def refine(ctx, resume, as_json, quiet, verbose, **params):
     """The whole pipeline: embed -> cluster -> value -> select -> report.
 
-    Writes the selected records of DATA, exactly as they are in DATA, to OUT.jsonl (plus
-    OUT.scores.jsonl), and the run directory: config.json, clusters.npz, values.json, scores.jsonl,
-    selection.json, summary.json, report.html. OUT.jsonl is written last, so a failed run leaves none.
+    Writes the selected records of DATA, exactly as they are in DATA, to OUT (in DATA's format unless OUT's
+    extension names another; plus OUT.scores.jsonl), and the run directory: config.json, clusters.npz,
+    values.json, scores.jsonl, selection.json, summary.json, report.html. OUT is written last, so a failed
+    run leaves none.
 
     \b
     Examples:

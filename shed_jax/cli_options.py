@@ -10,14 +10,15 @@ from pathlib import Path
 
 import click
 
-from shed_jax.config import RefineConfig, option_spec
+from shed_jax.config import RefineConfig, is_local_path, option_spec
 from shed_jax.errors import UserError
 
 __all__ = ["BUDGET_FIELDS", "DATA_FIELDS", "VALUE_FIELDS", "build_config", "config_option", "options"]
 
 
 def _abs(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).expanduser().absolute())
+    """An absolute path; None, ``-`` (stdin) and ``hf:...`` names are returned as they are."""
+    return path if not is_local_path(path) else str(Path(path).expanduser().absolute())
 
 
 class _ProxyName(click.ParamType):
@@ -83,9 +84,9 @@ def options(*names: str, **overrides_by_name):
     return decorate
 
 
-DATA_FIELDS = ("format", "field_map", "duplicates", "text", "model", "batch_size")
-VALUE_FIELDS = ("valid", "valid_format", "proxy", "proxy_options", "proxies_per_cluster", "n_permutations",
-                "removal_step", "shapley_batch_size")
+DATA_FIELDS = ("format", "field_map", "duplicates", "text", "model", "batch_size", "split", "revision")
+VALUE_FIELDS = ("valid", "valid_format", "valid_split", "proxy", "proxy_options", "proxies_per_cluster",
+                "n_permutations", "removal_step", "shapley_batch_size")
 BUDGET_FIELDS = ("ratio", "size", "sampler", "beta")
 _PATH_FIELDS = ("data", "output", "valid", "run_dir")
 

@@ -252,12 +252,21 @@ class RefineConfig:
     config. Each field's help text is the one ``shed ... --help`` shows.
     """
 
-    data: str = option(None, "Instruction data file (JSON array or JSON Lines).", flag="", metavar="DATA")
-    output: str | None = option(None, "Where to write the selected records (JSON Lines).", short="-o",
-                                metavar="OUT.jsonl", kind="path")
+    data: str = option(None, "Instruction data: a JSON or JSON Lines file (.gz too), .parquet, .csv/.tsv, a "
+                             "datasets save_to_disk directory, hf:OWNER/NAME[/CONFIG] (Hugging Face hub), or - "
+                             "(JSON Lines on stdin).", flag="", metavar="DATA")
+    output: str | None = option(None, "Where to write the selected records, in the format of the extension (.jsonl, "
+                                      ".jsonl.gz, .parquet, .csv, .tsv), else in DATA's (hf:, save_to_disk and stdin: "
+                                      "JSON Lines).", short="-o", metavar="OUT", kind="path")
     valid: str | None = option(
-        None, "Validation set: multiple-choice ({question, choices, answer}) or instruction records.",
-        metavar="VALID", kind="path")
+        None, "Validation set: multiple-choice ({question, choices, answer}) or instruction records; any source "
+              "DATA can be but stdin.", metavar="VALID", kind="path")
+    split: str = option("train", "Split of DATA when it is hf:... or a save_to_disk DatasetDict directory.",
+                        metavar="SPLIT")
+    revision: str | None = option(None, "Revision (branch, tag or commit) of an hf:... DATA.", metavar="REV",
+                                  default_text="the main branch")
+    valid_split: str = option("validation", "Split of VALID when it is hf:... or a save_to_disk DatasetDict "
+                                            "directory.", metavar="SPLIT")
     run_dir: str | None = option(None, "Run directory.", metavar="DIR", kind="path",
                                  default_text="$SHED_HOME/runs/<data>-<time>")
     format: str = option("auto", "Record format of DATA (auto: detected from the keys).",
@@ -360,8 +369,13 @@ class RefineConfig:
     def abs_paths(self) -> "RefineConfig":
         """A copy with every path field made absolute (as the command line stores them)."""
         changes = {name: os.path.abspath(os.path.expanduser(getattr(self, name)))
-                   for name in ("data", "output", "valid", "run_dir") if getattr(self, name)}
+                   for name in ("data", "output", "valid", "run_dir") if is_local_path(getattr(self, name))}
         return self.replace(**changes)
+
+
+def is_local_path(value: str | None) -> bool:
+    """True for a file-system path; False for None, ``-`` (stdin) and ``hf:OWNER/NAME`` (Hugging Face hub)."""
+    return bool(value) and value != "-" and not str(value).startswith("hf:")
 
 
 def default_n_clusters(n_candidates: int) -> int:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from shed_jax.data._json import _json_type, _load_records, _short
+from shed_jax.data._json import _json_type, _short
+from shed_jax.data._sources import LoadedRecords, load_records, located
 from shed_jax.errors import DataError
 
 logger = logging.getLogger("shed_jax.data")  # the package's logger, as before the split
@@ -48,14 +49,18 @@ class InstructionSet:
     """An instruction-tuning data set of N records.
 
     Attributes:
-        path: the file it was read from.
+        path: the file it was read from (for other sources: ``hf:OWNER/NAME[split]``, ``DIR[split]``,
+            ``<stdin>``).
         format: resolved record format, one of :data:`INSTRUCTION_FORMATS`.
         records: the N parsed records (``dict``), exactly as in the file (key order preserved).
         prompts: N user-side texts (alpaca: ``instruction + "\\n\\n" + input`` when input is non-empty).
         responses: N assistant-side texts (``""`` for format ``"text"``).
-        line_numbers: N 1-based line numbers (JSON array: the line where the element starts).
+        line_numbers: N 1-based line numbers (JSON array: the line where the element starts); for a table
+            source (parquet, ``datasets``: ``source.unit == "row"``) N 0-based row indices.
         duplicate_of: ``(N,)`` int64; ``-1``, or the index of the first earlier record identical to this one
             (same keys and values; key order and whitespace do not matter, ``1`` and ``1.0`` differ).
+        source: the :class:`~shed_jax.data._sources.LoadedRecords` read (kind, parquet table, CSV header),
+            which decides the default output format; ``None`` for sets built in memory (JSON Lines out).
     """
 
     path: str
@@ -65,6 +70,7 @@ class InstructionSet:
     responses: list[str]
     line_numbers: list[int]
     duplicate_of: np.ndarray
+    source: Any = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -99,8 +105,9 @@ class InstructionSet:
             parts = []
             for key in keys:
                 if key not in record:
+                    where = {"row": line} if self.unit == "row" else {"line": line}
                     raise DataError(f"record has no key {key!r} (asked for by fields={fields!r})",
-                                    path=self.path, line=line, field=key)
+                                    path=self.path, field=key, **where)
                 value = record[key]
                 if not isinstance(value, str):
                     value = json.dumps(value, ensure_ascii=False)
@@ -108,6 +115,11 @@ class InstructionSet:
                     parts.append(value)
             out.append("\n\n".join(parts))
         return out
+
+    @property
+    def unit(self) -> str:
+        """What :attr:`line_numbers` count: ``"line"`` or ``"row"`` (table sources)."""
+        return self.source.unit if self.source is not None else "line"
 
     def category(self, key: str = "category") -> list[str] | None:
         """Per-record ``str(record[key])`` (N values) if every record has ``key``, else ``None``."""
@@ -271,7 +283,8 @@ def _find_duplicates(records: list[dict], prompts: list[str], responses: list[st
 
 
 def _build_instruction_set(path: str, records: list[dict], lines: list[int], *, format: str,
-                           field_map: Mapping[str, str] | None, duplicates: str) -> InstructionSet:
+                           field_map: Mapping[str, str] | None, duplicates: str,
+                           source: LoadedRecords | None = None) -> InstructionSet:
     if duplicates not in DUPLICATE_POLICIES:
         raise DataError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}",
                         path=path, field="duplicates")
@@ -286,22 +299,27 @@ def _build_instruction_set(path: str, records: list[dict], lines: list[int], *, 
     if dup_idx.size:
         i = int(dup_idx[0])
         j = int(duplicate_of[i])
+        unit = source.unit if source is not None else "line"
         if duplicates == "error":
-            raise DataError(f"duplicate record: identical to the record at line {lines[j]} "
+            raise DataError(f"duplicate record: identical to the record at {unit} {lines[j]} "
                             f"({dup_idx.size} duplicate record(s) in the file; pass duplicates='keep' "
                             f"or 'drop' to accept them)", path=path, line=lines[i])
-        logger.warning("%s: %d duplicate record(s) (first: line %d repeats line %d); duplicates=%r",
-                       path, dup_idx.size, lines[i], lines[j], duplicates)
+        logger.warning("%s: %d duplicate record(s) (first: %s %d repeats %s %d); duplicates=%r",
+                       path, dup_idx.size, unit, lines[i], unit, lines[j], duplicates)
     return InstructionSet(path=path, format=fmt, records=records, prompts=prompts,
-                          responses=responses, line_numbers=lines, duplicate_of=duplicate_of)
+                          responses=responses, line_numbers=lines, duplicate_of=duplicate_of, source=source)
 
 
 def read_instructions(path, *, format: str = "auto", field_map: Mapping[str, str] | None = None,
-                      duplicates: str = "drop", container: str = "auto") -> InstructionSet:
-    """Read an instruction-tuning file (JSON array or JSON Lines) into an :class:`InstructionSet`.
+                      duplicates: str = "drop", container: str = "auto", split: str | None = None,
+                      revision: str | None = None) -> InstructionSet:
+    """Read instruction-tuning records into an :class:`InstructionSet`.
 
     Args:
-        path: file to read (``str`` or path-like).
+        path: what to read (``str`` or path-like): a JSON array or JSON Lines file (also ``.jsonl.gz`` /
+            ``.json.gz``), a ``.parquet``, ``.csv`` or ``.tsv`` file, a ``datasets`` ``save_to_disk``
+            directory, ``hf:OWNER/NAME[/CONFIG]`` (a Hugging Face hub data set) or ``-`` (JSON Lines on stdin);
+            see :mod:`shed_jax.data._sources`.
         format: ``"auto"`` (detect from the first record's keys) or one of :data:`INSTRUCTION_FORMATS`.
             Every record is then validated against that format.
         field_map: canonical name -> key in the file, e.g. ``{"instruction": "question",
@@ -312,6 +330,8 @@ def read_instructions(path, *, format: str = "auto", field_map: Mapping[str, str
             leaves records with ``duplicate_of >= 0`` out of the candidate pool under ``"drop"``) and log a
             warning.
         container: ``"auto"`` (detect from the content), ``"jsonl"`` or ``"json"`` (one array).
+        split: the split of a ``DatasetDict`` directory or hub data set (default ``"train"``).
+        revision: the revision (branch, tag, commit) of a hub data set.
 
     Returns:
         InstructionSet with N >= 1 records.
@@ -327,6 +347,7 @@ def read_instructions(path, *, format: str = "auto", field_map: Mapping[str, str
     >>> ds.format, ds.prompts, ds.responses
     ('alpaca', ['Add\\n\\n1+1'], ['2'])
     """
-    path_str, records, lines = _load_records(path, container)
-    return _build_instruction_set(path_str, records, lines, format=format, field_map=field_map,
-                                  duplicates=duplicates)
+    source = load_records(path, container=container, split=split, revision=revision)
+    with located(source):
+        return _build_instruction_set(source.name, source.records, source.positions, format=format,
+                                      field_map=field_map, duplicates=duplicates, source=source)

@@ -69,11 +69,11 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read_text(path: str) -> str:
-    """Read a file as UTF-8 (a leading BOM is dropped); DataError on missing file or bad bytes."""
+def _read_bytes(path: str) -> bytes:
+    """The bytes of a file; DataError on a missing file, a directory or an unreadable file."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise DataError("file not found", path=path) from None
     except IsADirectoryError:
@@ -82,6 +82,15 @@ def _read_text(path: str) -> str:
         raise DataError("permission denied", path=path) from None
     except OSError as e:
         raise DataError(f"cannot read file: {e.strerror or e}", path=path) from None
+
+
+def _read_text(path: str) -> str:
+    """Read a file as UTF-8 (a leading BOM is dropped); DataError on missing file or bad bytes."""
+    return _decode_text(_read_bytes(path), path)
+
+
+def _decode_text(data: bytes, path: str) -> str:
+    """``data`` as UTF-8 text (a leading BOM is dropped); DataError naming the line of a bad byte."""
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise DataError("file is UTF-16 (byte order mark found); save it as UTF-8", path=path, line=1)
     try:
@@ -217,7 +226,11 @@ def _load_records(path: Any, container: str = "auto") -> tuple[str, list[dict], 
     if container not in CONTAINERS:
         raise DataError(f"container must be one of {CONTAINERS}, got {container!r}", path=path_str,
                         field="container")
-    text = _read_text(path_str)
+    return _parse_records(_read_text(path_str), path_str, container)
+
+
+def _parse_records(text: str, path_str: str, container: str = "auto") -> tuple[str, list[dict], list[int]]:
+    """Parse the text of a JSON array or JSON Lines file (see :func:`_load_records`)."""
     first = _JSON_WS.match(text, 0).end()
     if first >= len(text):
         raise DataError("file is empty (no records)", path=path_str)

@@ -15,7 +15,8 @@ from shed_jax.data._instructions import (
     _get_str,
     _resolve_field_map,
 )
-from shed_jax.data._json import _json_type, _load_records, _short
+from shed_jax.data._json import _json_type, _short
+from shed_jax.data._sources import load_records, located
 from shed_jax.errors import DataError
 
 
@@ -83,36 +84,39 @@ def _build_multiple_choice(path: str, records: list[dict], lines: list[int],
 
 
 def read_multiple_choice(path, *, field_map: Mapping[str, str] | None = None,
-                         container: str = "auto") -> MultipleChoiceSet:
+                         container: str = "auto", split: str | None = None) -> MultipleChoiceSet:
     """Read a multiple-choice set: records with ``question`` (str), ``choices`` (list of >= 2 str) and
     ``answer`` (int index into ``choices``, 0-based, checked to be in range).
 
     Args:
-        path: JSON array or JSON Lines file.
+        path: JSON array or JSON Lines file, or any source :func:`shed_jax.data.read_instructions` reads.
         field_map: canonical name (question, choices, answer) -> key in the file.
         container: ``"auto"``, ``"jsonl"`` or ``"json"``.
+        split: the split of a ``DatasetDict`` directory or hub data set (default ``"train"``).
 
     Returns:
         MultipleChoiceSet with V >= 1 records; ``answers`` has shape ``(V,)``, dtype int64.
 
     Raises:
-        DataError: any problem with the file (one line: path, line, field, message).
+        DataError: any problem with the file (one line: path, line or row, field, message).
     """
-    path_str, records, lines = _load_records(path, container)
-    return _build_multiple_choice(path_str, records, lines, field_map)
+    source = load_records(path, container=container, split=split)
+    with located(source):
+        return _build_multiple_choice(source.name, source.records, source.positions, field_map)
 
 
 def read_validation(path, *, format: str = "auto", field_map: Mapping[str, str] | None = None,
-                    container: str = "auto") -> MultipleChoiceSet | InstructionSet:
+                    container: str = "auto", split: str | None = None) -> MultipleChoiceSet | InstructionSet:
     """Read a validation set: multiple-choice or instruction data.
 
     Args:
-        path: JSON array or JSON Lines file.
+        path: JSON array or JSON Lines file, or any source :func:`shed_jax.data.read_instructions` reads.
         format: ``"auto"`` (multiple-choice when the first record has question/choices/answer, else an
             instruction format detected from its keys), ``"multiple_choice"``, or one of
             :data:`INSTRUCTION_FORMATS`.
         field_map: canonical name -> key in the file (multiple-choice or instruction names).
         container: ``"auto"``, ``"jsonl"`` or ``"json"``.
+        split: the split of a ``DatasetDict`` directory or hub data set (default ``"train"``).
 
     Returns:
         MultipleChoiceSet, or InstructionSet (duplicates kept; ``duplicate_of`` is filled).
@@ -121,7 +125,13 @@ def read_validation(path, *, format: str = "auto", field_map: Mapping[str, str] 
     if format != "auto" and format != "multiple_choice" and format not in INSTRUCTION_FORMATS:
         raise DataError(f"unknown format {format!r}; expected 'auto', 'multiple_choice' or one of "
                         f"{', '.join(INSTRUCTION_FORMATS)}", path=path_str, field="format")
-    path_str, records, lines = _load_records(path, container)
+    source = load_records(path, container=container, split=split)
+    with located(source):
+        return _validation_set(source, format, field_map)
+
+
+def _validation_set(source, format: str, field_map: Mapping[str, str] | None) -> MultipleChoiceSet | InstructionSet:
+    path_str, records, lines = source.name, source.records, source.positions
     mc_map = {k: v for k, v in (field_map or {}).items() if k in _MC_FIELDS}
     other_map = {k: v for k, v in (field_map or {}).items() if k not in _MC_FIELDS}
     if format == "auto":
@@ -135,4 +145,4 @@ def read_validation(path, *, format: str = "auto", field_map: Mapping[str, str] 
                             f"valid names: {', '.join(_MC_FIELDS)}", path=path_str, field="field_map")
         return _build_multiple_choice(path_str, records, lines, mc_map)
     return _build_instruction_set(path_str, records, lines, format=format, field_map=field_map,
-                                  duplicates="keep")
+                                  duplicates="keep", source=source)

@@ -4,9 +4,11 @@
 to the run (K, the removal step, the budget) and runs :meth:`RunInputs.preflight`, which raises a
 :class:`shed_jax.errors.UserError` for anything wrong with the input before any heavy work starts.
 
-Fingerprints. Each stage's fingerprint is the sha256 of its inputs: the data file's hash, the configuration
-fields the stage reads, and the upstream stage's fingerprint. A stage whose fingerprint matches the one in
-``stages.json`` is loaded instead of recomputed; changing an option recomputes exactly the stages downstream.
+Fingerprints. Each stage's fingerprint is the sha256 of its inputs: the hash of the data's records (their
+content, :func:`shed_jax.data.records_sha256`, so the same records from JSON Lines, parquet or the hub hash
+alike), the configuration fields the stage reads, and the upstream stage's fingerprint. A stage whose
+fingerprint matches the one in ``stages.json`` is loaded instead of recomputed; changing an option recomputes
+exactly the stages downstream.
 """
 from __future__ import annotations
 
@@ -92,11 +94,18 @@ class RunInputs:
     def dataset(self) -> _data.InstructionSet:
         cfg = self.config
         return self._once("dataset", lambda: _data.read_instructions(
-            cfg.data, format=cfg.format, field_map=dict(cfg.field_map) or None, duplicates=cfg.duplicates))
+            cfg.data, format=cfg.format, field_map=dict(cfg.field_map) or None, duplicates=cfg.duplicates,
+            split=cfg.split, revision=cfg.revision))
 
     @property
     def data_sha256(self) -> str:
-        return self._once("data_sha", lambda: sha256_file(self.config.data))
+        """sha256 of the data's records (content, not file bytes)."""
+        return self._once("data_sha", lambda: _data.records_sha256(self.dataset.records))
+
+    @property
+    def from_stdin(self) -> bool:
+        """True when the data was read from standard input (DATA ``-``)."""
+        return self.config.data == "-"
 
     @property
     def candidate_mask(self) -> np.ndarray:
@@ -113,7 +122,11 @@ class RunInputs:
         def read():
             if not self.config.valid:
                 raise PipelineError("the value stage needs a validation file", field="--valid")
-            validation = _data.read_validation(self.config.valid, format=self.config.valid_format)
+            if self.config.valid == "-":
+                raise PipelineError("the validation set cannot be read from stdin; give a file or hf:OWNER/NAME",
+                                    field="--valid")
+            validation = _data.read_validation(self.config.valid, format=self.config.valid_format,
+                                               split=self.config.valid_split)
             if len(validation) == 0:
                 raise DataError("validation set is empty", path=self.config.valid)
             return validation
@@ -124,7 +137,7 @@ class RunInputs:
     def valid_sha256(self) -> str | None:
         if not self.config.valid:
             return None
-        return self._once("valid_sha", lambda: sha256_file(self.config.valid))
+        return self._once("valid_sha", lambda: _data.records_sha256(self.validation.records))
 
     @property
     def fingerprints(self) -> dict[str, str]:
@@ -159,7 +172,8 @@ class RunInputs:
         return int(_select.budget(n, size=cfg.size, ratio=cfg.ratio))
 
     def resolved(self, run_dir) -> dict:
-        return {"run_dir": str(run_dir), "n_examples": len(self.dataset), "n_candidates": self.n_candidates,
+        return {"run_dir": str(run_dir), "data_source": self.dataset.source.kind if self.dataset.source else "json",
+                "n_examples": len(self.dataset), "n_candidates": self.n_candidates,
                 "n_clusters": self.n_clusters, "removal_step": self.removal_step, "data_sha256": self.data_sha256,
                 "valid_sha256": self.valid_sha256}
 
@@ -167,11 +181,13 @@ class RunInputs:
     def preflight(self, *, need_valid: bool, need_budget: bool) -> None:
         """Read and check every input; raise a :class:`UserError` before any stage starts."""
         cfg = self.config
-        data_path = Path(cfg.data)
-        if data_path.is_dir():
-            raise DataError("is a directory, not a data file", path=cfg.data)
-        if not data_path.exists():
-            raise DataError("file not found", path=cfg.data)
+        if _data.is_local_path(cfg.data):
+            data_path = Path(cfg.data)
+            if data_path.is_dir() and not _data.is_dataset_dir(cfg.data):
+                raise DataError("is a directory, not a data file (nor one written by datasets' save_to_disk)",
+                                path=cfg.data)
+            if not data_path.exists():
+                raise DataError("file not found", path=cfg.data)
         n = self.n_candidates  # reads + validates the data
         if n == 0:
             raise DataError("no candidate examples (every record is a duplicate?)", path=cfg.data)
@@ -186,10 +202,11 @@ class RunInputs:
         if need_valid:
             if not cfg.valid:
                 raise PipelineError("the value stage needs a validation file", field="--valid")
-            if Path(cfg.valid).is_dir():
-                raise DataError("is a directory, not a validation file", path=cfg.valid)
-            if not Path(cfg.valid).is_file():
-                raise DataError("validation file not found", path=cfg.valid)
+            if _data.is_local_path(cfg.valid):
+                if Path(cfg.valid).is_dir() and not _data.is_dataset_dir(cfg.valid):
+                    raise DataError("is a directory, not a validation file", path=cfg.valid)
+                if not Path(cfg.valid).exists():
+                    raise DataError("validation file not found", path=cfg.valid)
             from shed_jax.proxies import registry
 
             proxy_config = self.proxy_config()
@@ -200,3 +217,8 @@ class RunInputs:
                 self.validation  # noqa: B018  (reads and validates the file)
         if need_budget:
             self.budget()
+
+    def check_output(self, output) -> str:
+        """Check that every candidate record can be written in the output's format (before any work);
+        return the format (:func:`shed_jax.data.selection_format`)."""
+        return _data.check_selection_writable(output, self.dataset, np.flatnonzero(self.candidate_mask))

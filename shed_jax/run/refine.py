@@ -98,6 +98,7 @@ def run_select(config: RefineConfig, *, progress: bool = True, log: Log | None =
         from shed_jax.run.rundir import user_error_for_output
 
         user_error_for_output(output, data=config.data)
+        run.inputs.check_output(output)
     clusters = Clusters.load(run.dir)
     n = len(run.inputs.dataset)
     if clusters.labels.shape[0] != n:

@@ -41,17 +41,21 @@ def utc_now() -> str:
 
 
 def default_run_dir(data: str | os.PathLike, *, now: _dt.datetime | None = None) -> Path:
-    """``$SHED_HOME/runs/<data stem>-<YYYYmmdd-HHMMSS>`` (``$SHED_HOME`` defaults to the current directory).
+    """``$SHED_HOME/runs/<data stem>-<YYYYmmdd-HHMMSS>`` (``$SHED_HOME`` defaults to the current directory; the
+    stem of ``train.jsonl.gz`` is ``train``, of ``hf:OWNER/NAME`` ``NAME``, of ``-`` ``stdin``).
 
     A numeric suffix is added if that directory already exists.
     """
+    from shed_jax.data import source_stem
+
     base = Path(os.environ.get("SHED_HOME") or Path.cwd())
     stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
-    candidate = base / "runs" / f"{Path(data).stem}-{stamp}"
+    stem = source_stem(os.fspath(data))
+    candidate = base / "runs" / f"{stem}-{stamp}"
     suffix = 1
     while candidate.exists():
         suffix += 1
-        candidate = base / "runs" / f"{Path(data).stem}-{stamp}-{suffix}"
+        candidate = base / "runs" / f"{stem}-{stamp}-{suffix}"
     return candidate
 
 

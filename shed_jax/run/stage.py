@@ -15,7 +15,9 @@ from shed_jax.config import RefineConfig
 from shed_jax.run.inputs import RunInputs
 from shed_jax.run.rundir import RunDir, StageLog, default_run_dir, user_error_for_output
 
-__all__ = ["Log", "Run", "StageResult"]
+__all__ = ["Log", "Run", "STDIN_COPY", "StageResult"]
+
+STDIN_COPY = "stdin.jsonl"
 
 logger = logging.getLogger("shed_jax.run")
 
@@ -77,15 +79,29 @@ class Run:
         for output in outputs:
             if output is not None:
                 user_error_for_output(output, data=self.config.data)
+                self.inputs.check_output(output)
         self.dir.create()
         self.dir.acquire_lock()
         try:
             self.stages = StageLog(self.dir)
+            if self.inputs.from_stdin:
+                self._keep_stdin_copy()
             self.dir.write_config(self.config, self.inputs.resolved(self.run_dir))
         except BaseException:
             self.close()
             raise
         return self
+
+    def _keep_stdin_copy(self) -> None:
+        """Data read from stdin is kept as ``RUN_DIR/stdin.jsonl`` (the bytes read), and the config points there,
+        so that ``--resume`` and later commands read the same records."""
+        from shed_jax.io import atomic_write_bytes
+
+        copy = self.run_dir / STDIN_COPY
+        atomic_write_bytes(copy, self.inputs.dataset.source.raw)
+        self.log(f"data read from stdin; kept as {copy}")
+        self.config = self.config.replace(data=str(copy))
+        self.inputs.config = self.config  # the records already read stay; only the recorded path changes
 
     def close(self) -> None:
         self.dir.release_lock()

@@ -19,13 +19,40 @@ import click
 
 from shed_jax.errors import UserError
 
-__all__ = ["InternalError", "call", "Opts"]
+__all__ = ["InternalError", "OneLineGroup", "call", "Opts"]
 
 
 class _UsageError(click.ClickException):
     """A problem with the user's input: one line on stderr, exit status 2."""
 
     exit_code = 2
+
+
+class OneLineGroup(click.Group):
+    """A command group whose usage errors (unknown option, bad value for a typed option, unknown command)
+    are one line, ``Error: <click's message> (see `shed refine --help`)``, with exit status 2, like every other
+    bad input; click's default prints the usage text around it."""
+
+    @staticmethod
+    def _one_line(exc: click.UsageError) -> _UsageError:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        return _UsageError(" ".join(exc.format_message().split()) + where)
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise self._one_line(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # a subcommand's arguments (parsed here) or an unknown command
+            raise self._one_line(exc) from None
 
 
 class InternalError(click.ClickException):

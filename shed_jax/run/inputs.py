@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from shed_jax import data as _data
 from shed_jax import select as _select
 from shed_jax.config import RefineConfig
+from shed_jax.data._json import check_input_file
 from shed_jax.errors import DataError, PipelineError, UserError
 
 __all__ = ["RunInputs", "STAGES", "sha256_file", "stage_fingerprints"]
@@ -167,11 +167,7 @@ class RunInputs:
     def preflight(self, *, need_valid: bool, need_budget: bool) -> None:
         """Read and check every input; raise a :class:`UserError` before any stage starts."""
         cfg = self.config
-        data_path = Path(cfg.data)
-        if data_path.is_dir():
-            raise DataError("is a directory, not a data file", path=cfg.data)
-        if not data_path.exists():
-            raise DataError("file not found", path=cfg.data)
+        check_input_file(cfg.data)  # not found, a directory, a FIFO (would block), a symbolic-link loop
         n = self.n_candidates  # reads + validates the data
         if n == 0:
             raise DataError("no candidate examples (every record is a duplicate?)", path=cfg.data)
@@ -186,10 +182,7 @@ class RunInputs:
         if need_valid:
             if not cfg.valid:
                 raise PipelineError("the value stage needs a validation file", field="--valid")
-            if Path(cfg.valid).is_dir():
-                raise DataError("is a directory, not a validation file", path=cfg.valid)
-            if not Path(cfg.valid).is_file():
-                raise DataError("validation file not found", path=cfg.valid)
+            check_input_file(cfg.valid, what="validation file")
             from shed_jax.proxies import registry
 
             proxy_config = self.proxy_config()

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from shed_jax._faults import fault_point
 from shed_jax.errors import UserError
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_many", "atomic_write_npy",
@@ -94,8 +95,10 @@ def atomic_write_many(items: Sequence[tuple[str, bytes]]) -> None:
     try:
         for path, data in items:
             temps.append(_write_temp(path, data))
+        fault_point("write", items[0][0] if items else None)  # testing hook (shed_jax._faults)
         for (path, _), tmp in zip(items, temps):
             os.replace(tmp, path)
+            fault_point("replace", path)
     except BaseException:
         for tmp in temps:
             _remove_quietly(tmp)

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import sharding as _sharding
+from .._faults import fault_point
 from ..config import check_positive_int
 from . import _checkpoint
 from ._estimator import ShapleyState, estimate, init, welford_scan
@@ -523,6 +524,7 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
             if history_every is not None:
                 _record_history(history, snaps, count, n_valid, perms_per_sample, history_every)
             count = int(new_count)
+            fault_point("value_chunk")  # testing hook (shed_jax._faults)
             status = status_of(state)
             if report is not None:
                 report(status)

@@ -1,0 +1,239 @@
+"""Kill tests (issue 10): `shed refine` / `shed value` killed (SIGKILL) or interrupted (SIGINT) at named points,
+then `--resume`: the outputs equal, byte for byte, those of an uninterrupted run with the same seed, and no output
+is ever half-written.
+
+The points are hit deterministically through the testing hook ``SHED_FAULT=POINT[:WHICH]:ACTION``
+(:mod:`shed_jax._faults`). SIGKILL runs the command in a subprocess (a small driver that swaps the sentence
+encoder for the hashing stand-in of conftest.py, then calls the real CLI); SIGINT runs in-process (CliRunner;
+the hook sends the signal to this process, which is what Ctrl-C does). Resumes run in-process.
+
+Compared byte for byte: OUT.jsonl, OUT.scores.jsonl, values.json, selection.json, scores.jsonl, clusters.npz,
+convergence.npz. summary.json holds wall-clock seconds and which stages were computed or skipped (some are, on a
+resume), and absolute paths: it is compared with those keys removed and the directory replaced by a placeholder.
+
+The default suite runs a representative subset (SIGKILL mid valuation, SIGKILL between the two output files,
+SIGINT after k-means); the full matrix is marked slow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import hashing_embed
+from shed_jax import _faults, cli
+from shed_jax.demo import synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPARED = ["out.jsonl", "out.scores.jsonl", "run/values.json", "run/selection.json", "run/scores.jsonl",
+            "run/clusters.npz", "run/convergence.npz"]
+VOLATILE = {"seconds", "seconds_total", "skipped", "stages"}  # run history, not results
+
+DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from conftest import hashing_embed
+    from shed_jax import embed
+    embed._get_model = lambda *args, **kwargs: None
+    embed._encode = lambda encoder, texts, **kwargs: hashing_embed(list(texts))
+    from shed_jax.cli import main
+    main(sys.argv[2:])
+""")
+
+
+def refine_argv(work: Path) -> list[str]:
+    # 48 permutations in chunks of 16 (batch size 5, 5 coalitions per permutation): 3 chunks, 2 checkpoints
+    return ["refine", str(work / "data" / "train.jsonl"), "--valid", str(work / "data" / "valid.jsonl"),
+            "--ratio", "0.2", "-o", str(work / "out.jsonl"), "--run-dir", str(work / "run"), "--clusters", "6",
+            "--permutations", "48", "--shapley-batch-size", "5", "-q"]
+
+
+def value_argv(work: Path) -> list[str]:
+    return ["value", "--run-dir", str(work / "run"), "--valid", str(work / "data" / "valid.jsonl"),
+            "--permutations", "48", "--shapley-batch-size", "5", "-q"]
+
+
+def cluster_argv(work: Path) -> list[str]:
+    return ["cluster", str(work / "data" / "train.jsonl"), "--run-dir", str(work / "run"), "--clusters", "6", "-q"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kill_data")
+    synthetic.make_demo(root, n_examples=120, n_topics=6, n_validation=30, seed=0)
+    return root
+
+
+def _patched_embedding(monkeypatch):
+    from shed_jax import embed as embed_module
+
+    monkeypatch.setattr(embed_module, "_get_model", lambda *args, **kwargs: None)
+    monkeypatch.setattr(embed_module, "_encode", lambda encoder, texts, **kwargs: hashing_embed(list(texts)))
+
+
+def invoke(argv, monkeypatch, fault=None):
+    """Run the CLI in-process with the hashing encoder (the real embed_texts and its cache)."""
+    _faults._COUNTS.clear()
+    if fault:
+        monkeypatch.setenv("SHED_FAULT", fault)
+    else:
+        monkeypatch.delenv("SHED_FAULT", raising=False)
+    try:
+        return CliRunner().invoke(cli.cli, argv)
+    finally:
+        monkeypatch.delenv("SHED_FAULT", raising=False)
+
+
+def new_work(tmp_path, data, name="work") -> Path:
+    work = tmp_path / name
+    work.mkdir()
+    shutil.copytree(data, work / "data")
+    return work
+
+
+def normalised_summary(work: Path):
+    def strip(obj):
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k not in VOLATILE}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj.replace(str(work), "<work>") if isinstance(obj, str) else obj
+    return strip(json.loads((work / "run" / "summary.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted run: the bytes of every compared output, and the normalised summary."""
+    work = tmp_path_factory.mktemp("kill_reference")
+    shutil.copytree(data, work / "data")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
+        _patched_embedding(monkeypatch)
+        result = invoke(refine_argv(work), monkeypatch)
+    assert result.exit_code == 0, result.output
+    return {name: (work / name).read_bytes() for name in COMPARED}, normalised_summary(work)
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """A persistent JAX compilation cache shared by the subprocesses of this module (the later ones compile less)."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def run_killed(argv, work: Path, fault: str, compilation_cache: str):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", SHED_FAULT=fault,
+               SHED_CACHE=str(work / "cache"), JAX_COMPILATION_CACHE_DIR=compilation_cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return subprocess.run([sys.executable, "-c", DRIVER, str(ROOT / "tests"), *argv], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_nothing_half_written(work: Path, reference_bytes):
+    """Every output that exists after the kill is complete: byte-equal to the uninterrupted run's. Only hidden
+    temporary files of the atomic writer (``.NAME.XXXX.tmp``) may be left over."""
+    for name in COMPARED:
+        path = work / name
+        if path.exists():
+            assert path.read_bytes() == reference_bytes[name], f"{name} exists but differs after the fault"
+    for path in list(work.glob("*")) + list((work / "run").glob("*")):
+        assert not path.name.endswith(".tmp") or path.name.startswith("."), path
+
+
+def resume_and_compare(work: Path, monkeypatch, reference, argv=None):
+    monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
+    _patched_embedding(monkeypatch)
+    argv = argv or ["refine", "--resume", "--run-dir", str(work / "run"), "-q"]
+    result = invoke(argv, monkeypatch)
+    assert result.exit_code == 0, result.output
+    reference_bytes, reference_summary = reference
+    for name in COMPARED:
+        assert (work / name).read_bytes() == reference_bytes[name], f"{name} differs from the uninterrupted run"
+    assert normalised_summary(work) == reference_summary
+    assert not (work / "run" / ".lock").exists()
+
+
+def checkpoint_entries(work: Path) -> list[str]:
+    ckpt = work / "run" / "shapley_ckpt"
+    return sorted(p.name for p in ckpt.iterdir()) if ckpt.exists() else []
+
+
+KILL_POINTS = [
+    pytest.param("value_chunk:2", id="mid-valuation"),
+    pytest.param("write:out.jsonl", id="output-temporaries-written", marks=pytest.mark.slow),
+    pytest.param("replace:out.jsonl", id="between-the-two-output-files"),
+    pytest.param("embed", id="after-embedding", marks=pytest.mark.slow),
+    pytest.param("kmeans", id="after-kmeans", marks=pytest.mark.slow),
+    pytest.param("checkpoint_write:2", id="inside-a-checkpoint-write", marks=pytest.mark.slow),
+    pytest.param("replace:values.json", id="after-values-json", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkill_then_resume_gives_the_uninterrupted_outputs(point, data, reference, tmp_path, monkeypatch,
+                                                            compilation_cache):
+    work = new_work(tmp_path, data)
+    killed = run_killed(refine_argv(work), work, f"{point}:kill", compilation_cache)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert_nothing_half_written(work, reference[0])
+    if point == "value_chunk:2":
+        assert checkpoint_entries(work) == ["16"]  # chunk 1 saved; chunk 2 was killed before its checkpoint
+    if point == "checkpoint_write:2":
+        entries = checkpoint_entries(work)
+        assert "16" in entries and "32" not in entries and any(not e.isdigit() for e in entries), entries
+    if point == "replace:out.jsonl":
+        assert (work / "out.jsonl").exists() and not (work / "out.scores.jsonl").exists()
+    resume_and_compare(work, monkeypatch, reference)
+
+
+INT_POINTS = [
+    pytest.param("kmeans", id="after-kmeans"),
+    pytest.param("embed", id="after-embedding", marks=pytest.mark.slow),
+    pytest.param("value_chunk:2", id="mid-valuation", marks=pytest.mark.slow),
+    pytest.param("checkpoint_write:2", id="inside-a-checkpoint-write", marks=pytest.mark.slow),
+    pytest.param("replace:out.jsonl", id="between-the-two-output-files", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("point", INT_POINTS)
+def test_ctrl_c_then_resume_gives_the_uninterrupted_outputs(point, data, reference, tmp_path, monkeypatch):
+    work = new_work(tmp_path, data)
+    monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
+    _patched_embedding(monkeypatch)
+    result = invoke(refine_argv(work), monkeypatch, fault=f"{point}:int")
+    assert result.exit_code == 130, result.output
+    assert "resume with: shed refine --resume --run-dir" in result.stderr
+    assert not (work / "run" / ".lock").exists()
+    assert_nothing_half_written(work, reference[0])
+    if point == "checkpoint_write:2":
+        assert "32" in checkpoint_entries(work)  # Ctrl-C is held back until the step being written is complete
+    resume_and_compare(work, monkeypatch, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["value_chunk:2:kill", "checkpoint_write:2:kill", "value_chunk:2:int"])
+def test_shed_value_killed_then_resumed(fault, data, reference, tmp_path, monkeypatch, compilation_cache):
+    """`shed cluster` then `shed value` killed/interrupted, `shed value --resume`, then `shed select`: the same values
+    and selection as the uninterrupted refine."""
+    work = new_work(tmp_path, data)
+    monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
+    _patched_embedding(monkeypatch)
+    assert invoke(cluster_argv(work), monkeypatch).exit_code == 0
+    if fault.endswith(":kill"):
+        killed = run_killed(value_argv(work), work, fault, compilation_cache)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    else:
+        result = invoke(value_argv(work), monkeypatch, fault=fault)
+        assert result.exit_code == 130, result.output
+    assert not (work / "run" / "values.json").exists()
+    result = invoke(value_argv(work) + ["--resume"], monkeypatch)
+    assert result.exit_code == 0, result.output
+    for name in ("run/values.json", "run/convergence.npz"):
+        assert (work / name).read_bytes() == reference[0][name], name

@@ -6,6 +6,7 @@ command declares its options by field name (``@options("ratio", "size")``) and n
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import click
@@ -17,7 +18,12 @@ __all__ = ["BUDGET_FIELDS", "DATA_FIELDS", "VALUE_FIELDS", "build_config", "conf
 
 
 def _abs(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).expanduser().absolute())
+    """The absolute path; ``..`` components are resolved lexically when the path as given does not exist (the
+    operating system could not follow it then: ``--run-dir new/../run`` is ``./run``, no stray ``new/``)."""
+    if path is None:
+        return None
+    absolute = Path(path).expanduser().absolute()
+    return str(absolute) if absolute.exists() else os.path.normpath(absolute)
 
 
 class _ProxyName(click.ParamType):

@@ -161,7 +161,11 @@ def _call(opts: _Opts, function, *, resume_hint: str | None = None, run_dir: str
     except OSError as exc:  # disk full, permissions, ...: not the user's input, not a bug either
         if opts.verbosity > 0:
             traceback.print_exc(file=sys.stderr)
-        raise click.ClickException(" ".join(str(exc).split())) from None
+        what = exc.strerror or str(exc)
+        where = f": {exc.filename}" if exc.filename else ""
+        kept = "; finished stages, checkpoints and earlier outputs are kept" if run_dir else ""
+        hint = f"; once that is fixed, resume with: {resume_hint}" if resume_hint else ""
+        raise click.ClickException(" ".join(f"{what}{where}{kept}{hint}".split())) from None
     except Exception as exc:  # a bug
         where = _write_traceback(exc, run_dir)
         if opts.verbosity > 0:

@@ -237,3 +237,130 @@ def test_shed_value_killed_then_resumed(fault, data, reference, tmp_path, monkey
     assert result.exit_code == 0, result.output
     for name in ("run/values.json", "run/convergence.npz"):
         assert (work / name).read_bytes() == reference[0][name], name
+
+
+# ------------------------------------------------------------------------------------------------------
+# disk full and read-only output directories
+# ------------------------------------------------------------------------------------------------------
+def one_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def test_disk_full_writing_the_output_keeps_the_previous_output_and_resume_works(data, reference, tmp_path,
+                                                                                 monkeypatch):
+    """ENOSPC injected into the atomic writer as OUT.jsonl is written (runs everywhere): exit 1 with one line,
+    the previous OUT.jsonl untouched, no temporary file left; with space back, --resume finishes exactly."""
+    work = new_work(tmp_path, data)
+    (work / "out.jsonl").write_text("the previous output\n")
+    monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
+    _patched_embedding(monkeypatch)
+    result = invoke(refine_argv(work), monkeypatch, fault="write:out.jsonl:enospc")
+    assert result.exit_code == 1
+    line = one_line(result)
+    assert "No space left on device" in line and "out.jsonl" in line and "resume with: shed refine --resume" in line
+    assert (work / "out.jsonl").read_text() == "the previous output\n"
+    assert not (work / "out.scores.jsonl").exists() and not list(work.glob(".*.tmp"))
+    assert (work / "run" / "values.json").read_bytes() == reference[0]["run/values.json"]  # finished stages kept
+    resume_and_compare(work, monkeypatch, reference)
+
+
+def test_disk_full_writing_a_checkpoint_keeps_the_previous_one_and_resume_works(data, reference, tmp_path,
+                                                                                monkeypatch):
+    from shed_jax.run.value import checkpointed_samples
+
+    work = new_work(tmp_path, data)
+    monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
+    _patched_embedding(monkeypatch)
+    result = invoke(refine_argv(work), monkeypatch, fault="checkpoint_write:2:enospc")
+    assert result.exit_code == 1 and "No space left on device" in one_line(result)
+    assert checkpointed_samples(work / "run" / "shapley_ckpt") == 16  # the previous step, intact
+    assert not (work / "run" / "values.json").exists() and not (work / "out.jsonl").exists()
+    resume_and_compare(work, monkeypatch, reference)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 256 KiB tmpfs mounted for the test (needs the privilege to mount; skipped with the reason otherwise)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or done.returncode}); the injected "
+                    f"ENOSPC tests above cover the same code")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_really_full_disk_for_the_output(data, reference, tmp_path, monkeypatch, small_tmpfs):
+    work = new_work(tmp_path, data)
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb") as handle:  # fill the file system to the last block
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+        except OSError:
+            pass
+    argv = refine_argv(work)
+    argv[argv.index("-o") + 1] = str(small_tmpfs / "out.jsonl")
+    monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
+    _patched_embedding(monkeypatch)
+    result = invoke(argv, monkeypatch)
+    assert result.exit_code == 1 and "No space left on device" in one_line(result), result.output
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]  # no output, no temporary file
+    filler.unlink()
+    result = invoke(["refine", "--resume", "--run-dir", str(work / "run"), "-q"], monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert (small_tmpfs / "out.jsonl").read_bytes() == reference[0]["out.jsonl"]
+    assert (small_tmpfs / "out.scores.jsonl").read_bytes() == reference[0]["out.scores.jsonl"]
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory this process cannot write to: a read-only tmpfs when mounting is allowed (root ignores file
+    permissions but not a read-only mount), else a chmod 555 directory when not running as root."""
+    directory = tmp_path / "readonly"
+    directory.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(directory)],
+                          capture_output=True, text=True)
+    if done.returncode == 0:
+        try:
+            yield directory
+        finally:
+            subprocess.run(["umount", str(directory)], check=True)
+        return
+    if os.geteuid() == 0:
+        pytest.skip("running as root without the privilege to mount: no directory is read-only to root")
+    directory.chmod(0o555)
+    try:
+        yield directory
+    finally:
+        directory.chmod(0o755)
+
+
+def test_a_read_only_output_directory_is_refused_before_any_work(data, tmp_path, monkeypatch, read_only_dir):
+    work = new_work(tmp_path, data)
+    argv = refine_argv(work)
+    argv[argv.index("-o") + 1] = str(read_only_dir / "out.jsonl")
+    monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
+    _patched_embedding(monkeypatch)
+    result = invoke(argv, monkeypatch)
+    assert result.exit_code == 2
+    assert "readonly: output directory is not writable" in one_line(result)
+    assert not (work / "run").exists() and not (work / "cache").exists() and list(read_only_dir.iterdir()) == []
+
+
+def test_a_file_system_turning_read_only_keeps_the_run_and_resume_works(data, reference, tmp_path, monkeypatch):
+    """EROFS injected as the selection is written (the directory passed the check, then became read-only)."""
+    work = new_work(tmp_path, data)
+    monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
+    _patched_embedding(monkeypatch)
+    result = invoke(refine_argv(work), monkeypatch, fault="write:out.jsonl:erofs")
+    assert result.exit_code == 1 and "Read-only file system" in one_line(result)
+    assert not (work / "out.jsonl").exists() and not list(work.glob(".*.tmp"))
+    resume_and_compare(work, monkeypatch, reference)

@@ -7,9 +7,10 @@ does nothing unless the variable names that point.
 * ``POINT``: ``embed`` (after the embeddings are computed, before the cache write), ``embed_batch`` (after a
   sentence-encoder batch), ``kmeans`` (after the k-means fit, before ``clusters.npz`` is written: the Lloyd
   iterations run inside one jitted ``while_loop``, so there is no host point within them), ``value_chunk``
-  (after a Monte Carlo chunk is folded into the state, before its checkpoint), ``checkpoint_write`` (inside a
-  checkpoint save, after orbax started writing the step into its temporary directory, before it is
-  finalised), ``write`` (in the atomic writer, after the temporary files are written, before any is moved into
+  (after a Monte Carlo chunk is folded into the state, before its checkpoint), ``checkpoint_save`` (a checkpoint
+  save, before orbax starts the step), ``checkpoint_write`` (inside a checkpoint save, after orbax started
+  writing the step into its temporary directory, before it is finalised; an error raised there does not stop
+  orbax from finishing the step in the background, so the disk-full tests use ``checkpoint_save``), ``write`` (in the atomic writer, after the temporary files are written, before any is moved into
   place), ``replace`` (after one target of an atomic write is moved into place, before the next).
 * ``WHICH``: a number ``n`` (the n-th time this process reaches the point, from 1) or a name matched against the
   point's name (the file's base name for ``write``/``replace``); absent: the first time.

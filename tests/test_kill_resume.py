@@ -12,7 +12,8 @@ convergence.npz. summary.json holds wall-clock seconds and which stages were com
 resume), and absolute paths: it is compared with those keys removed and the directory replaced by a placeholder.
 
 The default suite runs a representative subset (SIGKILL mid valuation, SIGKILL between the two output files,
-SIGINT after k-means); the full matrix is marked slow.
+SIGINT after k-means; a full disk for the output, injected and, where mounting is allowed, real; a read-only
+output directory); the full matrix is marked slow.
 """
 from __future__ import annotations
 
@@ -266,6 +267,7 @@ def test_disk_full_writing_the_output_keeps_the_previous_output_and_resume_works
     resume_and_compare(work, monkeypatch, reference)
 
 
+@pytest.mark.slow  # the output case above runs in the default suite
 def test_disk_full_writing_a_checkpoint_keeps_the_previous_one_and_resume_works(data, reference, tmp_path,
                                                                                 monkeypatch):
     from shed_jax.run.value import checkpointed_samples
@@ -273,7 +275,7 @@ def test_disk_full_writing_a_checkpoint_keeps_the_previous_one_and_resume_works(
     work = new_work(tmp_path, data)
     monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
     _patched_embedding(monkeypatch)
-    result = invoke(refine_argv(work), monkeypatch, fault="checkpoint_write:2:enospc")
+    result = invoke(refine_argv(work), monkeypatch, fault="checkpoint_save:2:enospc")
     assert result.exit_code == 1 and "No space left on device" in one_line(result)
     assert checkpointed_samples(work / "run" / "shapley_ckpt") == 16  # the previous step, intact
     assert not (work / "run" / "values.json").exists() and not (work / "out.jsonl").exists()
@@ -299,13 +301,16 @@ def small_tmpfs(tmp_path):
 def test_a_really_full_disk_for_the_output(data, reference, tmp_path, monkeypatch, small_tmpfs):
     work = new_work(tmp_path, data)
     filler = small_tmpfs / "filler"
-    with open(filler, "wb") as handle:  # fill the file system to the last block
-        try:
-            while True:
-                handle.write(b"\0" * 4096)
-                handle.flush()
-        except OSError:
-            pass
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill the file system to the last byte
+        for size in (4096, 1):
+            try:
+                while True:
+                    os.write(descriptor, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(descriptor)
     argv = refine_argv(work)
     argv[argv.index("-o") + 1] = str(small_tmpfs / "out.jsonl")
     monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
@@ -355,6 +360,7 @@ def test_a_read_only_output_directory_is_refused_before_any_work(data, tmp_path,
     assert not (work / "run").exists() and not (work / "cache").exists() and list(read_only_dir.iterdir()) == []
 
 
+@pytest.mark.slow  # the same path as the injected ENOSPC on the output (default suite)
 def test_a_file_system_turning_read_only_keeps_the_run_and_resume_works(data, reference, tmp_path, monkeypatch):
     """EROFS injected as the selection is written (the directory passed the check, then became read-only)."""
     work = new_work(tmp_path, data)

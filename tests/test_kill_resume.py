@@ -159,6 +159,8 @@ def resume_and_compare(work: Path, monkeypatch, reference, argv=None):
         assert (work / name).read_bytes() == reference_bytes[name], f"{name} differs from the uninterrupted run"
     assert normalised_summary(work) == reference_summary
     assert not (work / "run" / ".lock").exists()
+    leftovers = [p.name for p in list(work.glob(".*")) + list((work / "run").glob(".*"))]
+    assert leftovers == [], leftovers  # a killed writer's temporary files are removed when the target is rewritten
 
 
 def checkpoint_entries(work: Path) -> list[str]:
@@ -370,3 +372,19 @@ def test_a_file_system_turning_read_only_keeps_the_run_and_resume_works(data, re
     assert result.exit_code == 1 and "Read-only file system" in one_line(result)
     assert not (work / "out.jsonl").exists() and not list(work.glob(".*.tmp"))
     resume_and_compare(work, monkeypatch, reference)
+
+
+def test_a_killed_writers_temporary_files_are_removed_by_the_next_write(tmp_path):
+    from shed_jax import io as shed_io
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(child.stdout), os.getppid()
+    target = tmp_path / "out.jsonl"
+    stale = tmp_path / (shed_io._temp_prefix(str(target), dead) + "abcd1234.tmp")
+    live = tmp_path / (shed_io._temp_prefix(str(target), alive) + "abcd1234.tmp")
+    other = tmp_path / (shed_io._temp_prefix(str(tmp_path / "other.json"), dead) + "abcd1234.tmp")
+    for path in (stale, live, other):
+        path.write_text("partial")
+    shed_io.atomic_write_text(target, "complete\n")
+    assert target.read_text() == "complete\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "out.jsonl"])

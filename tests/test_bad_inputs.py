@@ -178,7 +178,7 @@ def _(d): train_lines(d, ['{"instruction": "' + "a" * (50 * 1024 * 1024)])
 def _(d): train_lines(d, ['{"instruction": "x", "output": 3}'])
 
 
-@case("instruction-is-null", r"train\.jsonl:3: instruction: must be a string, got null")
+@case("instruction-is-null", r"train\.jsonl:3: instruction: must be a string, got null$")
 def _(d): train_lines(d, ['{"instruction": null, "output": "y"}'])
 
 
@@ -334,7 +334,7 @@ def _(d): return {"--valid": d / "nope.jsonl"}
 
 
 # -- options ----------------------------------------------------------------------------------------------
-@case("clusters-more-than-records", rf"n_clusters: K=50 clusters is more than the {N_TRAIN} examples")
+@case("clusters-more-than-records", rf"train\.jsonl: --clusters: K=50 clusters is more than the {N_TRAIN} examples")
 def _(d): return {"--clusters": "50"}
 
 
@@ -342,7 +342,7 @@ def _(d): return {"--clusters": "50"}
 def _(d): return {"--clusters": "0"}
 
 
-@case("size-more-than-records", rf"budget: budget 100 is larger than the data \({N_TRAIN} candidate")
+@case("size-more-than-records", rf"train\.jsonl: --size: budget 100 is larger than the data \({N_TRAIN} candidate")
 def _(d): return {"--ratio": None, "--size": "100"}
 
 

@@ -171,8 +171,8 @@ def _get_str(record: dict, key: str, path: str, line: int, *, optional: bool = F
         return value
     if value is None and optional:
         return ""
-    raise DataError(f"must be a string, got {_json_type(value)} {_short(value, 40)}", path=path,
-                    line=line, field=field)
+    shown = "" if value is None else f" {_short(value, 40)}"
+    raise DataError(f"must be a string, got {_json_type(value)}{shown}", path=path, line=line, field=field)
 
 
 def _chat_texts(record: dict, list_key: str, role_key: str, text_key: str, roles: dict[str, str],

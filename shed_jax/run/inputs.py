@@ -155,7 +155,10 @@ class RunInputs:
                                 field="--ratio/--size")
         n = self.n_candidates if n_candidates is None else int(n_candidates)
         if cfg.size is not None:
-            _data.check_budget(n, cfg.size, path=path or cfg.data)
+            try:
+                _data.check_budget(n, cfg.size, path=path or cfg.data)
+            except DataError as exc:  # name the option, as the other option checks do
+                raise DataError(exc.message, path=exc.path, field="--size") from None
         return int(_select.budget(n, size=cfg.size, ratio=cfg.ratio))
 
     def resolved(self, run_dir) -> dict:
@@ -172,7 +175,10 @@ class RunInputs:
         if n == 0:
             raise DataError("no candidate examples (every record is a duplicate?)", path=cfg.data)
         if cfg.n_clusters is not None:
-            _data.check_clusters(n, cfg.n_clusters, path=cfg.data)
+            try:
+                _data.check_clusters(n, cfg.n_clusters, path=cfg.data)
+            except DataError as exc:
+                raise DataError(exc.message, path=exc.path, field="--clusters") from None
         k = self.n_clusters
         if self.removal_step > k * int(cfg.proxies_per_cluster):
             raise PipelineError(f"{self.removal_step} is larger than the number of players "

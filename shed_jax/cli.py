@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from shed_jax.cli_options import BUDGET_FIELDS, DATA_FIELDS, VALUE_FIELDS, _abs, build_config, config_option, options
-from shed_jax.cli_support import _call, _Opts, _UsageError
+from shed_jax.cli_support import OneLineGroup, _call, _Opts, _UsageError
 
 __all__ = ["main", "cli"]
 
@@ -48,7 +48,7 @@ def _check_budget_flags(ratio, size):
 # --------------------------------------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="shed_jax", prog_name="shed", message="%(prog)s %(version)s")
 def cli():
     """SHED: Shapley-based refinement of instruction-tuning data, in JAX.

@@ -6,6 +6,7 @@ command declares its options by field name (``@options("ratio", "size")``) and n
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import click
@@ -17,8 +18,13 @@ __all__ = ["BUDGET_FIELDS", "DATA_FIELDS", "VALUE_FIELDS", "build_config", "conf
 
 
 def _abs(path: str | None) -> str | None:
-    """An absolute path; None, ``-`` (stdin) and ``hf:...`` names are returned as they are."""
-    return path if not is_local_path(path) else str(Path(path).expanduser().absolute())
+    """An absolute path; None, ``-`` (stdin) and ``hf:...`` names are returned as they are. ``..`` components
+    are resolved lexically when the path as given does not exist (the operating system could not follow it
+    then: ``--run-dir new/../run`` is ``./run``, no stray ``new/``)."""
+    if not is_local_path(path):
+        return path
+    absolute = Path(path).expanduser().absolute()
+    return str(absolute) if absolute.exists() else os.path.normpath(absolute)
 
 
 class _ProxyName(click.ParamType):

@@ -19,13 +19,40 @@ import click
 
 from shed_jax.errors import UserError
 
-__all__ = ["InternalError", "call", "Opts"]
+__all__ = ["InternalError", "OneLineGroup", "call", "Opts"]
 
 
 class _UsageError(click.ClickException):
     """A problem with the user's input: one line on stderr, exit status 2."""
 
     exit_code = 2
+
+
+class OneLineGroup(click.Group):
+    """A command group whose usage errors (unknown option, bad value for a typed option, unknown command)
+    are one line, ``Error: <click's message> (see `shed refine --help`)``, with exit status 2, like every other
+    bad input; click's default prints the usage text around it."""
+
+    @staticmethod
+    def _one_line(exc: click.UsageError) -> _UsageError:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        return _UsageError(" ".join(exc.format_message().split()) + where)
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise self._one_line(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # a subcommand's arguments (parsed here) or an unknown command
+            raise self._one_line(exc) from None
 
 
 class InternalError(click.ClickException):
@@ -134,7 +161,11 @@ def _call(opts: _Opts, function, *, resume_hint: str | None = None, run_dir: str
     except OSError as exc:  # disk full, permissions, ...: not the user's input, not a bug either
         if opts.verbosity > 0:
             traceback.print_exc(file=sys.stderr)
-        raise click.ClickException(" ".join(str(exc).split())) from None
+        what = exc.strerror or str(exc)
+        where = f": {exc.filename}" if exc.filename else ""
+        kept = "; finished stages, checkpoints and earlier outputs are kept" if run_dir else ""
+        hint = f"; once that is fixed, resume with: {resume_hint}" if resume_hint else ""
+        raise click.ClickException(" ".join(f"{what}{where}{kept}{hint}".split())) from None
     except Exception as exc:  # a bug
         where = _write_traceback(exc, run_dir)
         if opts.verbosity > 0:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from shed_jax._faults import fault_point
 from shed_jax.config import check_positive_int
 from shed_jax.io import atomic_write_npy
 
@@ -127,6 +128,7 @@ def embed_texts(texts: Sequence[str], *, model: str = DEFAULT_MODEL, batch_size:
     encoder = _get_model(model, device, progress)
     embeddings = _encode(encoder, unique_texts, batch_size=batch_size, progress=progress,
                          num_threads=num_threads)[inverse]
+    fault_point("embed")  # testing hook (shed_jax._faults): nothing unless SHED_FAULT names it
     if cache_path is not None:
         _save_npy(cache_path, embeddings)
     return embeddings
@@ -255,6 +257,7 @@ def _encode(encoder, texts: list[str], *, batch_size: int, progress: bool,
                 parts.append(encoder.encode(batch, batch_size=len(batch), show_progress_bar=False,
                                             normalize_embeddings=True, convert_to_numpy=True))
                 bar.update(len(batch))
+                fault_point("embed_batch")
     finally:
         torch.set_num_threads(previous_threads)
     embeddings = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)

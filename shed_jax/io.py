@@ -4,7 +4,9 @@ Every file shed_jax writes (run-directory artifacts, checkpoints' metadata, the 
 selected records) goes through :func:`atomic_write_many`: the bytes are serialised completely first,
 written to a temporary file in the target's directory, flushed and fsync-ed, then moved into place with
 :func:`os.replace`. Readers see the old file or the complete new one, never a part; on any error the
-temporary files are removed and existing targets are left as they were.
+temporary files are removed and existing targets are left as they were. A process killed between writing a
+temporary file and moving it into place leaves it behind (``.NAME.HOST.PID.XXXXXXXX.tmp``); the next write of
+the same target on the same host removes it once that process is gone.
 
 JSON is strict (no NaN/Infinity: :func:`finite_or_none` turns them into ``null`` where a value may be
 missing), UTF-8 with non-ASCII characters kept, key order kept.
@@ -15,11 +17,14 @@ import io
 import json
 import math
 import os
+import re
+import socket
 import tempfile
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from shed_jax._faults import fault_point
 from shed_jax.errors import UserError
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_many", "atomic_write_npy",
@@ -46,12 +51,45 @@ def _new_file_mode(path: str) -> int:
     return 0o666 & ~umask
 
 
+_HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+
+
+def _temp_prefix(path: str, pid: int | None = None) -> str:
+    """Temporary files of ``path`` are ``.NAME.HOST.PID.XXXXXXXX.tmp``: the writer can be told from its name."""
+    return f".{os.path.basename(path)}.{_HOST}.{os.getpid() if pid is None else pid}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _remove_stale_temps(path: str, directory: str) -> None:
+    """Remove temporary files of ``path`` left by a writer on this host that no longer runs (a killed process);
+    those of live processes (or of other hosts) are left alone."""
+    pattern = re.compile(re.escape(f".{os.path.basename(path)}.{_HOST}.") + r"(\d+)\.[A-Za-z0-9_]+\.tmp")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            _remove_quietly(os.path.join(directory, name))
+
+
 def _write_temp(path: str, data: bytes) -> str:
     """Write ``data`` to a new temporary file next to ``path`` (flushed + fsync-ed); return its name."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UserError("the output directory does not exist", path=path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    _remove_stale_temps(path, directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -94,8 +132,10 @@ def atomic_write_many(items: Sequence[tuple[str, bytes]]) -> None:
     try:
         for path, data in items:
             temps.append(_write_temp(path, data))
+        fault_point("write", items[0][0] if items else None)  # testing hook (shed_jax._faults)
         for (path, _), tmp in zip(items, temps):
             os.replace(tmp, path)
+            fault_point("replace", path)
     except BaseException:
         for tmp in temps:
             _remove_quietly(tmp)

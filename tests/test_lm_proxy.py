@@ -334,3 +334,89 @@ def test_smollm2_gguf_proxy(shared_data):
                                                    max_validation=8, dtype="float32"))
     values = np.asarray(utility(np.array([[0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]], bool)))
     assert values.shape == (3,) and np.all(np.isfinite(values)) and np.all((values > 0) & (values < 1))
+
+
+# ------------------------------------------------------------------------------------- divergence policy
+@pytest.mark.slow  # compiles two more training steps (~50 s here); the policy itself is tested below without
+def test_a_diverged_fine_tune_is_retried_then_counted_as_empty(env, utility, caplog):
+    """A learning rate of 1e30 makes every fine-tune diverge (adapters overflow float32): the retry at 1e29
+    diverges too, so every non-empty coalition is worth U(empty), with a warning naming it; never NaN.
+    (The module's utility with its trainer swapped for one at 1e30: the scorer's compilations are reused.)"""
+    import copy
+
+    exploding = copy.copy(utility)
+    exploding.trainer = utility.trainer.with_learning_rate(1e30)
+    exploding._cache, exploding._retry_trainer, exploding.n_diverged, exploding.n_diverged_as_empty = {}, None, 0, 0
+    masks = np.array([[0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 1, 1]], bool)
+    with caplog.at_level("WARNING", logger="shed_jax.proxies.lm"):
+        values = np.asarray(exploding(masks))
+    slots = exploding.trainer.train([np.array([0, 1])], exploding.seed)
+    assert exploding.trainer.diverged(slots)[0]  # it really diverges (the detection, not an assumption)
+    assert np.all(np.isfinite(values)) and values[1] == values[0] and values[2] == values[0]
+    assert exploding.n_diverged == 2 and exploding.n_diverged_as_empty == 2
+    assert exploding._retry_trainer.recipe.learning_rate == pytest.approx(1e29)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("coalition of 2 players [0, 1] diverged" in m and "counted as U(empty)" in m for m in messages)
+    assert any("coalition of 3 players [2, 4, 5] diverged" in m for m in messages)
+    description = exploding.describe()
+    assert description["diverged_fine_tunes"] == 2 and description["diverged_counted_as_empty"] == 2
+
+
+@pytest.mark.slow  # builds and compiles a second utility (~50 s here)
+def test_a_retry_at_a_tenth_of_the_learning_rate_is_the_fine_tune_at_that_rate(env, utility, monkeypatch):
+    """First tries reported diverged (a fault injected into the detection): the retry at learning_rate / 10 gives
+    exactly the value of a utility configured with that learning rate (the module's ``utility``)."""
+    config = LMProxyConfig(model=env.checkpoint, metric="mc_prob", **{**CONFIG, "learning_rate": 10 * CONFIG["learning_rate"]})
+    faulty = build_lm_proxy(_inputs(env, env.mc), config)
+    from shed_jax.lm.finetune import SlotTrainer
+
+    real = SlotTrainer.diverged
+
+    def first_tries_diverge(trainer, slots):
+        flags = real(trainer, slots)
+        return np.ones_like(flags) if trainer is faulty.trainer else flags
+
+    monkeypatch.setattr(SlotTrainer, "diverged", first_tries_diverge)
+    masks = np.array([[1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 1, 1], [0, 0, 0, 0, 0, 0]], bool)
+    np.testing.assert_allclose(np.asarray(faulty(masks)), np.asarray(utility(masks)), rtol=1e-5, atol=1e-6)
+    assert faulty.n_diverged == 2 and faulty.n_diverged_as_empty == 0
+
+
+def test_divergence_policy_retries_once_then_counts_as_empty(utility, caplog):
+    """The policy's bookkeeping with the rounds' outcomes injected (no compilation): slot 0 recovers at the
+    retry, slot 1 diverges twice (U(empty)), slot 2 is fine; the retry trainer has a tenth of the rate."""
+    import copy
+
+    empty = utility.empty_value
+    faulty = copy.copy(utility)
+    faulty._cache, faulty._retry_trainer, faulty.n_diverged, faulty.n_diverged_as_empty = {}, None, 0, 0
+    calls = []
+
+    def outcome(trainer, members):
+        calls.append((trainer.recipe.learning_rate, [m.tolist() for m in members]))
+        if len(calls) == 1:
+            return np.array([float("nan"), 0.9, 0.4]), np.array([True, True, False])
+        return np.array([0.7, float("nan")]), np.array([False, True])
+
+    faulty._train_and_score = outcome
+    masks = np.array([[1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 1, 1], [0, 0, 0, 1, 0, 0]], bool)
+    with caplog.at_level("WARNING", logger="shed_jax.proxies.lm"):
+        values = np.asarray(faulty(masks))
+    rate = CONFIG["learning_rate"]
+    assert calls == [(rate, [[0, 1], [2, 4, 5], [3]]), (pytest.approx(rate / 10), [[0, 1], [2, 4, 5]])]
+    np.testing.assert_array_equal(values, np.array([0.7, empty, 0.4], np.float32))
+    assert faulty.n_diverged == 2 and faulty.n_diverged_as_empty == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("coalition of 2 players [0, 1] diverged" in m and "retried at 0.002" in m for m in messages)
+    assert any("coalition of 3 players [2, 4, 5] diverged" in m and "counted as U(empty)" in m for m in messages)
+    assert faulty.describe()["diverged_fine_tunes"] == 2
+
+
+def test_non_finite_slots_flags_losses_and_adapters():
+    from shed_jax.lm.finetune import _non_finite_slots
+
+    lora = {"q_proj": {"a": np.zeros((3, 1, 4, 2), np.float32), "b": np.zeros((3, 1, 2, 4), np.float32)}}
+    lora["q_proj"]["b"][2, 0, 1, 3] = np.inf
+    losses = np.ones((4, 3), np.float32)
+    losses[1, 0] = np.nan
+    assert np.asarray(_non_finite_slots(lora, losses)).tolist() == [True, False, True]

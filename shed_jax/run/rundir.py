@@ -281,14 +281,30 @@ class StageLog:
         atomic_write_json(self.path, self.state)
 
 
-def user_error_for_output(path: str | os.PathLike, *, data: str | None = None) -> None:
-    """Raise :class:`UserError` when ``path`` cannot be an output file (checked before any work starts)."""
+def user_error_for_output(path: str | os.PathLike, *, data: str | None = None, valid: str | None = None) -> None:
+    """Raise :class:`UserError` when ``path`` or its ``.scores.jsonl`` sidecar cannot be an output file
+    (checked before any work starts): a directory, a missing or unwritable directory, or the data or
+    validation file itself."""
+    from shed_jax.data import scores_path
+
     out = Path(path)
-    if data is not None and out.exists() and out.resolve() == Path(data).resolve():
-        raise UserError("the output would overwrite the input data", path=out)
-    if out.is_dir():
-        raise UserError("is a directory; give a file path for the output", path=out)
+    for target in (out, Path(scores_path(out))):
+        for source, name in ((data, "the input data"), (valid, "the validation file")):
+            if source is not None and target.exists() and _same_file(target, source):
+                raise UserError(f"the output would overwrite {name}", path=target)
+        if target.is_dir():
+            raise UserError("is a directory; give a file path for the output"
+                            + (" (this is where the scores sidecar goes)" if target != out else ""), path=target)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UserError("is not a directory, cannot hold the output", path=out.parent)
     if not out.parent.is_dir():
         raise UserError("output directory does not exist", path=out.parent)
     if not os.access(out.parent, os.W_OK):
         raise UserError("output directory is not writable", path=out.parent)
+
+
+def _same_file(a: Path, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -78,7 +78,7 @@ class Run:
         self.inputs.preflight(need_valid=need_valid, need_budget=need_budget)
         for output in outputs:
             if output is not None:
-                user_error_for_output(output, data=self.config.data)
+                user_error_for_output(output, data=self.config.data, valid=self.config.valid)
                 self.inputs.check_output(output)
         self.dir.create()
         self.dir.acquire_lock()

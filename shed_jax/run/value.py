@@ -167,6 +167,10 @@ def run_stage(run: Run) -> StageResult:
     cluster_values, stderr = cluster_means(member_values, member_stderr, owners, k)
     description = {key: v for key, v in utility.describe().items() if key != "proxy"} \
         if callable(getattr(utility, "describe", None)) else {"class": type(utility).__name__}
+    if description.get("diverged_fine_tunes"):
+        run.log(f"value: {description['diverged_fine_tunes']} fine-tune(s) diverged and were retried at a tenth of "
+                f"the learning rate; {description.get('diverged_counted_as_empty', 0)} counted as U(empty) "
+                f"(recorded in values.json)")
     values = Values(cluster_values, stderr, int(estimate.n_permutations), int(estimate.n_evaluations), step,
                     run.config.seed, {"proxy": run.config.proxy, **description},
                     _number(getattr(estimate, "u_full", None)), _number(getattr(estimate, "u_empty", None)),

@@ -7,12 +7,13 @@ Public API::
     res = shapley.monte_carlo(utility, n_players, n_permutations=200, removal_step=1, seed=0)
     res.values, res.stderr, res.n_evaluations, res.n_permutations, res.history
 
-``utility`` is any jittable function ``(B, n_players) bool -> (B,) float``. Stopping rules compose with
+``utility`` is any jittable function ``(B, n_players) bool -> (B,) float`` returning finite values (else
+:class:`NonFiniteUtilityError`); one with ``utility.jittable = False`` is called outside ``jax.jit``. Stopping rules compose with
 ``&`` / ``|``; the estimator state (``init``/``update``/``merge``) is a mergeable pytree of running sums.
 """
 from . import games
 from ._checkpoint import CheckpointMismatchError
-from ._engine import DEFAULT_BATCH_SIZE, expected_block_bias_weight, monte_carlo
+from ._engine import DEFAULT_BATCH_SIZE, NonFiniteUtilityError, expected_block_bias_weight, monte_carlo
 from ._estimator import ShapleyState, estimate, init, merge, update
 from ._exact import MAX_EXACT_PLAYERS, coalition_values, exact, shapley_from_values
 from ._result import ShapleyResult
@@ -25,5 +26,5 @@ __all__ = [
     "expected_block_bias_weight",
     "ShapleyState", "init", "update", "merge", "estimate",
     "StoppingRule", "AllOf", "AnyOf", "MaxPermutations", "MaxEvaluations", "StderrTolerance",
-    "RankStability", "WallClock", "RunStatus", "CheckpointMismatchError",
+    "RankStability", "WallClock", "RunStatus", "CheckpointMismatchError", "NonFiniteUtilityError",
 ]

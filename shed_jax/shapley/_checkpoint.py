@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from .._faults import fault_point
 from ._estimator import ShapleyState
 
 FORMAT_VERSION = 1
@@ -86,8 +87,10 @@ def _save(manager: ocp.CheckpointManager, state: ShapleyState, history: dict, ru
     meta = {"format_version": FORMAT_VERSION, "run_args": run_args,
             "n_evaluations": int(state.n_evaluations), "next_sample_index": step,
             "history_length": length}
+    fault_point("checkpoint_save")  # testing hook: a failure before the step is started
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                meta=ocp.args.JsonSave(meta)))
+    fault_point("checkpoint_write")  # testing hook (shed_jax._faults): the step is being written, not finalised
 
 
 def _check_args(stored: dict, run_args: dict, directory) -> None:

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import sharding as _sharding
+from .._faults import fault_point
 from ..config import check_positive_int
 from . import _checkpoint
 from ._estimator import ShapleyState, estimate, init, welford_scan
@@ -122,71 +123,130 @@ def _cached(utility, static_key, build):
     return per_utility[static_key]
 
 
-def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapshots):
-    """Jitted ``(count, mean, m2, key_words, n_valid, u_full, u_empty) -> (count, mean, m2, n_evals, snaps)``."""
-    n, m, T, n_inter = plan.n, plan.m, plan.n_steps, plan.n_inter
-    B, a, P = plan.batch_size, plan.perms_per_sample, plan.samples_per_chunk
-    Q = P * a
-    rows_total = plan.rows
-    multi = mesh is not None and mesh.devices.size > 1
-    batch_sharding = _sharding.logical_sharding(mesh, "coalitions", None) if multi else None
-    replicated = _sharding.logical_sharding(mesh) if multi else None
+class NonFiniteUtilityError(ValueError):
+    """The utility returned NaN or an infinity for a coalition (never averaged into the values).
 
-    def evaluate(masks):
-        values = get_utility()(masks)
-        if values.shape != (masks.shape[0],):
-            raise ValueError(f"utility must map masks of shape {masks.shape} to values of shape "
-                             f"({masks.shape[0]},), got {values.shape}")
-        return values
+    Attributes:
+        value: the non-finite value.
+        coalition: ``(k,)`` int64, the players of the coalition, sorted.
+        sample: the index of the permutation sample it belongs to (``None`` for the full/empty coalition);
+            ``reversed`` is True when it is the reversed (antithetic) permutation of that sample.
+    """
 
-    def step(count, mean, m2, key_words, n_valid, u_full, u_empty):
-        dtype = mean.dtype
-        u_full = u_full.astype(dtype)
-        u_empty = u_empty.astype(dtype)
-        perms = permutations_from_keys(key_words, n)
-        if a == 2:
+    def __init__(self, value, coalition, n_players, *, sample=None, reversed=False):
+        self.value = float(value)
+        self.coalition = np.asarray(coalition, dtype=np.int64)
+        self.sample, self.reversed = sample, bool(reversed)
+        players = self.coalition.tolist()
+        shown = players if len(players) <= 20 else players[:20] + ["..."]
+        where = "" if sample is None else (f" (permutation sample {sample}"
+                                           + (", reversed" if reversed else "") + ")")
+        super().__init__(f"utility returned {self.value} for the coalition of {len(players)} of {n_players} "
+                         f"players {shown}{where}; a utility must return finite values (a diverged "
+                         f"fine-tune or a division by zero?)")
+
+
+_TRACER_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                  jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
+
+
+def _is_jittable(utility) -> bool:
+    return getattr(utility, "jittable", True) is not False
+
+
+def _first_trace(function, *args):
+    """Call a jitted function whose first call traces the utility; a utility that cannot be traced gets a
+    clear error instead of a deep tracer error."""
+    try:
+        return function(*args)
+    except _TRACER_ERRORS as exc:
+        raise TypeError(
+            "utility must be a jittable JAX function of a bool mask batch ((B, n_players) bool -> (B,) float); "
+            "set utility.jittable = False to have the engine call it outside jax.jit on concrete arrays "
+            f"(tracing it raised {type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+
+
+class _ChunkParts:
+    """The pieces of one chunk: prologue (permutations, ranks), per-batch coalitions and bookkeeping, epilogue
+    (drops -> marginals -> Welford). The jittable path composes them in one jitted step (a ``lax.scan`` over the
+    batches with the utility inside); the host path (``utility.jittable = False``) runs the same jitted pieces
+    around a host loop over the batches, so both give the same numbers."""
+
+    def __init__(self, plan: _Plan, truncation_tol, mesh):
+        self.plan, self.truncation_tol = plan, truncation_tol
+        self.multi = mesh is not None and mesh.devices.size > 1
+        self.batch_sharding = _sharding.logical_sharding(mesh, "coalitions", None) if self.multi else None
+        self.replicated = _sharding.logical_sharding(mesh) if self.multi else None
+
+    def prologue(self, key_words, n_valid, u_full, u_empty, dtype):
+        plan, T = self.plan, self.plan.n_steps
+        Q = plan.samples_per_chunk * plan.perms_per_sample
+        u_full, u_empty = u_full.astype(dtype), u_empty.astype(dtype)
+        perms = permutations_from_keys(key_words, plan.n)
+        if plan.perms_per_sample == 2:
             perms = with_antithetic(perms)
-        ranks = ranks_of(perms)                                          # (Q, n)
-        perm_valid = (jnp.arange(Q, dtype=jnp.int32) // a) < n_valid     # (Q,)
+        ranks = ranks_of(perms)                                                      # (Q, n)
+        perm_valid = (jnp.arange(Q, dtype=jnp.int32) // plan.perms_per_sample) < n_valid  # (Q,)
         span = jnp.abs(u_full - u_empty)
-        if truncation_tol is not None:
-            trunc0 = jnp.where(span <= truncation_tol * span, 0, T).astype(jnp.int32)
+        if self.truncation_tol is not None:
+            trunc0 = jnp.where(span <= self.truncation_tol * span, 0, T).astype(jnp.int32)
         else:
             trunc0 = jnp.int32(T)
-        trunc = jnp.full((Q,), trunc0, jnp.int32)                       # first step index within tol
+        trunc = jnp.full((Q,), trunc0, jnp.int32)                                    # first step within tol
+        return ranks, perm_valid, trunc, u_full, u_empty, span
+
+    def coalitions(self, j):
+        plan = self.plan
+        Q = plan.samples_per_chunk * plan.perms_per_sample
+        rows = j * plan.batch_size + jnp.arange(plan.batch_size, dtype=jnp.int32)
+        q = jnp.minimum(rows // plan.n_inter, Q - 1)
+        t = rows % plan.n_inter + 1
+        return rows, q, t
+
+    def masks(self, ranks, j):
+        _, q, t = self.coalitions(j)
+        masks = ranks[q] >= (t * self.plan.m)[:, None]
+        if self.multi:
+            masks = jax.lax.with_sharding_constraint(masks, self.batch_sharding)
+        return masks
+
+    def needed(self, j, trunc, perm_valid):
+        rows, q, t = self.coalitions(j)
+        needed = (rows < self.plan.rows) & perm_valid[q]
+        if self.truncation_tol is not None:
+            needed = needed & (t <= trunc[q])
+        return needed
+
+    def after_batch(self, j, trunc, first_bad, values, needed, u_empty, span):
+        """Truncation bookkeeping and the first row (in chunk order) with a non-finite needed value."""
+        rows, q, t = self.coalitions(j)
+        if self.multi:
+            values = jax.lax.with_sharding_constraint(values, self.replicated)
+        if self.truncation_tol is not None:
+            hit = needed & (jnp.abs(values - u_empty) <= self.truncation_tol * span)
+            trunc = trunc.at[q].min(jnp.where(hit, t, self.plan.n_steps))
+        bad = needed & ~jnp.isfinite(values)
+        first_bad = jnp.minimum(first_bad, jnp.min(jnp.where(bad, rows, self.plan.rows)))
+        return trunc, first_bad, values
+
+    def epilogue(self, count, mean, m2, values, trunc, first_bad, ranks, perm_valid, n_valid, u_full, u_empty,
+                 with_snapshots):
+        plan = self.plan
+        n, m, T, n_inter, P, a = plan.n, plan.m, plan.n_steps, plan.n_inter, plan.samples_per_chunk, \
+            plan.perms_per_sample
+        Q = P * a
+        dtype = mean.dtype
         if n_inter > 0:
-            def coalitions(j):
-                rows = j * B + jnp.arange(B, dtype=jnp.int32)
-                q = jnp.minimum(rows // n_inter, Q - 1)
-                t = rows % n_inter + 1
-                return rows, q, t
-
-            def evaluate_batch(j):
-                _, q, t = coalitions(j)
-                masks = ranks[q] >= (t * m)[:, None]
-                if multi:
-                    masks = jax.lax.with_sharding_constraint(masks, batch_sharding)
-                return evaluate(masks).astype(dtype)
-
-            def body(trunc, j):
-                rows, q, t = coalitions(j)
-                needed = (rows < rows_total) & perm_valid[q]
-                if truncation_tol is not None:
-                    needed = needed & (t <= trunc[q])
-                values = jax.lax.cond(jnp.any(needed), evaluate_batch, lambda j: jnp.zeros((B,), dtype), j)
-                if multi:
-                    values = jax.lax.with_sharding_constraint(values, replicated)
-                if truncation_tol is not None:
-                    hit = needed & (jnp.abs(values - u_empty) <= truncation_tol * span)
-                    trunc = trunc.at[q].min(jnp.where(hit, t, T))
-                return trunc, values
-
-            trunc, values = jax.lax.scan(body, trunc, jnp.arange(plan.n_batches, dtype=jnp.int32))
-            inter = values.reshape(-1)[:rows_total].reshape(Q, n_inter)
+            flat = values.reshape(-1)
+            inter = flat[:plan.rows].reshape(Q, n_inter)
             utilities = jnp.concatenate(
                 [jnp.broadcast_to(u_full, (Q, 1)), inter, jnp.broadcast_to(u_empty, (Q, 1))], axis=1)
+            bad_row = jnp.minimum(first_bad, plan.rows - 1)
+            bad_value = flat[bad_row]
+            bad_mask = ranks[bad_row // n_inter] >= (bad_row % n_inter + 1) * m
         else:
             utilities = jnp.stack([jnp.broadcast_to(u_full, (Q,)), jnp.broadcast_to(u_empty, (Q,))], axis=1)
+            bad_value, bad_mask = jnp.zeros((), dtype), jnp.zeros((n,), bool)
         drops = utilities[:, :-1] - utilities[:, 1:]                     # (Q, T): block s drop
         drops = jnp.where(jnp.arange(T, dtype=jnp.int32)[None, :] >= trunc[:, None], 0, drops)
         marginals = jnp.take_along_axis(drops, ranks // m, axis=1)        # (Q, n)
@@ -199,24 +259,106 @@ def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapsh
             count, mean, m2, snaps = out
         else:
             (count, mean, m2), snaps = out, None
-        return count, mean, m2, n_evals, snaps
+        return count, mean, m2, n_evals, snaps, (first_bad, bad_value, bad_mask)
+
+
+def _check_values(values, masks_shape):
+    if values.shape != (masks_shape[0],):
+        raise ValueError(f"utility must map masks of shape {masks_shape} to values of shape "
+                         f"({masks_shape[0]},), got {values.shape}")
+
+
+def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapshots):
+    """Jitted ``(count, mean, m2, key_words, n_valid, u_full, u_empty) -> (count, mean, m2, n_evals, snaps,
+    (first_bad_row, its value, its coalition mask))``; ``first_bad_row == plan.rows`` when every needed value
+    is finite."""
+    parts = _ChunkParts(plan, truncation_tol, mesh)
+    B = plan.batch_size
+
+    def step(count, mean, m2, key_words, n_valid, u_full, u_empty):
+        dtype = mean.dtype
+        ranks, perm_valid, trunc, u_full, u_empty, span = parts.prologue(key_words, n_valid, u_full, u_empty,
+                                                                         dtype)
+        first_bad = jnp.int32(plan.rows)
+        values = jnp.zeros((0, B), dtype)
+        if plan.n_inter > 0:
+            def evaluate_batch(j):
+                masks = parts.masks(ranks, j)
+                values = get_utility()(masks)
+                _check_values(values, masks.shape)
+                return values.astype(dtype)
+
+            def body(carry, j):
+                trunc, first_bad = carry
+                needed = parts.needed(j, trunc, perm_valid)
+                values = jax.lax.cond(jnp.any(needed), evaluate_batch, lambda j: jnp.zeros((B,), dtype), j)
+                trunc, first_bad, values = parts.after_batch(j, trunc, first_bad, values, needed, u_empty, span)
+                return (trunc, first_bad), values
+
+            (trunc, first_bad), values = jax.lax.scan(body, (trunc, first_bad),
+                                                      jnp.arange(plan.n_batches, dtype=jnp.int32))
+        return parts.epilogue(count, mean, m2, values, trunc, first_bad, ranks, perm_valid, n_valid, u_full,
+                              u_empty, with_snapshots)
 
     return jax.jit(step)
+
+
+def _make_host_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapshots):
+    """The chunk step for a utility with ``jittable = False``: the same jitted pieces as
+    :func:`_make_chunk_step`, with the utility called on concrete ``(batch_size, n)`` mask batches from a host
+    loop over the chunk's batches (each call is itself batched: e.g. ``slots`` fine-tunes at once)."""
+    parts = _ChunkParts(plan, truncation_tol, mesh)
+    B = plan.batch_size
+    prologue = jax.jit(parts.prologue, static_argnums=4)
+    masks_of = jax.jit(parts.masks)
+    needed_of = jax.jit(parts.needed)
+    after = jax.jit(parts.after_batch)
+    epilogue = jax.jit(parts.epilogue, static_argnums=11)
+
+    def step(count, mean, m2, key_words, n_valid, u_full, u_empty):
+        dtype = mean.dtype
+        ranks, perm_valid, trunc, u_full, u_empty, span = prologue(key_words, n_valid, u_full, u_empty, dtype)
+        first_bad = jnp.int32(plan.rows)
+        batches = []
+        for j in range(plan.n_batches):  # a host loop over batches (each a batched utility call), not coalitions
+            j = jnp.int32(j)
+            needed = needed_of(j, trunc, perm_valid)
+            if bool(jnp.any(needed)):
+                masks = masks_of(ranks, j)
+                values = jnp.asarray(get_utility()(masks))
+                _check_values(values, masks.shape)
+                values = values.astype(dtype)
+            else:
+                values = jnp.zeros((B,), dtype)
+            trunc, first_bad, values = after(j, trunc, first_bad, values, needed, u_empty, span)
+            batches.append(values)
+        values = jnp.stack(batches) if batches else jnp.zeros((0, B), dtype)
+        return epilogue(count, mean, m2, values, trunc, first_bad, ranks, perm_valid, n_valid, u_full, u_empty,
+                        with_snapshots)
+
+    return step
 
 
 def _evaluate_full_and_empty(utility, n, batch_size, mesh):
     """``(U(full), U(empty))`` from one padded ``(batch_size, n)`` call (two if batch_size == 1)."""
     multi = mesh is not None and mesh.devices.size > 1
 
-    def build(get_utility):
-        def call(masks):
-            if multi:
-                masks = jax.lax.with_sharding_constraint(masks, _sharding.logical_sharding(mesh, "coalitions",
-                                                                                            None))
-            return get_utility()(masks)
-        return jax.jit(call)
+    if _is_jittable(utility):
+        def build(get_utility):
+            def call(masks):
+                if multi:
+                    masks = jax.lax.with_sharding_constraint(
+                        masks, _sharding.logical_sharding(mesh, "coalitions", None))
+                return get_utility()(masks)
+            return jax.jit(call)
 
-    call = _cached(utility, ("full_empty", n, batch_size, tuple(mesh.devices.flat)), build)
+        jitted = _cached(utility, ("full_empty", n, batch_size, tuple(mesh.devices.flat)), build)
+
+        def call(masks):
+            return _first_trace(jitted, masks)
+    else:
+        def call(masks):
+            return utility(masks)
 
     masks = np.zeros((batch_size, n), dtype=bool)
     masks[0] = True
@@ -224,10 +366,12 @@ def _evaluate_full_and_empty(utility, n, batch_size, mesh):
     if values.shape != (batch_size,):
         raise ValueError(f"utility must map masks of shape ({batch_size}, {n}) to values of shape "
                          f"({batch_size},), got {values.shape}")
-    if not np.all(np.isfinite(values[:2])):
-        raise ValueError(f"utility returned non-finite values for the full/empty coalition: {values[:2]}")
     u_full = values[0]
     u_empty = values[1] if batch_size > 1 else np.asarray(call(jnp.zeros((batch_size, n), bool)))[0]
+    if not np.isfinite(u_full):
+        raise NonFiniteUtilityError(u_full, np.arange(n), n)
+    if not np.isfinite(u_empty):
+        raise NonFiniteUtilityError(u_empty, np.zeros(0, np.int64), n)
     return float(u_full), float(u_empty)
 
 
@@ -258,7 +402,10 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
     """Monte Carlo Shapley values of ``utility`` by (block) permutation sampling. See the module docstring.
 
     Args:
-      utility: jittable ``(B, n_players) bool -> (B,) float``; must be deterministic.
+      utility: jittable ``(B, n_players) bool -> (B,) float``; must be deterministic and return finite values
+        (a NaN or infinity raises :class:`NonFiniteUtilityError` naming the coalition; the chunk it is in is
+        not folded in). A utility with attribute ``jittable = False`` is called outside ``jax.jit`` on concrete
+        ``(batch_size, n_players)`` mask batches (a host loop over the batches of a chunk; same values).
       n_players: number of players ``n >= 1``.
       n_permutations: permutations to sample (exact cap; antithetic rounds up to an even number). ``None``
         means "until ``stopping`` fires" (then ``stopping`` is required).
@@ -337,9 +484,11 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
 
     start_time = now()
     u_full, u_empty = _evaluate_full_and_empty(utility, n_players, plan.batch_size, mesh)
-    static_key = ("chunk", plan.key, truncation_tol, tuple(devices), history_every is not None)
-    step = _cached(utility, static_key, lambda get: _make_chunk_step(get, plan, truncation_tol, mesh,
-                                                                  history_every is not None))
+    jittable = _is_jittable(utility)
+    static_key = ("chunk", plan.key, truncation_tol, tuple(devices), history_every is not None, jittable)
+    make_step = _make_chunk_step if jittable else _make_host_chunk_step
+    step = _cached(utility, static_key, lambda get: make_step(get, plan, truncation_tol, mesh,
+                                                           history_every is not None))
     if stopping is not None:
         stopping.reset()
     cap = MaxPermutations(n_permutations) if n_permutations is not None else None
@@ -361,14 +510,21 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
         while stop_reason is None:
             n_valid = plan.samples_per_chunk if total_samples is None else min(plan.samples_per_chunk,
                                                                                 total_samples - count)
-            new_count, mean, m2, n_evals, snaps = step(
-                state.count, state.mean, state.m2,
+            new_count, mean, m2, n_evals, snaps, (first_bad, bad_value, bad_mask) = _first_trace(
+                step, state.count, state.mean, state.m2,
                 permutation_keys(seed, count, plan.samples_per_chunk), jnp.int32(n_valid),
                 jnp.float32(u_full), jnp.float32(u_empty))
+            first_bad = int(first_bad)  # with the count below: the chunk's one host sync
+            if first_bad < plan.rows:  # raised before the state (or a checkpoint) takes the chunk in
+                q = first_bad // plan.n_inter
+                raise NonFiniteUtilityError(bad_value, np.flatnonzero(np.asarray(bad_mask)), n_players,
+                                            sample=count + q // perms_per_sample,
+                                            reversed=q % perms_per_sample == 1)
             state = ShapleyState(new_count, mean, m2, int(state.n_evaluations) + int(n_evals))
             if history_every is not None:
                 _record_history(history, snaps, count, n_valid, perms_per_sample, history_every)
             count = int(new_count)
+            fault_point("value_chunk")  # testing hook (shed_jax._faults)
             status = status_of(state)
             if report is not None:
                 report(status)

@@ -144,7 +144,7 @@ def test_parquet_errors_name_row_and_field(tmp_path):
     nulls = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": None}]
     pq.write_table(pa.Table.from_pylist(nulls), tmp_path / "null.parquet")
     assert one_line(lambda: read_instructions(tmp_path / "null.parquet")) == (
-        f"{tmp_path / 'null.parquet'}: row 1: output: must be a string, got null None")
+        f"{tmp_path / 'null.parquet'}: row 1: output: must be a string, got null")
     numbers = [{"instruction": "a", "output": 1}, {"instruction": "c", "output": 2}]
     pq.write_table(pa.Table.from_pylist(numbers), tmp_path / "int.parquet")
     assert one_line(lambda: read_instructions(tmp_path / "int.parquet")) == (

@@ -290,8 +290,10 @@ def _build_instruction_set(path: str, records: list[dict], lines: list[int], *, 
             raise DataError(f"duplicate record: identical to the record at line {lines[j]} "
                             f"({dup_idx.size} duplicate record(s) in the file; pass duplicates='keep' "
                             f"or 'drop' to accept them)", path=path, line=lines[i])
-        logger.warning("%s: %d duplicate record(s) (first: line %d repeats line %d); duplicates=%r",
-                       path, dup_idx.size, lines[i], lines[j], duplicates)
+        policy = ("dropped: never clustered or selected" if duplicates == "drop"
+                  else "kept: clustered and selectable like any record")
+        logger.warning("%s: %d duplicate record(s) (first: line %d repeats line %d); %s (--duplicates %s)",
+                       path, dup_idx.size, lines[i], lines[j], policy, duplicates)
     return InstructionSet(path=path, format=fmt, records=records, prompts=prompts,
                           responses=responses, line_numbers=lines, duplicate_of=duplicate_of)
 

@@ -14,6 +14,7 @@ import numpy as np
 from shed_jax import data as _data
 from shed_jax.errors import DataError, PipelineError
 from shed_jax.io import finite_or_none, write_jsonl
+from shed_jax.progress import format_duration
 from shed_jax.run.artifacts import Clusters, Selection, Values
 from shed_jax.run.stage import Run, StageResult
 
@@ -80,7 +81,7 @@ def select_from(run: Run, clusters: Clusters, values: Values, *, values_source: 
     budget = run.inputs.budget(n_labelled, path=str(run.run_dir / Clusters.FILENAME))
     indices = select_indices(clusters.labels, values.cluster_values, budget, sampler=cfg.sampler, beta=cfg.beta,
                              seed=cfg.seed)
-    run.log(f"select: {budget} of {n_labelled} candidate records with {cfg.sampler}")
+    run.log(f"select: {budget:,} of {n_labelled:,} candidate records with {cfg.sampler}")
     selection = Selection(indices, cfg.sampler, budget, float(cfg.beta), cfg.seed, cfg.ratio, cfg.size, values_source,
                           n_labelled)
     selection.save(run.dir)
@@ -102,6 +103,7 @@ def run_stage(run: Run) -> StageResult:
     start = time.perf_counter()
     selection = select_from(run, clusters, values)
     seconds = time.perf_counter() - start
+    run.log(f"select: done in {format_duration(seconds)}")
     run.stages.finished("select", fp, seconds, budget=selection.budget)
     return StageResult("select", selection, fp, False, seconds)
 

@@ -95,13 +95,21 @@ def expected_evaluations(n_players: int, removal_step: int, n_permutations: int)
 
 
 def _log_estimate(run: Run, utility, n_players: int, removal_step: int, n_permutations: int) -> None:
-    """For utilities that can estimate their cost (``estimate_seconds(n_evaluations)``): log the estimated
-    time of the value stage before it starts, and on a CPU suggest the embedding proxy when it is hours."""
+    """Log the estimated time of the value stage before it starts, and on a CPU suggest the embedding proxy
+    when it is hours. Utilities that can estimate their cost (``estimate_seconds(n_evaluations)``) are asked;
+    others are timed through the Shapley engine for one chunk after a compiling call
+    (:func:`shed_jax.run.estimate.time_shapley`) unless ``SHED_ESTIMATE=0``."""
+    from shed_jax.run import estimate as _estimate
+
     estimate = getattr(utility, "estimate_seconds", None)
-    if not callable(estimate):
-        return
     n_evaluations = expected_evaluations(n_players, removal_step, n_permutations)
-    seconds = float(estimate(n_evaluations))
+    if callable(estimate):
+        seconds = float(estimate(n_evaluations))
+    elif _estimate.estimate_enabled():
+        seconds = _estimate.time_shapley(utility, n_players, removal_step=removal_step, n_permutations=n_permutations,
+                                         batch_size=run.config.shapley_batch_size, seed=int(run.config.seed))["seconds"]
+    else:
+        return
     run.log(f"value: about {n_evaluations:,} utility evaluations, estimated {format_duration(seconds)} on this machine")
     import jax
 

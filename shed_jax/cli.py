@@ -111,8 +111,9 @@ def _run_dir_for(params: dict) -> str:
 
 
 @cli.command()
-@click.argument("data", metavar="DATA")
-@options(*DATA_FIELDS, "run_dir", "seed")
+@click.argument("data", metavar="DATA", type=click.Path(path_type=str))
+@options(*DATA_FIELDS, "run_dir")
+@config_option("seed", hidden=True, help="Deprecated: embedding uses no randomness; accepted and ignored.")
 @common_options
 @click.pass_context
 def embed(ctx, as_json, quiet, verbose, **params):
@@ -142,8 +143,9 @@ def embed(ctx, as_json, quiet, verbose, **params):
 
 
 @cli.command()
-@click.argument("data", metavar="DATA")
-@options("n_clusters", "kmeans_max_iter", *DATA_FIELDS, "run_dir", "seed")
+@click.argument("data", metavar="DATA", type=click.Path(path_type=str))
+@options("n_clusters", "kmeans_max_iter", *DATA_FIELDS, "run_dir", "seed",
+         seed={"help": "Seeds k-means++ (the same seed and data give the same clusters)."})
 @common_options
 @click.pass_context
 def cluster(ctx, as_json, quiet, verbose, **params):
@@ -233,12 +235,14 @@ def value(ctx, resume, dry_run, as_json, quiet, verbose, **params):
 
 
 @cli.command()
-@click.argument("data", metavar="DATA")
+@click.argument("data", metavar="DATA", type=click.Path(path_type=str))
 @click.option("--values", "values_path", default=None, metavar="VALUES.json", type=click.Path(path_type=str),
               help="Values file with \"cluster_values\" [default: RUN_DIR/values.json].")
-@options("run_dir", "output", *BUDGET_FIELDS, "seed",
+@options("run_dir", "output", *BUDGET_FIELDS, "keep_order", "seed",
          run_dir={"help": "Run directory with clusters.npz [default: the directory of --values]."},
-         output={"required": True})
+         output={"required": True},
+         seed={"help": "Seeds the samplers: qwcs and random draws, and qocs's draw from the last cluster that does "
+                       "not fit whole."})
 @common_options
 @click.pass_context
 def select(ctx, values_path, as_json, quiet, verbose, **params):
@@ -282,8 +286,9 @@ def select(ctx, values_path, as_json, quiet, verbose, **params):
 
 
 @cli.command()
-@click.argument("data", metavar="[DATA]", required=False)
-@options("output", *VALUE_FIELDS, *BUDGET_FIELDS, "n_clusters", "kmeans_max_iter", *DATA_FIELDS, "seed", "run_dir")
+@click.argument("data", metavar="[DATA]", required=False, type=click.Path(path_type=str))
+@options("output", *VALUE_FIELDS, *BUDGET_FIELDS, "keep_order", "n_clusters", "kmeans_max_iter", *DATA_FIELDS, "seed",
+         "run_dir")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --run-dir: options come from its config.json (options given here "
                    "override them), finished stages are loaded and an interrupted valuation continues.")

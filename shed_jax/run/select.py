@@ -119,7 +119,8 @@ def check_values_match(values: Values, clusters: Clusters, path) -> None:
 
 
 def write_output(run: Run, output, clusters: Clusters, values: Values, selection: Selection) -> None:
-    """The selected records exactly as in the data, with the ``.scores.jsonl`` sidecar."""
+    """The selected records exactly as in the data, with the ``.scores.jsonl`` sidecar; in the sampler's order,
+    or in input order with ``keep_order``."""
+    indices = np.sort(selection.indices) if run.config.keep_order else selection.indices
     scores = score_rows(run.inputs.dataset, clusters, values.cluster_values, values.stderr, selection.indices)
-    _data.write_selection(output, run.inputs.dataset, selection.indices,
-                          scores=[scores[int(i)] for i in selection.indices])
+    _data.write_selection(output, run.inputs.dataset, indices, scores=[scores[int(i)] for i in indices])

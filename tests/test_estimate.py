@@ -71,7 +71,7 @@ def test_dry_run_prints_a_plan_with_positive_estimates_and_writes_nothing(demo, 
     calibration = plan["calibration"]
     assert calibration["embed"]["texts_per_second"] > 0 and calibration["embed"]["sample_size"] == 64
     assert calibration["kmeans"]["lloyd_seconds"] > 0 and calibration["kmeans"]["compile_seconds"] >= 0
-    assert calibration["value"]["seconds_per_chunk"] > 0 and calibration["value"]["compile_seconds"] >= 0
+    assert calibration["value"]["seconds_per_evaluation"] > 0 and calibration["value"]["compile_seconds"] >= 0
 
     text = invoke(["refine", demo.train, "--valid", demo.valid, "--ratio", "0.2", "-o", out, "--run-dir", run_dir,
                    "--clusters", "8", "--permutations", "6", "--dry-run"])

@@ -12,10 +12,10 @@ its time from a short calibration on this machine:
   Lloyd iteration scales with ``N x K``, a k-means++ step with ``N``. The estimate assumes all ``--max-iter``
   iterations, so it is an upper bound (k-means usually stops sooner); compilation is reported separately.
 - **value**: the real utility, built on the real validation set with random player embeddings of the right
-  shape (its cost depends on shapes, not values), run through the Shapley engine for one chunk of
-  permutations after a warm-up call that compiles it (:func:`time_shapley`); the chunk time x the number of
-  chunks, plus the compilation and the texts the proxy embeds (validation set, players) at the encoder's
-  rate. A utility that can estimate its own cost (``estimate_seconds(n_evaluations)``, e.g. the LM proxy) is
+  shape (its cost depends on shapes, not values), run through the Shapley engine for a short chunk of
+  permutations after a warm-up call that compiles it (:func:`time_shapley`); seconds per evaluation x the
+  run's evaluations, plus the compilation and the texts the proxy embeds (validation set, players) at the
+  encoder's rate. A utility that can estimate its own cost (``estimate_seconds(n_evaluations)``, e.g. the LM proxy) is
   asked instead.
 - **select** and the report: negligible (under a second for every size we have measured).
 
@@ -102,6 +102,9 @@ def calibrate_embedder(texts: list[str], *, model: str, batch_size: int, sample_
     """
     from shed_jax import embed as _embed
 
+    # the run sorts all texts by length before batching (little padding); sub-batches of the sorted sample
+    # come closer to that than one batch padded to the sample's longest text
+    batch_size = min(int(batch_size), 16)
     rng = np.random.default_rng(seed)
     pool = list(dict.fromkeys(texts))
     sample = [pool[i] for i in rng.permutation(len(pool))[:sample_size + 8]]
@@ -187,36 +190,41 @@ def time_utility(utility, *, batch_size: int | None = None, n_calls: int = 3, se
 
 
 def time_shapley(utility, n_players: int, *, removal_step: int, n_permutations: int, batch_size: int | None = None,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, batches: int = 2) -> dict:
     """Seconds of the Monte Carlo Shapley engine on ``utility`` for ``n_permutations`` permutations.
 
-    The engine evaluates permutations in fixed-size chunks (about ``CHUNK_BATCHES`` utility batches each), so a
-    one-permutation run costs one chunk: it is run twice (the first call compiles) and the total is the
-    compilation plus the number of chunks times the second call's time. Nothing is checkpointed.
+    The engine is run twice on a short chunk of about ``batches`` utility batches (the first call compiles);
+    the second call gives the seconds per utility evaluation, and the estimate is the compilation plus the
+    run's evaluations at that rate (the real run's chunks are larger, so its per-chunk overhead is smaller:
+    the estimate errs long). Nothing is checkpointed.
 
-    Returns ``{"compile_seconds", "seconds_per_chunk", "permutations_per_chunk", "seconds_per_evaluation",
-    "batch_size"}``.
+    Returns ``{"compile_seconds", "seconds_per_evaluation", "calibration_evaluations", "batch_size",
+    "seconds"}``.
     """
     from shed_jax import shapley as _shapley
-    from shed_jax.shapley._engine import CHUNK_BATCHES, DEFAULT_BATCH_SIZE
+    from shed_jax.run.value import expected_evaluations
+    from shed_jax.shapley._engine import DEFAULT_BATCH_SIZE
 
     batch = int(batch_size or getattr(utility, "preferred_batch_size", None) or DEFAULT_BATCH_SIZE)
-    kwargs = dict(n_permutations=1, removal_step=int(removal_step), seed=int(seed), progress=None)
+    intermediate = max(1, -(-n_players // int(removal_step)) - 1)
+    permutations = max(1, min(int(n_permutations), (batches * batch) // intermediate))
+    kwargs = dict(n_permutations=permutations, removal_step=int(removal_step), seed=int(seed), progress=None,
+                  permutations_per_chunk=permutations)
     if batch_size is not None:
         kwargs["batch_size"] = int(batch_size)
     start = time.perf_counter()
     _shapley.monte_carlo(utility, n_players, **kwargs)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    _shapley.monte_carlo(utility, n_players, **kwargs)
-    chunk = time.perf_counter() - start
-    intermediate = -(-n_players // int(removal_step)) - 1
-    per_chunk = max(1, (CHUNK_BATCHES * batch) // intermediate) if intermediate > 0 else 4096
-    evaluations = per_chunk * max(1, intermediate)
-    return {"compile_seconds": max(0.0, first - chunk), "seconds_per_chunk": chunk,
-            "permutations_per_chunk": per_chunk, "seconds_per_evaluation": chunk / evaluations,
-            "batch_size": batch, "n_chunks": -(-int(n_permutations) // per_chunk),
-            "seconds": max(0.0, first - chunk) + chunk * -(-int(n_permutations) // per_chunk)}
+    result = _shapley.monte_carlo(utility, n_players, **kwargs)
+    second = time.perf_counter() - start
+    evaluations = max(1, int(getattr(result, "n_evaluations", permutations * intermediate)))
+    per_evaluation = second / evaluations
+    compile_seconds = max(0.0, first - second)
+    return {"compile_seconds": compile_seconds, "seconds_per_evaluation": per_evaluation,
+            "calibration_evaluations": evaluations, "batch_size": batch,
+            "seconds": compile_seconds + per_evaluation * expected_evaluations(n_players, removal_step,
+                                                                               n_permutations)}
 
 
 # --------------------------------------------------------------------------------------------------

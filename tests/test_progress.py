@@ -110,3 +110,20 @@ def test_refine_logs_labelled_plain_progress_and_one_elapsed_line_per_stage(dupl
     # no tqdm-style bars
     assert not any("it/s" in line or "|" in line for line in lines), err
     assert np.all([len(line) < 300 for line in lines])
+
+
+def test_library_loading_bars_can_be_switched_off():
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    from shed_jax.progress import quiet_library_bars
+
+    was_transformers, was_hub = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
+    try:
+        hf_logging.enable_progress_bar()
+        hub_utils.enable_progress_bars()
+        quiet_library_bars()
+        assert not hf_logging.is_progress_bar_enabled() and hub_utils.are_progress_bars_disabled()
+    finally:
+        (hf_logging.enable_progress_bar if was_transformers else hf_logging.disable_progress_bar)()
+        (hub_utils.enable_progress_bars if was_hub else hub_utils.disable_progress_bars)()

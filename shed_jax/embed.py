@@ -121,7 +121,7 @@ def embed_texts(texts: Sequence[str], *, model: str = DEFAULT_MODEL, batch_size:
         cache_path = Path(cache_dir) / f"{embedding_cache_key(texts, model)}.npy"
         cached = _read_cache(cache_path, len(texts))
         if cached is not None:
-            _log.info("embeddings of %d texts loaded from cache %s", len(texts), cache_path)
+            _log.debug("embeddings of %d texts loaded from cache %s", len(texts), cache_path)
             return cached
 
     unique_texts, inverse = _unique(texts)

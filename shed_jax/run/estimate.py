@@ -4,8 +4,9 @@
 describes each stage (records, K, players, permutations, removal step, utility evaluations) and estimates
 its time from a short calibration on this machine:
 
-- **embed**: the sentence encoder's texts per second on a seeded sample of the records (``sample_size``
-  texts, default 64, after a warm-up batch; the model's load time is reported separately). Texts whose
+- **embed**: the sentence encoder's speed on a seeded sample of the records (``sample_size`` texts, default
+  64, after a warm-up batch; the model's load time is reported separately), as characters read per second
+  (each text capped at about the 256 word pieces the encoder reads), applied to the texts to embed. Texts whose
   embeddings are already in the shared embedding cache (:func:`shed_jax.embed.embedding_cache_dir`) cost
   nothing. The calibration never writes the cache.
 - **cluster**: a timed k-means on random data of the real dimension (4,096 x 128 clusters): the time of a
@@ -98,7 +99,7 @@ def calibrate_embedder(texts: list[str], *, model: str, batch_size: int, sample_
 
     A warm-up call on 8 texts loads the model (its time, less the 8 texts' share, is ``load_seconds``);
     nothing is written to the embedding cache (``cache_dir=None``). Returns ``{"texts_per_second",
-    "load_seconds", "dim", "sample_size"}``.
+    "characters_per_second", "load_seconds", "dim", "sample_size"}``.
     """
     from shed_jax import embed as _embed
 
@@ -116,8 +117,23 @@ def calibrate_embedder(texts: list[str], *, model: str, batch_size: int, sample_
     _embed.embed_texts(timed, model=model, batch_size=batch_size, cache_dir=None, progress=False)
     seconds = max(time.perf_counter() - start, 1e-9)
     rate = len(timed) / seconds
-    return {"texts_per_second": rate, "load_seconds": max(0.0, warm_seconds - len(warm) / rate),
+    return {"texts_per_second": rate, "characters_per_second": _characters(timed) / seconds,
+            "load_seconds": max(0.0, warm_seconds - len(warm) / rate),
             "dim": int(first.shape[1]), "sample_size": len(timed)}
+
+
+_CHARACTERS_CAP = 1200  # about the 256 word pieces the default encoder reads of a text; the rest is truncated
+
+
+def _characters(texts) -> int:
+    """Characters the encoder reads of ``texts`` (distinct texts, each capped at its truncation length)."""
+    return sum(min(len(text), _CHARACTERS_CAP) for text in set(texts))
+
+
+def _embedding_seconds(texts, calibration: dict) -> float:
+    """Seconds to embed ``texts`` at the calibrated rate: encoder time scales with the characters read, so
+    short validation questions cost less than long responses."""
+    return _characters(texts) / calibration["characters_per_second"]
 
 
 def calibrate_kmeans(dim: int, *, n_rows: int = 4096, n_clusters: int = 128, seed: int = 0) -> dict:
@@ -345,8 +361,7 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
             calibration["embed"] = calibrate_embedder(texts, model=config.model, batch_size=config.batch_size,
                                                       sample_size=sample_size, seed=int(config.seed))
             dim = calibration["embed"]["dim"]
-            rate = calibration["embed"]["texts_per_second"]
-            embed_seconds = calibration["embed"]["load_seconds"] + n_distinct / rate
+            embed_seconds = calibration["embed"]["load_seconds"] + _embedding_seconds(texts, calibration["embed"])
     load_note = ""
     if "embed" in calibration and not embed_cached:
         load_note = f" (of which {format_duration(calibration['embed']['load_seconds'])} to load the model)"
@@ -384,7 +399,8 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
             calibration["value"] = timing
             value_seconds = timing["seconds"]
         # what the proxy embeds: lists of the players' texts (never cached before clustering) and validation lists
-        to_embed = sum(len(t) for t in encoder.calls if not _cached_embeddings(t, config.model))
+        uncached = [text for call in encoder.calls if not _cached_embeddings(call, config.model) for text in call]
+        to_embed = len(uncached)
         value_details["texts_to_embed"] = to_embed
         if to_embed and "embed" not in calibration:
             say(f"estimate: timing the encoder on {sample_size} texts (not written to the embedding cache)")
@@ -392,7 +408,7 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
                                                       sample_size=sample_size, seed=int(config.seed))
             value_seconds += calibration["embed"]["load_seconds"]
         if to_embed:
-            value_seconds += to_embed / calibration["embed"]["texts_per_second"]
+            value_seconds += _embedding_seconds(uncached, calibration["embed"])
     if calibrate and not calibrate_value and not value_done:
         value_details["note"] = "its time is estimated when the stage starts"
     stages.append(StageEstimate(

@@ -132,8 +132,8 @@ def _plot_convergence(run: ReportData) -> str:
 
 
 def _log_ticks(axis, data: np.ndarray, *, integer: bool = False) -> None:
-    """Enough labelled ticks on a log axis, written plainly: 1, 2, 5 x 10^k over two decades or more; every
-    integer multiple of 10^k over one to two; about five evenly spaced values over less than a decade."""
+    """Enough labelled ticks on a log axis, written plainly: 1, 2, 5 x 10^k over two decades or more; 1, 2, 3, 5
+    x 10^k over one to two; about five evenly spaced values over less than a decade."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     data = np.asarray(data, np.float64)
@@ -145,7 +145,7 @@ def _log_ticks(axis, data: np.ndarray, *, integer: bool = False) -> None:
     if decades >= 2:
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     elif decades >= 1:
-        axis.set_major_locator(LogLocator(base=10, subs=tuple(float(i) for i in range(1, 10))))
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
     else:
         locator = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10], integer=integer)
         ticks = [v for v in locator.tick_values(low, high) if low * 0.95 <= v <= high * 1.05 and v > 0]

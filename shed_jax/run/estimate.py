@@ -39,7 +39,7 @@ from shed_jax.progress import format_count, format_duration
 from shed_jax.run.inputs import RunInputs
 
 __all__ = ["Plan", "StageEstimate", "calibrate_embedder", "calibrate_kmeans", "estimate_enabled", "plan_run",
-           "time_utility"]
+           "time_shapley"]
 
 _KMEANS_MEMO: dict[tuple, dict] = {}
 SELECT_AND_REPORT_SECONDS = 3.0
@@ -175,36 +175,6 @@ def calibrate_kmeans(dim: int, *, n_rows: int = 4096, n_clusters: int = 128, see
               "n_rows": n_rows, "n_clusters": n_clusters, "dim": int(dim)}
     _KMEANS_MEMO[key] = result
     return result
-
-
-def time_utility(utility, *, batch_size: int | None = None, n_calls: int = 3, seed: int = 0) -> dict:
-    """Seconds per utility evaluation of ``utility`` (jitted as the engine runs it): a first call compiles,
-    then ``n_calls`` calls on random coalitions are timed.
-
-    Returns ``{"seconds_per_evaluation", "compile_seconds", "batch_size"}``.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    n = int(utility.n_players)
-    batch = int(batch_size or getattr(utility, "preferred_batch_size", 64) or 64)
-    rng = np.random.default_rng(seed)
-    masks = [jnp.asarray(rng.random((batch, n)) < rng.random((batch, 1))) for _ in range(n_calls + 1)]
-    call: Callable = jax.jit(lambda m: utility(m))
-    try:
-        start = time.perf_counter()
-        jax.block_until_ready(call(masks[0]))
-    except Exception:  # noqa: BLE001 - a utility that cannot be jitted is timed as it is
-        call = utility
-        start = time.perf_counter()
-        jax.block_until_ready(call(masks[0]))
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for m in masks[1:]:
-        jax.block_until_ready(call(m))
-    per_call = (time.perf_counter() - start) / n_calls
-    return {"seconds_per_evaluation": per_call / batch, "compile_seconds": max(0.0, first - per_call),
-            "batch_size": batch}
 
 
 def time_shapley(utility, n_players: int, *, removal_step: int, n_permutations: int, batch_size: int | None = None,

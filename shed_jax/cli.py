@@ -84,6 +84,25 @@ def main(argv=None):
     return cli.main(args=argv, prog_name="shed")
 
 
+DRY_RUN_HELP = ("Check the inputs, print what each stage will do and its estimated time on this machine (from a "
+                "short calibration of the encoder, k-means and the utility), and stop. Writes nothing.")
+
+
+def _dry_run(config, opts, *, need_budget: bool):
+    """The plan of a run (:func:`shed_jax.run.estimate.plan_run`): every input check, nothing written."""
+    from shed_jax.run.estimate import plan_run
+    from shed_jax.run.rundir import user_error_for_output
+
+    if need_budget and config.output:
+        user_error_for_output(config.output, data=config.data)
+    return plan_run(config, need_budget=need_budget, log=opts.log)
+
+
+def _emit_plan(opts, command: str, run_dir: str, plan) -> None:
+    opts.emit({"command": command, "dry_run": True, "run_dir": run_dir, **plan.to_dict()},
+              [f"dry run: nothing was written (run directory {run_dir})", *plan.lines()])
+
+
 def _run_dir_for(params: dict) -> str:
     from shed_jax.run.rundir import default_run_dir
 
@@ -96,8 +115,9 @@ def _run_dir_for(params: dict) -> str:
 
 
 @cli.command()
-@click.argument("data", metavar="DATA")
-@options(*DATA_FIELDS, "run_dir", "seed")
+@click.argument("data", metavar="DATA", type=click.Path(path_type=str))
+@options(*DATA_FIELDS, "run_dir")
+@config_option("seed", hidden=True, help="Deprecated: embedding uses no randomness; accepted and ignored.")
 @common_options
 @click.pass_context
 def embed(ctx, as_json, quiet, verbose, **params):
@@ -127,8 +147,9 @@ def embed(ctx, as_json, quiet, verbose, **params):
 
 
 @cli.command()
-@click.argument("data", metavar="DATA")
-@options("n_clusters", "kmeans_max_iter", *DATA_FIELDS, "run_dir", "seed")
+@click.argument("data", metavar="DATA", type=click.Path(path_type=str))
+@options("n_clusters", "kmeans_max_iter", *DATA_FIELDS, "run_dir", "seed",
+         seed={"help": "Seeds k-means++ (the same seed and data give the same clusters)."})
 @common_options
 @click.pass_context
 def cluster(ctx, as_json, quiet, verbose, **params):
@@ -168,9 +189,10 @@ def cluster(ctx, as_json, quiet, verbose, **params):
 @click.option("--resume", is_flag=True, help="Continue an interrupted valuation from RUN_DIR/shapley_ckpt.")
 @config_option("seed", default=None, show_default=False,
                help="Override the run's seed (re-clusters if it changes).")
+@click.option("--dry-run", is_flag=True, help=DRY_RUN_HELP)
 @common_options
 @click.pass_context
-def value(ctx, resume, as_json, quiet, verbose, **params):
+def value(ctx, resume, dry_run, as_json, quiet, verbose, **params):
     """Monte Carlo Shapley values of the cluster proxies; writes RUN_DIR/values.json.
 
     Reads the data and clustering options from RUN_DIR/config.json; options given here override them.
@@ -195,9 +217,14 @@ def value(ctx, resume, as_json, quiet, verbose, **params):
         config = build_config(ctx, params, base=run.RunDir(run_dir).load_config(), run_dir=run_dir)
         if not config.valid:
             raise PipelineError("no validation set: give --valid VALID", field="--valid")
+        if dry_run:
+            return _dry_run(config, opts, need_budget=False)
         return run.run_value(config, progress=opts.progress, log=opts.log, resume=resume)
 
-    result = _call(opts, work, resume_hint=f"shed value --run-dir {run_dir} --resume", run_dir=run_dir)
+    result = _call(opts, work, resume_hint=f"shed value --run-dir {run_dir} --resume",
+                   run_dir=None if dry_run else run_dir)
+    if dry_run:
+        return _emit_plan(opts, "value", run_dir, result)
     summary = {"command": "value", "run_dir": run_dir, "values": str(Path(run_dir) / "values.json"),
                **result.summary()}
     opts.emit(summary, [
@@ -212,12 +239,14 @@ def value(ctx, resume, as_json, quiet, verbose, **params):
 
 
 @cli.command()
-@click.argument("data", metavar="DATA")
+@click.argument("data", metavar="DATA", type=click.Path(path_type=str))
 @click.option("--values", "values_path", default=None, metavar="VALUES.json", type=click.Path(path_type=str),
               help="Values file with \"cluster_values\" [default: RUN_DIR/values.json].")
-@options("run_dir", "output", *BUDGET_FIELDS, "seed", "split", "revision",
+@options("run_dir", "output", *BUDGET_FIELDS, "keep_order", "seed", "split", "revision",
          run_dir={"help": "Run directory with clusters.npz [default: the directory of --values]."},
-         output={"required": True})
+         output={"required": True},
+         seed={"help": "Seeds the samplers: qwcs and random draws, and qocs's draw from the last cluster that does "
+                       "not fit whole."})
 @common_options
 @click.pass_context
 def select(ctx, values_path, as_json, quiet, verbose, **params):
@@ -264,14 +293,16 @@ def select(ctx, values_path, as_json, quiet, verbose, **params):
 
 
 @cli.command()
-@click.argument("data", metavar="[DATA]", required=False)
-@options("output", *VALUE_FIELDS, *BUDGET_FIELDS, "n_clusters", "kmeans_max_iter", *DATA_FIELDS, "seed", "run_dir")
+@click.argument("data", metavar="[DATA]", required=False, type=click.Path(path_type=str))
+@options("output", *VALUE_FIELDS, *BUDGET_FIELDS, "keep_order", "n_clusters", "kmeans_max_iter", *DATA_FIELDS, "seed",
+         "run_dir")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --run-dir: options come from its config.json (options given here "
                    "override them), finished stages are loaded and an interrupted valuation continues.")
+@click.option("--dry-run", is_flag=True, help=DRY_RUN_HELP)
 @common_options
 @click.pass_context
-def refine(ctx, resume, as_json, quiet, verbose, **params):
+def refine(ctx, resume, dry_run, as_json, quiet, verbose, **params):
     """The whole pipeline: embed -> cluster -> value -> select -> report.
 
     Writes the selected records of DATA, exactly as they are in DATA, to OUT (in DATA's format unless OUT's
@@ -316,9 +347,14 @@ def refine(ctx, resume, as_json, quiet, verbose, **params):
                 raise PipelineError("the run has no validation set; give --valid VALID", field="--valid")
         else:
             config = build_config(ctx, params, run_dir=run_dir)
+        if dry_run:
+            return _dry_run(config, opts, need_budget=True)
         return run.refine(config, progress=opts.progress, log=opts.log, resume=resume)
 
-    result = _call(opts, work, resume_hint=f"shed refine --resume --run-dir {run_dir}", run_dir=run_dir)
+    result = _call(opts, work, resume_hint=f"shed refine --resume --run-dir {run_dir}",
+                   run_dir=None if dry_run else run_dir)
+    if dry_run:
+        return _emit_plan(opts, "refine", run_dir, result)
     summary = dict(result.summary)
     summary["command"] = "refine"
     s = result.summary

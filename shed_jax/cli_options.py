@@ -68,6 +68,9 @@ def config_option(name: str, **overrides):
         kwargs["type"] = float
     elif kind == "path":
         kwargs["type"] = click.Path(path_type=str)
+    elif kind == "flag":
+        kwargs["is_flag"] = True
+        kwargs["show_default"] = False
     elif kind == "pairs":
         kwargs["default"] = None
         kwargs["show_default"] = False

@@ -51,7 +51,8 @@ class OptionSpec:
       metavar: what the value looks like in ``--help``.
       choices: the allowed values (a callable returning them is resolved when checked or shown).
       minimum / maximum: numeric bounds (inclusive unless ``exclusive_minimum``).
-      kind: ``"int" | "float" | "str" | "path" | "pairs" | "options"`` (derived from the type when None).
+      kind: ``"int" | "float" | "str" | "path" | "pairs" | "options" | "flag"`` (derived from the type when
+        None; ``"flag"`` is a boolean ``--name`` switch).
       default_text: what ``--help`` shows as the default when the default is ``None`` (resolved per run).
     """
 
@@ -99,7 +100,7 @@ def check_positive_int(value: Any, name: str, *, minimum: int = 1, allow_none: b
 
 def _field_kind(spec: OptionSpec, annotation: Any) -> str:
     if spec.kind:
-        return spec.kind
+        return "bool" if spec.kind == "flag" else spec.kind
     base = _strip_optional(annotation)
     if base is bool:
         return "bool"
@@ -310,6 +311,8 @@ class RefineConfig:
     ratio: float | None = option(None, "Budget as a fraction of the candidate examples, in (0, 1].", minimum=0.0,
                                  exclusive_minimum=True, maximum=1.0)
     size: int | None = option(None, "Budget as a number of examples.", minimum=1)
+    keep_order: bool = option(False, "Write the selected records in their input order (default: the sampler's "
+                                      "order, best clusters first for qocs).", kind="flag")
     seed: int = option(0, "Seeds k-means, the proxy utility, the Shapley permutations and the sampler.")
 
     def __post_init__(self):

@@ -29,7 +29,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,7 @@ def embedding_cache_key(texts: Sequence[str], model: str = DEFAULT_MODEL) -> str
 
 def embed_texts(texts: Sequence[str], *, model: str = DEFAULT_MODEL, batch_size: int = 64,
                 cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                device: str | None = None, num_threads: int | None = None) -> np.ndarray:
+                device: str | None = None, num_threads: int | None = None, label: str | None = None) -> np.ndarray:
     """Embed ``texts`` with a sentence-transformers model.
 
     Identical texts are embedded once. Texts are encoded in batches of ``batch_size``, longest first (less
@@ -101,9 +100,11 @@ def embed_texts(texts: Sequence[str], *, model: str = DEFAULT_MODEL, batch_size:
       model: hub name or local sentence-transformers directory (see :func:`resolve_model`).
       batch_size: texts per forward pass.
       cache_dir: directory of the on-disk cache (created if missing); ``None`` disables it.
-      progress: show the progress bar (and the model's loading bar).
+      progress: show the progress bar (:mod:`shed_jax.progress`: a tqdm bar on a terminal, plain periodic
+        lines otherwise; the libraries' own loading bars are never shown).
       device: torch device (``"cpu"``, ``"cuda"``, ...); ``None`` lets sentence-transformers choose.
       num_threads: torch CPU threads during the call; default: all CPUs available to this process.
+      label: what the progress bar says (default ``"embedding N texts"``).
 
     Returns:
       ``(N, d)`` float32 array, row ``i`` the L2-normalised embedding of ``texts[i]`` (d = 384 for the
@@ -121,13 +122,16 @@ def embed_texts(texts: Sequence[str], *, model: str = DEFAULT_MODEL, batch_size:
         cache_path = Path(cache_dir) / f"{embedding_cache_key(texts, model)}.npy"
         cached = _read_cache(cache_path, len(texts))
         if cached is not None:
-            _log.info("embeddings of %d texts loaded from cache %s", len(texts), cache_path)
+            _log.debug("embeddings of %d texts loaded from cache %s", len(texts), cache_path)
             return cached
 
     unique_texts, inverse = _unique(texts)
-    encoder = _get_model(model, device, progress)
+    encoder = _get_model(model, device)
+    label = label or f"embedding {len(texts):,} texts"
+    if len(unique_texts) < len(texts):
+        label += f" ({len(unique_texts):,} distinct)"
     embeddings = _encode(encoder, unique_texts, batch_size=batch_size, progress=progress,
-                         num_threads=num_threads)[inverse]
+                         num_threads=num_threads, label=label)[inverse]
     fault_point("embed")  # testing hook (shed_jax._faults): nothing unless SHED_FAULT names it
     if cache_path is not None:
         _save_npy(cache_path, embeddings)
@@ -223,35 +227,39 @@ def _load_model(name_or_path: str, device: str | None):
     return SentenceTransformer(name_or_path, device=device)
 
 
-def _get_model(model: str, device: str | None, progress: bool):
+def _get_model(model: str, device: str | None):
+    """The loaded model (kept per process); the libraries' loading bars are off while it loads."""
     key = (_model_id(model), device)
     if key not in _MODELS:
+        from huggingface_hub import utils as hub_utils
         from transformers.utils import logging as hf_logging
 
-        bars_were_enabled = hf_logging.is_progress_bar_enabled()
-        if not progress:
-            hf_logging.disable_progress_bar()
+        transformers_bars, hub_bars = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
+        hf_logging.disable_progress_bar()
+        hub_utils.disable_progress_bars()
         try:
             _MODELS[key] = _load_model(resolve_model(model), device)
         finally:
-            if bars_were_enabled and not progress:
+            if transformers_bars:
                 hf_logging.enable_progress_bar()
+            if hub_bars:
+                hub_utils.enable_progress_bars()
     return _MODELS[key]
 
 
 def _encode(encoder, texts: list[str], *, batch_size: int, progress: bool,
-            num_threads: int | None) -> np.ndarray:
+            num_threads: int | None, label: str = "embedding") -> np.ndarray:
     """(len(texts), d) float32 normalised embeddings, batches of similar length, original order."""
     import torch
-    from tqdm.auto import tqdm
+
+    from shed_jax.progress import bar as progress_bar
 
     order = np.argsort([-len(t) for t in texts], kind="stable")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads or _available_cpus())
     try:
         parts = []
-        with tqdm(total=len(texts), desc="embedding", unit="text", file=sys.stderr,
-                  disable=not progress) as bar:
+        with progress_bar(len(texts), label, unit="text", enabled=progress) as bar:
             for start in range(0, len(texts), batch_size):
                 batch = [texts[i] for i in order[start:start + batch_size]]
                 parts.append(encoder.encode(batch, batch_size=len(batch), show_progress_bar=False,

@@ -12,6 +12,11 @@ import pytest
 # Strict rank promotion catches silent broadcasting bugs (STYLE.md, equinox).
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+# The estimate a real run logs when it starts (shed_jax/run/estimate.py) times k-means and the Shapley engine:
+# seconds per run. Tests of the pipeline do without it; tests/test_estimate.py turns it on where it is tested.
+os.environ.setdefault("SHED_ESTIMATE", "0")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_embedding_cache(tmp_path_factory):
     """One embedding cache for the whole test session, never the user's (~/.cache/shed_jax)."""

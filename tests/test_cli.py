@@ -229,7 +229,7 @@ def test_stage_commands_chain_in_one_run_directory(demo, tmp_path, fake_embed, f
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["n_clusters"] == 8 and summary["n_candidates"] == 200
-    assert "cluster: k-means with K=8" in result.stderr
+    assert "cluster: k-means K=8 on 200 candidate records" in result.stderr
     assert np.load(run / "clusters.npz")["labels"].shape == (200,)
 
     result = invoke(["value", "--run-dir", run, "--json"])
@@ -357,3 +357,50 @@ def test_value_with_several_proxies_per_cluster(demo, tmp_path, fake_embed, fake
     assert json.loads((run / "config.json").read_text())["config"]["proxies_per_cluster"] == 1
     result = invoke(["value", "--run-dir", run, "--proxies-per-cluster", "0"])
     assert result.exit_code == 2
+
+
+# ------------------------------------------------------------------------------------------------------
+# consistency of the options (issue 11)
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_choice_options_list_their_choices_and_paths_show_as_paths():
+    import click
+
+    for command in ("value", "refine"):
+        text = invoke([command, "--help"]).output
+        assert "[auto|multiple_choice|alpaca|" in text  # --valid-format
+        assert "[embedding|lm" in text  # --proxy, from the registry
+    assert "[qocs|qwcs|random]" in invoke(["select", "--help"]).output
+    for command in ("embed", "cluster", "select", "refine"):
+        params = {p.name: p for p in cli.cli.commands[command].params}
+        assert isinstance(params["data"].type, click.Path), command
+        assert isinstance(params["run_dir"].type, click.Path), command
+    refine_params = {p.name: p for p in cli.cli.commands["refine"].params}
+    for name in ("output", "valid"):
+        assert isinstance(refine_params[name].type, click.Path), name
+
+
+def test_seed_is_offered_only_where_it_means_something(demo, tmp_path, fake_embed):
+    assert "--seed" not in invoke(["embed", "--help"]).output
+    # still accepted (hidden, ignored) so that existing scripts keep working
+    result = invoke(["embed", demo.train, "--run-dir", tmp_path / "run", "--seed", "3", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "k-means" in invoke(["cluster", "--help"]).output.split("--seed", 1)[1].split("--", 1)[0]
+    assert "qwcs and random" in invoke(["select", "--help"]).output.split("--seed", 1)[1]
+    assert "--seed" in invoke(["refine", "--help"]).output and "--seed" in invoke(["value", "--help"]).output
+
+
+def test_keep_order_writes_the_selection_in_input_order(demo, tmp_path):
+    run, labels = make_run_dir(tmp_path, 200, 4)
+    default, kept = tmp_path / "default.jsonl", tmp_path / "kept.jsonl"
+    args = ["select", demo.train, "--run-dir", run, "--size", "120"]
+    assert invoke([*args, "-o", default]).exit_code == 0
+    indices = json.loads((run / "selection.json").read_text())["indices"]
+    assert indices != sorted(indices)  # qocs: best cluster first, so not input order
+    assert invoke([*args, "-o", kept, "--keep-order"]).exit_code == 0
+    lines = demo.train.read_text(encoding="utf-8").splitlines()
+    assert kept.read_text(encoding="utf-8").splitlines() == [lines[i] for i in sorted(indices)]
+    assert default.read_text(encoding="utf-8").splitlines() == [lines[i] for i in indices]
+    sidecar = [json.loads(x) for x in (tmp_path / "kept.scores.jsonl").read_text().splitlines()]
+    assert [s["index"] for s in sidecar] == sorted(indices)

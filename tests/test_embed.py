@@ -168,10 +168,11 @@ def test_corrupt_cache_is_rebuilt(fake_loader, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp files left behind
 
 
-def test_progress_bar_goes_to_stderr(fake_loader, capsys):
-    embed.embed_texts(["a", "b", "c"], model="fake/model", progress=True)
+def test_progress_bar_goes_to_stderr(fake_loader, capsys, monkeypatch):
+    monkeypatch.setenv("SHED_PROGRESS", "bar")  # the tqdm bar, as on a terminal
+    embed.embed_texts(["a", "b", "c"], model="fake/model", progress=True, label="embedding 3 records")
     captured = capsys.readouterr()
-    assert "embedding" in captured.err and captured.out == ""
+    assert "embedding 3 records" in captured.err and captured.out == ""
     embed.embed_texts(["d"], model="fake/model", progress=False)
     assert capsys.readouterr().err == ""
 

@@ -4,6 +4,7 @@ import base64
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +207,78 @@ def test_hundreds_of_clusters_are_drawn_as_a_ranked_band_not_error_bars(monkeypa
         data = ReportData(run_dir=None, values=rng.normal(size=k), stderr=np.full(k, 0.1))
         assert base64.b64decode(_plot_values(data)).startswith(PNG_SIGNATURE)
         assert set(calls) == {expected}, (k, calls)
+
+
+# ------------------------------------------------------------------------------------------------------
+# numbers for people, fonts, log ticks, and the page as a browser draws it (issue 11)
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_cards_show_numbers_for_people(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["seconds_total"] = 72.31
+    document = Path(write_report(run_dir, summary=summary)).read_text(encoding="utf-8")
+    cards = dict(re.findall(r'<div class="k">([^<]*)</div><div class="v">([^<]*)</div>', document))
+    assert cards["run time"] == "1 min 12 s"
+    assert "seconds" not in cards and "value range" not in cards
+    for key in ("lowest cluster value", "highest cluster value", "utility (no data)"):
+        mantissa = re.sub(r"e[-+]\d+$", "", cards[key])
+        digits = re.sub(r"[^0-9]", "", mantissa).lstrip("0")
+        assert 1 <= len(digits) <= 3, (key, cards[key])  # at most 3 significant digits
+    assert "white-space: nowrap" in document.split(".card .v", 1)[1].split("}", 1)[0]
+
+
+def test_the_css_lists_cjk_capable_fonts_before_the_generic_family(run_dir):
+    document = Path(write_report(run_dir)).read_text(encoding="utf-8")
+    body_font = document.split("body {", 1)[1].split("}", 1)[0]
+    for font in ('"Noto Sans CJK SC"', '"Source Han Sans SC"', '"PingFang SC"', '"Microsoft YaHei"'):
+        assert font in body_font
+    assert body_font.index('"Noto Sans CJK SC"') < body_font.index("sans-serif;")
+
+
+@pytest.mark.parametrize("low, high, at_least", [(2.0, 20.0, 5), (2.0, 50.0, 7), (1e-4, 3e-4, 3), (1e-5, 1e-1, 8)])
+def test_log_axes_get_enough_labelled_ticks(low, high, at_least):
+    from matplotlib.figure import Figure
+
+    from shed_jax.report._plots import _log_ticks
+
+    fig = Figure()
+    ax = fig.subplots()
+    data = np.geomspace(low, high, 20)
+    ax.plot(data, data)
+    ax.set_xscale("log")
+    _log_ticks(ax.xaxis, data)
+    fig.canvas.draw()
+    labelled = [t for t in ax.xaxis.get_majorticklabels()
+                if t.get_text() and low * 0.999 <= t.get_position()[0] <= high * 1.001]
+    assert len(labelled) >= at_least, [t.get_text() for t in labelled]
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no headless Chromium at {CHROMIUM}")
+def test_the_page_renders_in_chromium_without_wrapped_cards(run_dir, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_report",
+                                                  Path(__file__).resolve().parents[1] / "scripts" / "check_report.py")
+    check_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_report)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["seconds_total"] = 4321.0
+    report = write_report(run_dir, summary=summary)
+    result = check_report.check(Path(report), tmp_path / "page.png", width=1280)
+    assert result["cards"] >= 8 and result["wrapped_cards"] == [] and result["overflowing"] == []
+    assert result["text_chars"] > 1000 and result["height"] > 1500
+    assert all(image["natural"] > 0 for image in result["images"]) and len(result["images"]) >= 3
+    png = (tmp_path / "page.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE)
+    from PIL import Image
+
+    with Image.open(tmp_path / "page.png") as image:
+        assert image.size == (1280, max(200, result["height"]))
+        colours = image.convert("L").getextrema()
+        assert colours[1] - colours[0] > 100  # not a blank page
+    narrow = check_report.measure(Path(report), width=420)  # a phone-sized window: cards still do not wrap
+    assert narrow["wrapped_cards"] == [] and narrow["overflowing"] == []

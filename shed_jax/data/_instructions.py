@@ -308,8 +308,10 @@ def _build_instruction_set(path: str, records: list[dict], lines: list[int], *, 
             raise DataError(f"duplicate record: identical to the record at {unit} {lines[j]} "
                             f"({dup_idx.size} duplicate record(s) in the file; pass duplicates='keep' "
                             f"or 'drop' to accept them)", path=path, line=lines[i])
-        logger.warning("%s: %d duplicate record(s) (first: %s %d repeats %s %d); duplicates=%r",
-                       path, dup_idx.size, unit, lines[i], unit, lines[j], duplicates)
+        policy = ("dropped: never clustered or selected" if duplicates == "drop"
+                  else "kept: clustered and selectable like any record")
+        logger.warning("%s: %d duplicate record(s) (first: %s %d repeats %s %d); %s (--duplicates %s)",
+                       path, dup_idx.size, unit, lines[i], unit, lines[j], policy, duplicates)
     return InstructionSet(path=path, format=fmt, records=records, prompts=prompts,
                           responses=responses, line_numbers=lines, duplicate_of=duplicate_of, source=source)
 

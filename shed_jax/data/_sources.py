@@ -300,6 +300,7 @@ def _load_dataset_dir(path: str, split: str) -> LoadedRecords:
                         "(no state.json or dataset_dict.json in it)", path=path)
     import datasets
 
+    datasets.disable_progress_bars()  # our own progress lines say what is happening
     try:
         loaded = datasets.load_from_disk(path)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -324,6 +325,7 @@ def _load_hub(spec: str, split: str, revision: str | None) -> LoadedRecords:
     repo_id, config_name = _parse_hf(spec)
     import datasets
 
+    datasets.disable_progress_bars()
     try:
         loaded = datasets.load_dataset(repo_id, config_name, split=split, revision=revision)
     except Exception as e:  # noqa: BLE001 - the library's boundary: network, auth, missing data set or split

@@ -105,6 +105,17 @@ class ValidationEmbeddings:
         return int(self.query_emb.shape[1])
 
 
+def _accepts_label(function) -> bool:
+    """Whether ``function`` takes a ``label=`` keyword (our embedders do; a user's callable may not)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "label" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 def embed_validation(validation_set, *, model: str | None = None, cache_dir: str | os.PathLike | None = None,
                      progress: bool = True, batch_size: int = 64, embed=None) -> ValidationEmbeddings:
     """Embeds a validation set read by ``shed_jax.data.read_validation``.
@@ -122,15 +133,19 @@ def embed_validation(validation_set, *, model: str | None = None, cache_dir: str
 
         model_name = embed_module.DEFAULT_MODEL if model is None else model
         embed = partial(embed_module.embed_texts, model=model_name, cache_dir=cache_dir, batch_size=batch_size)
-    kwargs = dict(progress=progress)
+    labelled = _accepts_label(embed)
+
+    def kwargs(what: str, n: int) -> dict:
+        return dict(progress=progress, **({"label": f"embedding {n:,} validation {what}"} if labelled else {}))
+
     if hasattr(validation_set, "questions") and hasattr(validation_set, "choices"):
         questions = list(validation_set.questions)
         choices = [list(c) for c in validation_set.choices]
         if len(questions) == 0:
             raise ValueError("validation set is empty")
-        question_emb = embed(questions, **kwargs)
+        question_emb = embed(questions, **kwargs("questions", len(questions)))
         flat = [text for item in choices for text in item]
-        flat_emb = embed(flat, **kwargs)
+        flat_emb = embed(flat, **kwargs("answer choices", len(flat)))
         n_choices_max = max(len(item) for item in choices)
         choice_emb = np.zeros((len(questions), n_choices_max, flat_emb.shape[1]), np.float32)
         choice_mask = np.zeros((len(questions), n_choices_max), bool)
@@ -145,6 +160,6 @@ def embed_validation(validation_set, *, model: str | None = None, cache_dir: str
         prompts, responses = list(validation_set.prompts), list(validation_set.responses)
         if len(prompts) == 0:
             raise ValueError("validation set is empty")
-        return ValidationEmbeddings.instruction(embed(prompts, **kwargs),
-                                                embed(responses, **kwargs))
+        return ValidationEmbeddings.instruction(embed(prompts, **kwargs("prompts", len(prompts))),
+                                                embed(responses, **kwargs("responses", len(responses))))
     raise TypeError(f"expected a MultipleChoiceSet or an InstructionSet, got {type(validation_set).__name__}")

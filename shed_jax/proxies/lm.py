@@ -420,9 +420,10 @@ class LMProxyUtility:
         # U(empty) rides along in a free slot of the last round (an inactive slot keeps the initial adapter)
         with_empty = bool(empty_rows) and self._empty_value is None and len(keys) % self.n_slots != 0
         rounds = range(0, len(keys), self.n_slots)
-        if self.progress and len(keys) > self.n_slots:
-            from tqdm.auto import tqdm
-            rounds = tqdm(rounds, desc="LM fine-tunes", unit="round", leave=False)
+        from shed_jax.progress import bar as progress_bar
+
+        fine_tunes = progress_bar(len(keys), f"LM fine-tunes: {len(keys):,} coalitions in {len(rounds):,} rounds",
+                                  unit="fine-tune", enabled=self.progress and len(keys) > self.n_slots)
         for start in rounds:
             chunk = keys[start:start + self.n_slots]
             members = [np.flatnonzero(masks[pending[key][0]]) for key in chunk]
@@ -434,6 +435,8 @@ class LMProxyUtility:
                 if self.config.cache:
                     self._cache[key] = float(value)
                 values[pending[key]] = value
+            fine_tunes.update(len(chunk))
+        fine_tunes.close()
         if empty_rows:
             values[empty_rows] = self.empty_value
         return values.astype(np.float32)

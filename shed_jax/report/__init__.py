@@ -50,7 +50,10 @@ def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run directory not found")
-    document = _render(load_run(run_dir, summary=summary))
+    from shed_jax.report._plots import font_context
+
+    with font_context():  # CJK-capable fallback fonts in the plots, when installed
+        document = _render(load_run(run_dir, summary=summary))
     out_path = Path(out) if out is not None else run_dir / "report.html"
     atomic_write_text(out_path, document)
     return out_path

@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from shed_jax.progress import format_duration
 from shed_jax.report._load import ReportData
 from shed_jax.report._plots import (
+    _MAX_ERRORBARS,
     _junk_share,
     _plot_composition,
     _plot_convergence,
@@ -29,7 +31,9 @@ _CSS = """
 :root { --fg: #111827; --muted: #6b7280; --line: #e5e7eb; --accent: #2563eb; --bg: #f9fafb; }
 * { box-sizing: border-box; }
 body { margin: 0; background: var(--bg); color: var(--fg);
-       font: 15px/1.5 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+       font: 15px/1.5 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+             "Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Hiragino Sans GB", "Microsoft YaHei",
+             "Noto Sans CJK JP", "Noto Sans CJK KR", sans-serif; }
 main { max-width: 1120px; margin: 0 auto; padding: 28px 24px 48px; }
 h1 { font-size: 26px; margin: 0 0 4px; }
 h2 { font-size: 19px; margin: 0 0 10px; }
@@ -40,10 +44,12 @@ section { background: #fff; border: 1px solid var(--line); border-radius: 10px; 
 .note { background: #fffbeb; border: 1px solid #fde68a; color: #92400e; border-radius: 6px;
         padding: 8px 12px; margin: 8px 0; font-size: 14px; }
 img.plot { display: block; max-width: 100%; height: auto; margin: 4px auto; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(165px, 1fr)); gap: 10px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(180px, 1fr)); gap: 10px; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 8px 12px; }
 .card .k { color: var(--muted); font-size: 12.5px; text-transform: uppercase; letter-spacing: .03em; }
-.card .v { font-size: 19px; font-weight: 600; font-variant-numeric: tabular-nums; word-break: break-all; }
+.card .v { font-size: 19px; font-weight: 600; font-variant-numeric: tabular-nums; white-space: nowrap;
+           overflow: hidden; text-overflow: ellipsis; }
+.num, .card .v { white-space: nowrap; }
 table { border-collapse: collapse; width: 100%; font-size: 14px; }
 th, td { text-align: left; vertical-align: top; padding: 6px 8px; border-bottom: 1px solid var(--line); }
 th { color: var(--muted); font-weight: 600; font-size: 12.5px; text-transform: uppercase; letter-spacing: .03em; }
@@ -81,8 +87,27 @@ def _fmt(value: Any) -> str:
         v = float(value)
         if not math.isfinite(v):
             return "—"
-        return f"{v:.4g}"
+        return _significant(v)
     return str(value)
+
+
+def _significant(value: float, digits: int = 3) -> str:
+    """``value`` with at most ``digits`` significant digits, plainly written (no exponent between 1e-4 and 1e6,
+    no trailing zeros).
+
+    >>> _significant(0.00039721), _significant(0.84317), _significant(1234.5), _significant(-2.5e-07), _significant(0.1)
+    ('0.000397', '0.843', '1,234', '-2.5e-07', '0.1')
+    """
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1000 and magnitude < 1e6:
+        return f"{value:,.0f}"
+    if 1e-4 <= magnitude < 1000:
+        decimals = max(0, digits - 1 - int(math.floor(math.log10(magnitude))))
+        text = f"{value:.{decimals}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    return f"{value:.{digits}g}"
 
 
 def _value_pm(value: float, stderr: float) -> str:
@@ -171,14 +196,15 @@ def _cards(run: ReportData) -> str:
         if run.values_meta.get(key) is not None:
             cards.append((label, run.values_meta[key]))
     if run.values is not None:
-        cards.append(("value range", f"{_fmt(run.values.min())} … {_fmt(run.values.max())}"))
+        cards.append(("lowest cluster value", float(run.values.min())))
+        cards.append(("highest cluster value", float(run.values.max())))
     if run.junk is not None:
         candidates = run.labels >= 0 if run.labels is not None else np.ones(run.junk.shape[0], dtype=bool)
         cards.append(("junk in input (demo)", f"{100 * run.junk[candidates].mean():.1f}%"))
         if run.selected is not None and run.selected.any():
             cards.append(("junk in selection (demo)", f"{100 * run.junk[run.selected].mean():.1f}%"))
     if summary.get("seconds_total") is not None:
-        cards.append(("seconds", summary["seconds_total"]))
+        cards.append(("run time", format_duration(float(summary["seconds_total"]))))
     body = "".join(f'<div class="card"><div class="k">{_esc(k)}</div><div class="v">{_esc(_fmt(v))}</div></div>'
                    for k, v in cards if v is not None)
     flat = _flatten(summary)
@@ -252,6 +278,8 @@ def _size_section(run: ReportData) -> str:
     if run.values is None or sizes is None:
         return head + '<p class="note">Needs both values.json and clusters.npz.</p></section>'
     caption = "Each point is a cluster; blue: the selection drew records from it."
+    if run.values.shape[0] > _MAX_ERRORBARS:
+        caption += " Error bars are left out with this many clusters; the values plot above shows them as a band."
     if run.junk is not None:
         caption += " Red rings: clusters whose records are mostly known junk (generated demo data)."
     return head + _img(_plot_size_value(run, sizes), "cluster size against value") + \

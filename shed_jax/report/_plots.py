@@ -19,6 +19,25 @@ _MAX_ERRORBARS = 120  # above this many clusters the values plot is a ranked lin
 # plots
 # --------------------------------------------------------------------------------------------------
 
+_CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "Source Han Sans", "PingFang SC",
+              "Hiragino Sans GB", "Microsoft YaHei", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei")
+
+
+def font_context():
+    """A ``matplotlib.rc_context`` whose ``font.family`` falls back to an installed CJK-capable font (category
+    names and example text may be Chinese, Japanese or Korean); a plain context when none is installed."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    fallback = [name for name in _CJK_FONTS if name in installed]
+    if not fallback:
+        return matplotlib.rc_context()
+    return matplotlib.rc_context({"font.family": ["sans-serif"],
+                                  "font.sans-serif": [*matplotlib.rcParams["font.sans-serif"][:1], *fallback,
+                                                      *matplotlib.rcParams["font.sans-serif"][1:]]})
+
+
 def _figure(width: float, height: float, ncols: int = 1):
     from matplotlib.figure import Figure
 
@@ -98,15 +117,11 @@ def _plot_convergence(run: ReportData) -> str:
         anchor = np.flatnonzero(ok)[0]
         reference = mean_se[anchor] * np.sqrt(t[anchor] / t[ok])
         ax_se.plot(t[ok], reference, color="#6b7280", linestyle="--", linewidth=1, label=r"$\propto 1/\sqrt{T}$")
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
         if t[ok].max() > t[ok].min():
             ax_se.set_xscale("log")
+            _log_ticks(ax_se.xaxis, t[ok], integer=True)
         ax_se.set_yscale("log")
-        for axis in (ax_se.xaxis, ax_se.yaxis):  # ticks at 1, 2, 5 x 10^k, written plainly
-            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            axis.set_minor_formatter(NullFormatter())
+        _log_ticks(ax_se.yaxis, np.concatenate([mean_se[ok], reference]))
         ax_se.legend(frameon=False, fontsize=8)
     else:
         ax_se.text(0.5, 0.5, "no finite standard errors yet", ha="center", va="center", transform=ax_se.transAxes)
@@ -116,13 +131,48 @@ def _plot_convergence(run: ReportData) -> str:
     return _png_base64(fig)
 
 
+def _log_ticks(axis, data: np.ndarray, *, integer: bool = False) -> None:
+    """Enough labelled ticks on a log axis, written plainly: 1, 2, 5 x 10^k over two decades or more; 1, 2, 3, 5
+    x 10^k over one to two; about five evenly spaced values over less than a decade."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    data = np.asarray(data, np.float64)
+    data = data[np.isfinite(data) & (data > 0)]
+    if data.size == 0:
+        return
+    low, high = float(data.min()), float(data.max())
+    decades = np.log10(high / low) if high > low else 0.0
+    if decades >= 2:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    elif decades >= 1:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    else:
+        locator = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10], integer=integer)
+        ticks = [v for v in locator.tick_values(low, high) if low * 0.95 <= v <= high * 1.05 and v > 0]
+        axis.set_major_locator(FixedLocator(ticks if len(ticks) >= 2 else [low, high]))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _plain(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _plain(value: float) -> str:
+    """A tick label without exponent where it stays short: ``0.000075``, ``20``, ``1.5``; else ``1.2e-07``."""
+    if value == 0 or not np.isfinite(value):
+        return "0" if value == 0 else ""
+    if 1e-5 <= abs(value) < 1e6:
+        return np.format_float_positional(float(f"{value:.3g}"), trim="-")
+    return f"{value:.2g}"
+
+
 def _plot_size_value(run: ReportData, sizes: np.ndarray) -> str:
     values, stderr = run.values, run.stderr
     per_cluster = run.selected_per_cluster()
     chosen = per_cluster > 0 if per_cluster is not None else np.zeros(values.shape[0], dtype=bool)
     fig, (ax,) = _figure(10.5, 3.8)
+    many = values.shape[0] > _MAX_ERRORBARS  # hundreds of clusters: points only (the values plot has the band)
     for mask, colour, label in ((~chosen, _UNSELECTED, "not selected"), (chosen, _SELECTED, "selected from")):
-        if mask.any():
+        if mask.any() and many:
+            ax.scatter(sizes[mask], values[mask], s=9, color=colour, alpha=0.6, linewidths=0, label=label)
+        elif mask.any():
             ax.errorbar(sizes[mask], values[mask], yerr=_two_stderr(stderr[mask]), fmt="o", ms=5, color=colour,
                         ecolor=colour, elinewidth=0.8, alpha=0.85, label=label)
     if run.junk is not None and run.labels is not None:
@@ -136,7 +186,7 @@ def _plot_size_value(run: ReportData, sizes: np.ndarray) -> str:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.axhline(0.0, color="#374151", linewidth=0.8)
     ax.set_xlabel("cluster size (records)", fontsize=10)
-    ax.set_ylabel("Shapley value (± 2 s.e.)", fontsize=10)
+    ax.set_ylabel("Shapley value" if many else "Shapley value (± 2 s.e.)", fontsize=10)
     ax.legend(frameon=False, fontsize=9)
     return _png_base64(fig)
 

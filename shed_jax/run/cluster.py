@@ -9,6 +9,7 @@ import numpy as np
 
 from shed_jax._faults import fault_point
 from shed_jax.errors import PipelineError
+from shed_jax.progress import format_duration
 from shed_jax.run.artifacts import Clusters, Examples
 from shed_jax.run.stage import Run, StageResult
 
@@ -63,7 +64,7 @@ def run_stage(run: Run) -> StageResult:
     start = time.perf_counter()
     candidates = np.flatnonzero(run.inputs.candidate_mask)
     k = run.inputs.n_clusters
-    run.log(f"cluster: k-means with K={k} on {candidates.size} candidate records")
+    run.log(f"cluster: k-means K={k:,} on {candidates.size:,} candidate records")
     fit = _cluster.kmeans(embeddings[candidates], k, seed=run.config.seed, max_iter=run.config.kmeans_max_iter)
     local_labels = np.asarray(fit.labels, dtype=np.int32)
     local_proxies = np.asarray(_cluster.proxies(embeddings[candidates], fit.centroids, local_labels), dtype=np.int64)
@@ -77,6 +78,7 @@ def run_stage(run: Run) -> StageResult:
     seconds = time.perf_counter() - start
     if not fit.converged:
         run.log(f"cluster: k-means did not converge in {fit.n_iter} iterations (inertia {fit.inertia:.4g})")
+    run.log(f"cluster: done in {format_duration(seconds)} ({fit.n_iter} iterations)")
     run.stages.finished("cluster", fp, seconds, n_clusters=k, inertia=float(fit.inertia), n_iter=int(fit.n_iter),
                         converged=bool(fit.converged))
     return StageResult("cluster", clusters, fp, False, seconds)

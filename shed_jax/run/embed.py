@@ -13,6 +13,7 @@ from functools import partial
 
 import numpy as np
 
+from shed_jax.progress import format_duration
 from shed_jax.run.stage import Run, StageResult
 
 __all__ = ["Embeddings", "embedder", "run_stage"]
@@ -46,15 +47,17 @@ def run_stage(run: Run) -> StageResult:
     if skipped:
         run.log(f"embed: up to date ({len(texts)} records); loading from the embedding cache")
     else:
-        run.log(f"embed: {len(texts)} records with {run.config.model}")
+        run.log(f"embed: {len(texts):,} records with {run.config.model}")
         run.stages.started("embed", fp)
-    embeddings = np.asarray(embedder(run)(texts, progress=run.progress), dtype=np.float32)
+    embeddings = np.asarray(embedder(run)(texts, progress=run.progress, label=f"embedding {len(texts):,} records"),
+                            dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
         raise RuntimeError(f"embed_texts returned shape {embeddings.shape} for {len(texts)} texts")
     seconds = time.perf_counter() - start
     if skipped:
         run.stages.skipped("embed", fp)
     else:
+        run.log(f"embed: done in {format_duration(seconds)}")
         run.stages.finished("embed", fp, seconds, n_examples=len(texts), dim=int(embeddings.shape[1]),
                             cache_key=_embed.embedding_cache_key(texts, run.config.model))
     return StageResult("embed", Embeddings(embeddings), fp, skipped, seconds)

@@ -153,6 +153,7 @@ def refine(config: RefineConfig, *, progress: bool = True, log: Log | None = Non
     with Run(config, progress=progress, log=log, resume=resume).open(
             need_valid=True, need_budget=True, outputs=(config.output,)) as run:
         run.log(f"run directory: {run.run_dir}")
+        _log_plan(run)
         embedded = None
         if not run.is_up_to_date("cluster", Clusters.FILENAME):
             embedded = run.result("embed")
@@ -177,6 +178,18 @@ def refine(config: RefineConfig, *, progress: bool = True, log: Log | None = Non
         atomic_write_json(run.run_dir / "summary.json", summary)
         return RefineResult(run.run_dir, output, selection.indices, clusters.labels, values.cluster_values,
                             values.stderr, summary, report_path, stages)
+
+
+def _log_plan(run: Run) -> None:
+    """Log what each stage will do and its estimated time (:mod:`shed_jax.run.estimate`; the value stage logs its
+    own time when it starts, from the real utility). ``SHED_ESTIMATE=0`` turns it off."""
+    from shed_jax.run import estimate as _estimate
+
+    if not _estimate.estimate_enabled():
+        return
+    plan = _estimate.plan_run(run.config, run.inputs, calibrate_value=False)
+    for line in plan.lines()[:-1]:
+        run.log(f"plan: {line}")
 
 
 def _summary(run: Run, clusters: StageResult, values: StageResult, selection: StageResult, stages: dict) -> dict:

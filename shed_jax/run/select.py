@@ -14,6 +14,7 @@ import numpy as np
 from shed_jax import data as _data
 from shed_jax.errors import DataError, PipelineError
 from shed_jax.io import finite_or_none, write_jsonl
+from shed_jax.progress import format_duration
 from shed_jax.run.artifacts import Clusters, Selection, Values
 from shed_jax.run.stage import Run, StageResult
 
@@ -80,7 +81,7 @@ def select_from(run: Run, clusters: Clusters, values: Values, *, values_source: 
     budget = run.inputs.budget(n_labelled, path=str(run.run_dir / Clusters.FILENAME))
     indices = select_indices(clusters.labels, values.cluster_values, budget, sampler=cfg.sampler, beta=cfg.beta,
                              seed=cfg.seed)
-    run.log(f"select: {budget} of {n_labelled} candidate records with {cfg.sampler}")
+    run.log(f"select: {budget:,} of {n_labelled:,} candidate records with {cfg.sampler}")
     selection = Selection(indices, cfg.sampler, budget, float(cfg.beta), cfg.seed, cfg.ratio, cfg.size, values_source,
                           n_labelled)
     selection.save(run.dir)
@@ -102,6 +103,7 @@ def run_stage(run: Run) -> StageResult:
     start = time.perf_counter()
     selection = select_from(run, clusters, values)
     seconds = time.perf_counter() - start
+    run.log(f"select: done in {format_duration(seconds)}")
     run.stages.finished("select", fp, seconds, budget=selection.budget)
     return StageResult("select", selection, fp, False, seconds)
 
@@ -117,7 +119,8 @@ def check_values_match(values: Values, clusters: Clusters, path) -> None:
 
 
 def write_output(run: Run, output, clusters: Clusters, values: Values, selection: Selection) -> None:
-    """The selected records exactly as in the data, with the ``.scores.jsonl`` sidecar."""
+    """The selected records exactly as in the data, with the ``.scores.jsonl`` sidecar; in the sampler's order,
+    or in input order with ``keep_order``."""
+    indices = np.sort(selection.indices) if run.config.keep_order else selection.indices
     scores = score_rows(run.inputs.dataset, clusters, values.cluster_values, values.stderr, selection.indices)
-    _data.write_selection(output, run.inputs.dataset, selection.indices,
-                          scores=[scores[int(i)] for i in selection.indices])
+    _data.write_selection(output, run.inputs.dataset, indices, scores=[scores[int(i)] for i in indices])

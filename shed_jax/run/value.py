@@ -14,6 +14,8 @@ import time
 import numpy as np
 
 from shed_jax.io import finite_or_none
+from shed_jax.progress import bar as progress_bar
+from shed_jax.progress import format_duration
 from shed_jax.run.artifacts import Clusters, Convergence, MemberValues, Values
 from shed_jax.run.stage import Run, StageResult
 
@@ -92,23 +94,23 @@ def expected_evaluations(n_players: int, removal_step: int, n_permutations: int)
     return n_permutations * max(1, n_players // removal_step) + 2
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _log_estimate(run: Run, utility, n_players: int, removal_step: int, n_permutations: int) -> None:
-    """For utilities that can estimate their cost (``estimate_seconds(n_evaluations)``): log the estimated
-    time of the value stage before it starts, and on a CPU suggest the embedding proxy when it is hours."""
+    """Log the estimated time of the value stage before it starts, and on a CPU suggest the embedding proxy
+    when it is hours. Utilities that can estimate their cost (``estimate_seconds(n_evaluations)``) are asked;
+    others are timed through the Shapley engine for one chunk after a compiling call
+    (:func:`shed_jax.run.estimate.time_shapley`) unless ``SHED_ESTIMATE=0``."""
+    from shed_jax.run import estimate as _estimate
+
     estimate = getattr(utility, "estimate_seconds", None)
-    if not callable(estimate):
-        return
     n_evaluations = expected_evaluations(n_players, removal_step, n_permutations)
-    seconds = float(estimate(n_evaluations))
-    run.log(f"value: about {n_evaluations:,} utility evaluations, estimated {_duration(seconds)} on this machine")
+    if callable(estimate):
+        seconds = float(estimate(n_evaluations))
+    elif _estimate.estimate_enabled():
+        seconds = _estimate.time_shapley(utility, n_players, removal_step=removal_step, n_permutations=n_permutations,
+                                         batch_size=run.config.shapley_batch_size, seed=int(run.config.seed))["seconds"]
+    else:
+        return
+    run.log(f"value: about {n_evaluations:,} utility evaluations, estimated {format_duration(seconds)} on this machine")
     import jax
 
     if seconds > 3600 and jax.default_backend() == "cpu" and run.config.proxy != "embedding":
@@ -141,7 +143,6 @@ def run_stage(run: Run) -> StageResult:
     member_index, owners = players(run, clusters)
     from shed_jax.proxies import registry
 
-    utility = registry.get(run.config.proxy).factory(proxy_inputs(run, member_index), run.inputs.proxy_config())
     k, n_players = clusters.n_clusters, int(member_index.shape[0])
     step, n_perm = run.inputs.removal_step, run.config.n_permutations
     who = (f"K={k} proxies" if n_players == k
@@ -154,14 +155,19 @@ def run_stage(run: Run) -> StageResult:
     else:
         resume_note = ""
     run.log(f"value: Monte Carlo Shapley over {who}, {n_perm} permutations, removal step {step}{resume_note}")
+    utility = registry.get(run.config.proxy).factory(proxy_inputs(run, member_index), run.inputs.proxy_config())
     _log_estimate(run, utility, n_players, step, n_perm)
     from shed_jax import shapley as _shapley
 
+    shapley_bar = progress_bar(n_perm, f"Shapley: {n_perm:,} permutations", unit="perm", enabled=run.progress)
     kwargs = dict(n_permutations=n_perm, removal_step=step, seed=run.config.seed, checkpoint_dir=str(ckpt_dir),
-                  progress=run.progress, history_every=max(1, n_perm // 100))
+                  progress=lambda status: shapley_bar.set(status.n_permutations), history_every=max(1, n_perm // 100))
     if run.config.shapley_batch_size is not None:
         kwargs["batch_size"] = run.config.shapley_batch_size
-    estimate = _shapley.monte_carlo(utility, n_players, **kwargs)
+    try:
+        estimate = _shapley.monte_carlo(utility, n_players, **kwargs)
+    finally:
+        shapley_bar.close()
     member_values = np.asarray(estimate.values, dtype=np.float64)
     member_stderr = np.asarray(estimate.stderr, dtype=np.float64)
     cluster_values, stderr = cluster_means(member_values, member_stderr, owners, k)
@@ -183,6 +189,7 @@ def run_stage(run: Run) -> StageResult:
         Convergence(np.asarray(history["n_permutations"]), history_values, history_stderr).save(run.dir)
     values.save(run.dir)
     seconds = time.perf_counter() - start
+    run.log(f"value: done in {format_duration(seconds)} ({values.n_evaluations:,} utility evaluations)")
     run.stages.finished("value", fp, seconds, n_permutations=values.n_permutations,
                         n_evaluations=values.n_evaluations)
     return StageResult("value", values, fp, False, seconds)

@@ -374,7 +374,7 @@ def test_same_records_as_parquet_embed_nothing_the_second_time(demo, tmp_path, m
     from shed_jax import embed as embed_module
 
     encoded = []
-    monkeypatch.setattr(embed_module, "_get_model", lambda model, device, progress: object())
+    monkeypatch.setattr(embed_module, "_get_model", lambda *args, **kwargs: object())
     monkeypatch.setattr(embed_module, "_encode",
                         lambda encoder, texts, **kw: encoded.append(len(texts)) or hashing_embed(list(texts)))
     records = [json.loads(line) for line in demo.train.read_text(encoding="utf-8").splitlines()]

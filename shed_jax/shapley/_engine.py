@@ -20,6 +20,12 @@ estimates sum to ``U(full) - U(empty)`` but is biased too; we keep SHED's choice
 **Estimates** are means over samples; a sample is one permutation (each player gets exactly one marginal),
 or with ``antithetic=True`` the average of a permutation and its reverse. ``stderr = sqrt(var / P)``.
 
+**Groups** (``groups=owner``, e.g. the cluster of each of several proxies per cluster): per sample, the mean
+marginal of each group's members is folded into a second Welford state, so ``group_values`` is the mean of
+the members' values and ``group_stderr`` the exact standard error of that mean over the samples. (The
+members' estimates share permutations and are correlated; combining their standard errors as if independent
+is wrong in either direction.)
+
 **Truncation** (TMC-Shapley, Ghorbani & Zou 2019): with ``truncation_tol = tol``, once
 ``|U(S_t) - U(empty)| <= tol * |U(full) - U(empty)|`` along a permutation (checked from ``t = 0``, so a game
 with ``U(full) == U(empty)`` gives all zeros), the blocks removed after ``S_t`` get marginal 0 and their
@@ -52,7 +58,7 @@ import numpy as np
 from .. import sharding as _sharding
 from ..config import check_positive_int
 from . import _checkpoint
-from ._estimator import ShapleyState, estimate, init, welford_scan
+from ._estimator import ShapleyState, estimate, estimate_groups, init, welford_scan
 from ._result import ShapleyResult
 from ._sampler import permutation_keys, permutations_from_keys, ranks_of, with_antithetic
 from ._stopping import MaxPermutations, RunStatus, StoppingRule, now
@@ -122,8 +128,10 @@ def _cached(utility, static_key, build):
     return per_utility[static_key]
 
 
-def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapshots):
-    """Jitted ``(count, mean, m2, key_words, n_valid, u_full, u_empty) -> (count, mean, m2, n_evals, snaps)``."""
+def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapshots, n_groups=None):
+    """Jitted ``(count, mean, m2, key_words, n_valid, u_full, u_empty, groups) -> (count, mean, m2, n_evals,
+    snaps, group_out)``; ``groups`` is None or ``(group_mean, group_m2, owner (n,), inv_size (G,))`` and
+    ``group_out`` None or ``(group_mean, group_m2, group_snaps)``."""
     n, m, T, n_inter = plan.n, plan.m, plan.n_steps, plan.n_inter
     B, a, P = plan.batch_size, plan.perms_per_sample, plan.samples_per_chunk
     Q = P * a
@@ -139,8 +147,9 @@ def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapsh
                              f"({masks.shape[0]},), got {values.shape}")
         return values
 
-    def step(count, mean, m2, key_words, n_valid, u_full, u_empty):
+    def step(count, mean, m2, key_words, n_valid, u_full, u_empty, groups=None):
         dtype = mean.dtype
+        count_before = count
         u_full = u_full.astype(dtype)
         u_empty = u_empty.astype(dtype)
         perms = permutations_from_keys(key_words, n)
@@ -199,7 +208,14 @@ def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapsh
             count, mean, m2, snaps = out
         else:
             (count, mean, m2), snaps = out, None
-        return count, mean, m2, n_evals, snaps
+        group_out = None
+        if groups is not None:
+            group_mean, group_m2, owner, inv_size = groups
+            group_samples = jax.ops.segment_sum(marginals.T, owner, num_segments=n_groups).T * inv_size[None, :]  # (P, G)
+            out = welford_scan(count_before, group_mean, group_m2, group_samples, sample_valid,
+                               with_snapshots=with_snapshots)
+            group_out = (out[1], out[2], out[3] if with_snapshots else None)
+        return count, mean, m2, n_evals, snaps, group_out
 
     return jax.jit(step)
 
@@ -254,7 +270,7 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
                 stopping: StoppingRule | None = None, checkpoint_dir: str | os.PathLike | None = None,
                 checkpoint_every: int = 1, progress: bool | Callable[[RunStatus], None] | None = None,
                 history_every: int | None = None, permutations_per_chunk: int | None = None,
-                devices=None) -> ShapleyResult:
+                devices=None, groups=None, n_groups: int | None = None) -> ShapleyResult:
     """Monte Carlo Shapley values of ``utility`` by (block) permutation sampling. See the module docstring.
 
     Args:
@@ -276,6 +292,11 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
         (and at the end) into ``result.history``.
       permutations_per_chunk: permutations per jitted step (default: about 16 utility batches' worth).
       devices: devices to shard the batch over (default ``jax.local_devices()``).
+      groups: optional ``(n_players,)`` int owner of each player in ``[0, n_groups)`` (every group non-empty);
+        the result then also carries ``group_values`` / ``group_stderr`` ``(n_groups,)``: the per-sample mean
+        marginal of each group's members, averaged over samples, and its exact standard error (see the module
+        docstring), and the history ``group_values`` / ``group_stderr``. Part of the checkpoint's arguments.
+      n_groups: number of groups (default ``max(groups) + 1``).
 
     Returns:
       ``ShapleyResult`` with ``values`` and ``stderr`` of shape ``(n_players,)``.
@@ -316,6 +337,8 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
         batch_size = getattr(utility, "preferred_batch_size", None) or DEFAULT_BATCH_SIZE
     batch_size = check_positive_int(batch_size, "batch_size")
 
+    owner, n_groups = _check_groups(groups, n_groups, n_players)
+
     devices = list(devices) if devices is not None else jax.local_devices()
     mesh = _sharding.make_mesh(devices)
     perms_per_sample = 2 if antithetic else 1
@@ -326,20 +349,28 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
     run_args = {"n_players": n_players, "removal_step": removal_step, "seed": seed,
                 "antithetic": bool(antithetic), "truncation_tol": truncation_tol,
                 "history_every": history_every}
-    state = init(n_players)
+    if owner is not None:
+        run_args["groups"] = _checkpoint.groups_digest(owner, n_groups)
+    state = init(n_players, n_groups=n_groups)
     history = {"n_permutations": [], "values": [], "stderr": []}
+    if owner is not None:
+        history.update(group_values=[], group_stderr=[])
     manager = None
     if checkpoint_dir is not None:
         manager = _checkpoint.open_manager(checkpoint_dir, run_args)
-        restored = _checkpoint.restore_latest(manager, run_args, n_players)
+        restored = _checkpoint.restore_latest(manager, run_args, n_players, n_groups=n_groups)
         if restored is not None:
             state, history = restored
 
     start_time = now()
     u_full, u_empty = _evaluate_full_and_empty(utility, n_players, plan.batch_size, mesh)
-    static_key = ("chunk", plan.key, truncation_tol, tuple(devices), history_every is not None)
+    static_key = ("chunk", plan.key, truncation_tol, tuple(devices), history_every is not None, n_groups)
     step = _cached(utility, static_key, lambda get: _make_chunk_step(get, plan, truncation_tol, mesh,
-                                                                  history_every is not None))
+                                                                  history_every is not None, n_groups))
+    group_args = None
+    if owner is not None:
+        sizes = np.bincount(owner, minlength=n_groups)
+        group_args = (jnp.asarray(owner, jnp.int32), jnp.asarray(1.0 / sizes, state.mean.dtype))
     if stopping is not None:
         stopping.reset()
     cap = MaxPermutations(n_permutations) if n_permutations is not None else None
@@ -361,13 +392,15 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
         while stop_reason is None:
             n_valid = plan.samples_per_chunk if total_samples is None else min(plan.samples_per_chunk,
                                                                                 total_samples - count)
-            new_count, mean, m2, n_evals, snaps = step(
+            new_count, mean, m2, n_evals, snaps, group_out = step(
                 state.count, state.mean, state.m2,
                 permutation_keys(seed, count, plan.samples_per_chunk), jnp.int32(n_valid),
-                jnp.float32(u_full), jnp.float32(u_empty))
-            state = ShapleyState(new_count, mean, m2, int(state.n_evaluations) + int(n_evals))
+                jnp.float32(u_full), jnp.float32(u_empty),
+                None if group_args is None else (state.group_mean, state.group_m2) + group_args)
+            group_mean, group_m2, group_snaps = group_out if group_out is not None else (None, None, None)
+            state = ShapleyState(new_count, mean, m2, int(state.n_evaluations) + int(n_evals), group_mean, group_m2)
             if history_every is not None:
-                _record_history(history, snaps, count, n_valid, perms_per_sample, history_every)
+                _record_history(history, snaps, count, n_valid, perms_per_sample, history_every, group_snaps)
             count = int(new_count)
             status = status_of(state)
             if report is not None:
@@ -391,35 +424,66 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
             close_progress()
 
     values, stderr = estimate(state)
+    group_values, group_stderr = estimate_groups(state) or (None, None)
     hist = None
     if history_every is not None:
         if not history["n_permutations"] or history["n_permutations"][-1] != count * perms_per_sample:
             history["n_permutations"].append(count * perms_per_sample)
             history["values"].append(values)
             history["stderr"].append(stderr)
+            if owner is not None:
+                history["group_values"].append(group_values)
+                history["group_stderr"].append(group_stderr)
         hist = {"n_permutations": np.asarray(history["n_permutations"], dtype=np.int64),
                 "values": np.asarray(history["values"], dtype=np.float64).reshape(-1, n_players),
                 "stderr": np.asarray(history["stderr"], dtype=np.float64).reshape(-1, n_players)}
+        if owner is not None:
+            hist.update({key: np.asarray(history[key], dtype=np.float64).reshape(-1, n_groups)
+                         for key in ("group_values", "group_stderr")})
     return ShapleyResult(values=values, stderr=stderr, n_evaluations=int(state.n_evaluations) + 2,
                          n_permutations=count * perms_per_sample, n_samples=count, removal_step=removal_step,
-                         u_full=u_full, u_empty=u_empty, stop_reason=stop_reason, history=hist)
+                         u_full=u_full, u_empty=u_empty, stop_reason=stop_reason, history=hist,
+                         group_values=group_values, group_stderr=group_stderr)
 
 
-def _record_history(history, snaps, count_before, n_valid, perms_per_sample, history_every):
-    """Append snapshots where the permutation count crosses a multiple of ``history_every``."""
+def _check_groups(groups, n_groups, n_players):
+    """``(owner (n,) int64, n_groups)`` checked, or ``(None, None)`` without groups."""
+    if groups is None:
+        if n_groups is not None:
+            raise ValueError("n_groups needs groups")
+        return None, None
+    owner = np.asarray(groups)
+    if owner.shape != (n_players,) or not (owner.size == 0 or np.issubdtype(owner.dtype, np.integer)):
+        raise ValueError(f"groups must be an integer array of shape ({n_players},), got {owner.dtype} {owner.shape}")
+    owner = owner.astype(np.int64)
+    n_groups = int(owner.max()) + 1 if n_groups is None else check_positive_int(n_groups, "n_groups")
+    if owner.min() < 0 or owner.max() >= n_groups:
+        raise ValueError(f"groups must lie in [0, {n_groups}), got [{owner.min()}, {owner.max()}]")
+    empty = np.flatnonzero(np.bincount(owner, minlength=n_groups) == 0)
+    if empty.size:
+        raise ValueError(f"groups without a player: {empty[:10].tolist()}")
+    return owner, n_groups
+
+
+def _record_history(history, snaps, count_before, n_valid, perms_per_sample, history_every, group_snaps=None):
+    """Append snapshots where the permutation count crosses a multiple of ``history_every`` (and the group
+    snapshots under ``group_values`` / ``group_stderr`` when given)."""
     done = count_before + np.arange(1, n_valid + 1)                    # samples after each row
     perms_after = done * perms_per_sample
     perms_before = perms_after - perms_per_sample
     rows = np.nonzero(perms_after // history_every > perms_before // history_every)[0]
     if rows.size == 0:
         return
-    means, m2s, _ = snaps
-    means = np.asarray(means[rows], dtype=np.float64)
-    m2s = np.asarray(m2s[rows], dtype=np.float64)
-    for k, row in enumerate(rows):
-        c = int(done[row])
-        stderr = (np.sqrt(np.maximum(m2s[k], 0) / (c - 1) / c) if c >= 2
-                  else np.full(means.shape[1], np.inf))
-        history["n_permutations"].append(int(perms_after[row]))
-        history["values"].append(means[k])
-        history["stderr"].append(stderr)
+    for snapshots, keys in ((snaps, ("values", "stderr")), (group_snaps, ("group_values", "group_stderr"))):
+        if snapshots is None:
+            continue
+        means, m2s, _ = snapshots
+        means = np.asarray(means[rows], dtype=np.float64)
+        m2s = np.asarray(m2s[rows], dtype=np.float64)
+        for k, row in enumerate(rows):
+            c = int(done[row])
+            stderr = (np.sqrt(np.maximum(m2s[k], 0) / (c - 1) / c) if c >= 2
+                      else np.full(means.shape[1], np.inf))
+            history[keys[0]].append(means[k])
+            history[keys[1]].append(stderr)
+    history["n_permutations"].extend(int(perms_after[row]) for row in rows)

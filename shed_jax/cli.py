@@ -334,10 +334,11 @@ def refine(ctx, resume, as_json, quiet, verbose, **params):
 @click.option("--ratio", type=float, default=0.2, show_default=True, help="Budget as a fraction of the data.")
 @config_option("n_permutations", default=None, show_default=False,
                help="Monte Carlo permutations [default: as in `shed refine`].")
+@config_option("proxies_per_cluster")
 @config_option("model")
 @config_option("seed")
 @common_options
-def demo(run_dir, demo_size, ratio, n_permutations, model, seed, as_json, quiet, verbose):
+def demo(run_dir, demo_size, ratio, n_permutations, proxies_per_cluster, model, seed, as_json, quiet, verbose):
     """Refine a generated data set with known junk and show how much junk each selection keeps.
 
     The data (RUN_DIR/demo_data) mixes useful instruction clusters with junk clusters; the validation
@@ -355,7 +356,7 @@ def demo(run_dir, demo_size, ratio, n_permutations, model, seed, as_json, quiet,
         from shed_jax.demo import demo as run_demo
 
         return run_demo(_abs(run_dir), size=demo_size, seed=seed, ratio=ratio, n_permutations=n_permutations,
-                        progress=opts.progress, log=opts.log, model=model)
+                        progress=opts.progress, log=opts.log, model=model, proxies_per_cluster=proxies_per_cluster)
 
     result = _call(opts, work, resume_hint="shed demo --run-dir <same dir> (finished stages are skipped)",
                    run_dir=_abs(run_dir))

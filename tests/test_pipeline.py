@@ -122,7 +122,11 @@ def test_fingerprints_change_exactly_downstream():
     assert changed(base.replace(sampler="qwcs")) == ["select"]
     assert changed(base.replace(ratio=None, size=3)) == ["select"]
     # an explicit value equal to the default resolves to the same fingerprint
-    assert changed(base.replace(removal_step=pipeline.default_removal_step(4))) == []
+    # (auto resolves M = 16 for K=4 and 100 candidates: 64 players, default step 2)
+    assert base.resolved_proxies_per_cluster(4, 100) == 16
+    assert changed(base.replace(removal_step=pipeline.default_removal_step(4 * 16))) == []
+    assert changed(base.replace(value_player_budget=63)) == ["value", "select"]  # auto -> 8
+    assert changed(base.replace(value_player_budget=70)) == []  # still 16
     # the proxy's options are fingerprinted resolved: a default spelled out changes nothing, a new value (or a
     # new default in a later version) invalidates the stored values
     from shed_jax.proxies import EmbeddingProxyConfig

@@ -182,3 +182,37 @@ def test_report_flags_mixed_clusters(tmp_path):
     assert "1 of 3 clusters look mixed" in text and "Do the members of a cluster agree?" in text
     Values(np.array([0.1, 0.2]), np.array([0.01, 0.01]), 10, 100, 1, 0, {"proxy": "toy"}).save(run)
     assert "Do the members of a cluster agree?" not in report.write_report(run).read_text()  # one proxy each
+
+
+def test_resume_reuses_the_recorded_m_and_an_old_checkpoint_restarts(demo_data, tmp_path, fake_embed, monkeypatch):
+    from shed_jax import shapley as shapley_module
+
+    calls = []
+    fake = fake_monte_carlo(calls)
+    monkeypatch.setattr(shapley_module, "monte_carlo", fake)
+    run = tmp_path / "run"
+    args = ["refine", demo_data.train, "--valid", demo_data.valid, "--ratio", "0.2", "-o", tmp_path / "o.jsonl",
+            "--run-dir", run, "--clusters", "8", "--permutations", "4", "--proxy-option", "steps=4"]
+    assert invoke(args).exit_code == 0
+    labels = np.load(run / "clusters.npz")["labels"]
+    players_2 = int(np.minimum(np.bincount(labels[labels >= 0], minlength=8), 2).sum())
+    # an interrupted valuation that had chosen M=2 (e.g. under a time budget), with a checkpoint written by an
+    # older shed_jax (no per-cluster state): --resume keeps M=2 and restarts the valuation from permutation 0
+    stages = json.loads((run / "stages.json").read_text())
+    stages["stages"]["value"].update(status="running", proxies_per_cluster=2)
+    (run / "stages.json").write_text(json.dumps(stages))
+    (run / "shapley_ckpt").mkdir()
+
+    def old_checkpoint_once(utility, n_players, **kwargs):
+        if not any(c.get("refused") for c in calls):
+            calls.append({"refused": True})
+            raise shapley_module.MissingGroupStateError("checkpoint holds no per-group state")
+        return fake(utility, n_players, **kwargs)
+
+    monkeypatch.setattr(shapley_module, "monte_carlo", old_checkpoint_once)
+    result = invoke(["refine", "--resume", "--run-dir", run])
+    assert result.exit_code == 0, result.output
+    assert "discarding it and starting from permutation 0" in result.stderr
+    assert "auto ->" not in result.stderr and not (run / "shapley_ckpt").exists()
+    assert calls[-1]["n_players"] == players_2
+    assert json.loads((run / "values.json").read_text())["proxies_per_cluster"] == 2

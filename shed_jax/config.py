@@ -297,7 +297,7 @@ class RefineConfig:
                 "lowered further while a proxy that estimates its cost (lm) would exceed --value-time-budget.",
         kind="auto_int", minimum=1, metavar="auto|M")
     value_player_budget: int = option(
-        4000, "Most Shapley players (K x M) that --proxies-per-cluster auto may choose.", flag="--max-players",
+        1000, "Most Shapley players (K x M) that --proxies-per-cluster auto may choose.", flag="--max-players",
         minimum=1)
     value_time_budget: float = option(
         3600.0, "Seconds that --proxies-per-cluster auto allows the value stage, for proxies that estimate their "
@@ -419,8 +419,8 @@ def auto_proxies_per_cluster(n_clusters: int, n_candidates: int, *, max_players:
     size: beyond it most clusters are valued whole already) and, when given, ``fits(M)`` (e.g. the proxy's
     estimated value-stage time within the time budget); 1 when none qualifies.
 
-    >>> auto_proxies_per_cluster(150, 3000, max_players=4000), auto_proxies_per_cluster(1000, 15000, max_players=4000)
-    (16, 4)
+    >>> auto_proxies_per_cluster(150, 3000, max_players=1000), auto_proxies_per_cluster(1000, 15000, max_players=4000)
+    (4, 4)
     """
     for per_cluster in sorted(AUTO_PROXIES_PER_CLUSTER, reverse=True):
         players = int(n_clusters) * per_cluster

@@ -31,7 +31,7 @@ def brute_force_rule(k, n, budget, fits=lambda m: True):
     return max(ok)
 
 
-@pytest.mark.parametrize("k,n,budget", [(150, 3000, 4000), (1000, 15011, 4000), (64, 600, 4000), (16, 600, 4000),
+@pytest.mark.parametrize("k,n,budget", [(150, 3000, 1000), (150, 3000, 4000), (1000, 15011, 4000), (64, 600, 4000), (16, 600, 4000),
                                         (8, 200, 20), (300, 299, 4000), (1, 1, 1), (250, 100000, 3999)])
 def test_auto_rule_against_brute_force(k, n, budget):
     assert auto_proxies_per_cluster(k, n, max_players=budget) == brute_force_rule(k, n, budget)
@@ -93,11 +93,11 @@ def test_auto_is_resolved_printed_and_recorded(demo_data, tmp_path, fake_embed, 
             "--run-dir", run, "--clusters", "8", "--permutations", "4", "--proxy-option", "steps=4"]
     result = invoke(args)
     assert result.exit_code == 0, result.output
-    # 200 candidates, K=8: 16 x 8 = 128 <= the default budget (4,000) and <= 200 records; the players are the
+    # 200 candidates, K=8: 16 x 8 = 128 <= the default budget (1,000) and <= 200 records; the players are the
     # 16 members nearest each centroid, all members of a smaller cluster
     labels = np.load(run / "clusters.npz")["labels"]
     players = {m: int(np.minimum(np.bincount(labels[labels >= 0], minlength=8), m).sum()) for m in (2, 16)}
-    assert f"value: proxies per cluster: auto -> 16 (K=8, {players[16]} players within the budget of 4,000 players" \
+    assert f"value: proxies per cluster: auto -> 16 (K=8, {players[16]} players within the budget of 1,000 players" \
         in result.stderr, result.stderr
     values = json.loads((run / "values.json").read_text())
     assert values["proxies_per_cluster"] == 16 and len(values["members"]["index"]) == players[16]
@@ -152,7 +152,7 @@ def test_time_budget_lowers_auto_for_a_proxy_that_estimates_its_cost(fake_embed,
                          "--permutations", "100", "--removal-step", "1", "--value-time-budget", "10000"])
         assert result.exit_code == 0, result.output
         assert expected == 4  # 32 players: 6,404 s; 8 per cluster would be 64 players: 12,804 s
-        assert f"auto -> {expected} (K=8, {players[expected]} players within the budget of 4,000 players " \
+        assert f"auto -> {expected} (K=8, {players[expected]} players within the budget of 1,000 players " \
                "(--max-players) and 2.8 h (--value-time-budget; estimated 1.8 h)" in result.stderr, result.stderr
         assert json.loads((run_dir / "values.json").read_text())["proxies_per_cluster"] == expected
     finally:

@@ -172,11 +172,14 @@ def value(ctx, resume, as_json, quiet, verbose, **params):
     Reads the data and clustering options from RUN_DIR/config.json; options given here override them.
     Each permutation costs about K / removal-step utility evaluations; values.json holds per-cluster
     values and standard errors, convergence.npz their history. The estimator state is checkpointed in
-    RUN_DIR/shapley_ckpt, so an interrupted run continues with --resume.
+    RUN_DIR/shapley_ckpt, so an interrupted run continues with --resume. Each cluster is valued by its M
+    members nearest the centroid (--proxies-per-cluster; auto, the default, picks the largest M in 1, 2, 4,
+    8, 16 with K x M within --max-players, prints it and records it in values.json).
 
     \b
     Examples:
       shed value --run-dir run/ --valid mmlu_dev.jsonl
+      shed value --run-dir run/ --valid mmlu_dev.jsonl --proxies-per-cluster 1   # SHED's single proxy
       shed value --run-dir run/ --valid mmlu_dev.jsonl --permutations 200 --removal-step 4
       shed value --run-dir run/ --valid val.jsonl --proxy lm --proxy-option steps=20
       shed value --run-dir run/ --resume

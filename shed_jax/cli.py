@@ -198,11 +198,14 @@ def value(ctx, resume, dry_run, as_json, quiet, verbose, **params):
     Reads the data and clustering options from RUN_DIR/config.json; options given here override them.
     Each permutation costs about K / removal-step utility evaluations; values.json holds per-cluster
     values and standard errors, convergence.npz their history. The estimator state is checkpointed in
-    RUN_DIR/shapley_ckpt, so an interrupted run continues with --resume.
+    RUN_DIR/shapley_ckpt, so an interrupted run continues with --resume. Each cluster is valued by its M
+    members nearest the centroid (--proxies-per-cluster; auto, the default, picks the largest M in 1, 2, 4,
+    8, 16 with K x M within --max-players, prints it and records it in values.json).
 
     \b
     Examples:
       shed value --run-dir run/ --valid mmlu_dev.jsonl
+      shed value --run-dir run/ --valid mmlu_dev.jsonl --proxies-per-cluster 1   # SHED's single proxy
       shed value --run-dir run/ --valid mmlu_dev.jsonl --permutations 200 --removal-step 4
       shed value --run-dir run/ --valid val.jsonl --proxy lm --proxy-option steps=20
       shed value --run-dir run/ --resume
@@ -378,10 +381,11 @@ def refine(ctx, resume, dry_run, as_json, quiet, verbose, **params):
 @click.option("--ratio", type=float, default=0.2, show_default=True, help="Budget as a fraction of the data.")
 @config_option("n_permutations", default=None, show_default=False,
                help="Monte Carlo permutations [default: as in `shed refine`].")
+@config_option("proxies_per_cluster")
 @config_option("model")
 @config_option("seed")
 @common_options
-def demo(run_dir, demo_size, ratio, n_permutations, model, seed, as_json, quiet, verbose):
+def demo(run_dir, demo_size, ratio, n_permutations, proxies_per_cluster, model, seed, as_json, quiet, verbose):
     """Refine a generated data set with known junk and show how much junk each selection keeps.
 
     The data (RUN_DIR/demo_data) mixes useful instruction clusters with junk clusters; the validation
@@ -399,7 +403,7 @@ def demo(run_dir, demo_size, ratio, n_permutations, model, seed, as_json, quiet,
         from shed_jax.demo import demo as run_demo
 
         return run_demo(_abs(run_dir), size=demo_size, seed=seed, ratio=ratio, n_permutations=n_permutations,
-                        progress=opts.progress, log=opts.log, model=model)
+                        progress=opts.progress, log=opts.log, model=model, proxies_per_cluster=proxies_per_cluster)
 
     result = _call(opts, work, resume_hint="shed demo --run-dir <same dir> (finished stages are skipped)",
                    run_dir=_abs(run_dir))

@@ -45,6 +45,29 @@ class _ProxyName(click.ParamType):
         return str(value)
 
 
+class _AutoOrInt(click.ParamType):
+    """``auto`` or an integer ``>= minimum`` (kept as the string ``"auto"`` or an int)."""
+
+    name = "auto|int"
+
+    def __init__(self, minimum: int = 1):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif str(value).strip().lower() == "auto":
+            return "auto"
+        else:
+            try:
+                number = int(str(value).strip())
+            except ValueError:
+                self.fail(f"must be auto or an integer >= {self.minimum}, got {value!r}", param, ctx)
+        if number < self.minimum:
+            self.fail(f"must be auto or an integer >= {self.minimum}, got {value!r}", param, ctx)
+        return number
+
+
 _FIELDS = {f.name: f for f in dataclasses.fields(RefineConfig)}
 
 
@@ -62,6 +85,8 @@ def config_option(name: str, **overrides):
         kwargs.pop("metavar", None)
     elif spec.choices is not None:
         kwargs["type"] = click.Choice(list(spec.allowed()))
+    elif kind == "auto_int":
+        kwargs["type"] = _AutoOrInt(int(spec.minimum) if spec.minimum is not None else 1)
     elif kind == "int":
         kwargs["type"] = click.IntRange(min=int(spec.minimum)) if spec.minimum is not None else int
     elif kind == "float":
@@ -95,7 +120,7 @@ def options(*names: str, **overrides_by_name):
 
 DATA_FIELDS = ("format", "field_map", "duplicates", "text", "model", "batch_size", "split", "revision")
 VALUE_FIELDS = ("valid", "valid_format", "valid_split", "proxy", "proxy_options", "proxies_per_cluster",
-                "n_permutations", "removal_step", "shapley_batch_size")
+                "value_player_budget", "value_time_budget", "n_permutations", "removal_step", "shapley_batch_size")
 BUDGET_FIELDS = ("ratio", "size", "sampler", "beta")
 _PATH_FIELDS = ("data", "output", "valid", "run_dir")
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 from shed_jax.errors import PipelineError, UserError
 
-__all__ = ["DEFAULT_MODEL", "DUPLICATE_POLICIES", "INSTRUCTION_FORMATS", "OptionSpec", "RefineConfig", "SAMPLERS",
+__all__ = ["AUTO_PROXIES_PER_CLUSTER", "DEFAULT_MODEL", "auto_proxies_per_cluster", "DUPLICATE_POLICIES", "INSTRUCTION_FORMATS", "OptionSpec", "RefineConfig", "SAMPLERS",
            "VALID_FORMATS", "check_positive_int", "option", "option_spec", "parse_dataclass_options"]
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -114,6 +114,12 @@ def _field_kind(spec: OptionSpec, annotation: Any) -> str:
 def _check_value(name: str, spec: OptionSpec, kind: str, value: Any, *, owner: str = "") -> None:
     """Raise :class:`PipelineError` naming ``spec``'s flag if ``value`` breaks its type, choices or bounds."""
     label = spec.flag_for(name) or name
+    if kind == "auto_int":  # "auto" or an integer >= minimum
+        if value == "auto":
+            return
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise PipelineError(f"must be auto or an integer, got {value!r}", field=label)
+        kind = "int"
     if kind == "int" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         raise PipelineError(f"must be an integer, got {value!r}", field=label)
     if kind == "float":
@@ -294,10 +300,18 @@ class RefineConfig:
     proxy_options: tuple[tuple[str, Any], ...] = option(
         (), "Set a field of the proxy's configuration (repeatable), e.g. steps=20, metric=logprob.",
         flag="--proxy-option", metavar="NAME=VALUE", kind="options")
-    proxies_per_cluster: int = option(
-        1, "Members of each cluster valued as Shapley players (those nearest its centroid); a cluster's value is "
-           "their mean. 1 is SHED's single proxy; more cost proportionally more evaluations but see clusters "
-           "that mix good and bad examples.", minimum=1)
+    proxies_per_cluster: int | str = option(
+        "auto", "Members M of each cluster valued as Shapley players (those nearest its centroid); a cluster's value "
+                "is their mean. 1 is SHED's single proxy; more cost more but see clusters that mix good and bad "
+                "examples. auto: the largest M in 1, 2, 4, 8, 16 with K x M <= --max-players and M <= N / K, "
+                "lowered further while a proxy that estimates its cost (lm) would exceed --value-time-budget.",
+        kind="auto_int", minimum=1, metavar="auto|M")
+    value_player_budget: int = option(
+        1000, "Most Shapley players (K x M) that --proxies-per-cluster auto may choose.", flag="--max-players",
+        minimum=1)
+    value_time_budget: float = option(
+        3600.0, "Seconds that --proxies-per-cluster auto allows the value stage, for proxies that estimate their "
+                "cost (lm).", minimum=0.0, exclusive_minimum=True, metavar="SECONDS")
     n_permutations: int = option(50, "Monte Carlo permutations (each costs about K / removal-step utility "
                                      "evaluations).", flag="--permutations", minimum=1)
     removal_step: int | None = option(None, "Proxies removed per step along a permutation.", minimum=1,
@@ -332,6 +346,16 @@ class RefineConfig:
             options.setdefault(spec_field, spec)
             object.__setattr__(self, "proxy", proxy)
         object.__setattr__(self, "proxy_options", tuple(sorted((str(k), v) for k, v in options.items())))
+        per_cluster = self.proxies_per_cluster
+        if isinstance(per_cluster, str):  # "auto", or an integer written as text (CLI, JSON)
+            text = per_cluster.strip().lower()
+            if text != "auto":
+                try:
+                    text = int(text)
+                except ValueError:
+                    raise PipelineError(f"must be auto or a positive integer, got {per_cluster!r}",
+                                        field="--proxies-per-cluster") from None
+            object.__setattr__(self, "proxies_per_cluster", text)
         if not self.data:
             raise PipelineError("no data file given", field="DATA")
         validate_fields(self, skip=("data",))
@@ -362,11 +386,22 @@ class RefineConfig:
     def resolved_n_clusters(self, n_candidates: int) -> int:
         return int(self.n_clusters) if self.n_clusters is not None else default_n_clusters(n_candidates)
 
-    def resolved_removal_step(self, n_clusters: int) -> int:
-        """``removal_step``, or the default for ``n_clusters * proxies_per_cluster`` players."""
+    def resolved_proxies_per_cluster(self, n_clusters: int, n_candidates: int) -> int:
+        """``proxies_per_cluster``, or for ``"auto"`` :func:`auto_proxies_per_cluster` under the player budget."""
+        if self.proxies_per_cluster != "auto":
+            return int(self.proxies_per_cluster)
+        return auto_proxies_per_cluster(n_clusters, n_candidates, max_players=self.value_player_budget)
+
+    def resolved_removal_step(self, n_clusters: int, proxies_per_cluster: int | None = None) -> int:
+        """``removal_step``, or the default for ``n_clusters * proxies_per_cluster`` players (``proxies_per_cluster``
+        defaults to the configured integer; with ``"auto"`` pass the resolved one)."""
         if self.removal_step is not None:
             return int(self.removal_step)
-        return default_removal_step(n_clusters * int(self.proxies_per_cluster))
+        if proxies_per_cluster is None:
+            if self.proxies_per_cluster == "auto":
+                raise ValueError("proxies_per_cluster is 'auto': pass the resolved proxies_per_cluster")
+            proxies_per_cluster = int(self.proxies_per_cluster)
+        return default_removal_step(n_clusters * int(proxies_per_cluster))
 
     @property
     def abs_paths(self) -> "RefineConfig":
@@ -388,6 +423,28 @@ def default_n_clusters(n_candidates: int) -> int:
     CPU; pass ``n_clusters`` explicitly for large data sets (the SHED paper uses hundreds to thousands).
     """
     return int(max(1, min(n_candidates, max(2, min(64, n_candidates // 20)))))
+
+
+AUTO_PROXIES_PER_CLUSTER = (1, 2, 4, 8, 16)
+"""The values ``--proxies-per-cluster auto`` chooses from."""
+
+
+def auto_proxies_per_cluster(n_clusters: int, n_candidates: int, *, max_players: int,
+                             fits: Callable[[int], bool] | None = None) -> int:
+    """The M that ``--proxies-per-cluster auto`` values: the largest M in :data:`AUTO_PROXIES_PER_CLUSTER`
+    with ``K * M <= max_players`` (the player budget), ``K * M <= n_candidates`` (M at most the mean cluster
+    size: beyond it most clusters are valued whole already) and, when given, ``fits(M)`` (e.g. the proxy's
+    estimated value-stage time within the time budget); 1 when none qualifies.
+
+    >>> auto_proxies_per_cluster(150, 3000, max_players=1000), auto_proxies_per_cluster(1000, 15000, max_players=4000)
+    (4, 4)
+    """
+    for per_cluster in sorted(AUTO_PROXIES_PER_CLUSTER, reverse=True):
+        players = int(n_clusters) * per_cluster
+        if per_cluster == 1 or (players <= max_players and players <= n_candidates
+                                and (fits is None or fits(per_cluster))):
+            return per_cluster
+    return 1
 
 
 def default_removal_step(n_clusters: int) -> int:

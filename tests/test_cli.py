@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from shed_jax import cli, pipeline, synthetic
 
-FAST = ["--clusters", "8", "--permutations", "4", "--proxy-option", "steps=4", "--proxy-option", "rank=4"]
+FAST = ["--clusters", "8", "--permutations", "4", "--proxy-option", "steps=4", "--proxy-option", "rank=4",
+        "--proxies-per-cluster", "1"]  # M pinned where it does not matter; the tests of M give it explicitly
 
 
 @pytest.fixture
@@ -36,10 +37,17 @@ def fake_shapley(monkeypatch):
             raise KeyboardInterrupt
         values = 0.01 * np.arange(n_players, dtype=np.float64)
         p = kwargs["n_permutations"]
+        history = {"n_permutations": np.array([p]), "values": values[None], "stderr": np.full((1, n_players), 1e-3)}
+        group_values = group_stderr = None
+        if kwargs.get("groups") is not None:  # several players per cluster: the clusters' mean member values
+            owner = np.asarray(kwargs["groups"])
+            group_values = np.bincount(owner, values) / np.bincount(owner)
+            group_stderr = np.full(group_values.shape, 1e-3)
+            history.update(group_values=group_values[None], group_stderr=group_stderr[None])
         return shapley_module.ShapleyResult(
             values=values, stderr=np.full(n_players, 1e-3), n_evaluations=p * n_players, n_permutations=p,
             n_samples=p, removal_step=kwargs["removal_step"], u_full=0.5, u_empty=0.25, stop_reason="n_permutations",
-            history={"n_permutations": np.array([p]), "values": values[None], "stderr": np.full((1, n_players), 1e-3)})
+            history=history, group_values=group_values, group_stderr=group_stderr)
 
     monkeypatch.setattr(shapley_module, "monte_carlo", run)
     return calls
@@ -124,7 +132,9 @@ def test_refine_rejects_bad_data_files(case, demo, tmp_path, fake_embed):
     (["--ratio", "0.2", "--size", "10"], r"either --ratio or --size"),
     ([], r"give a budget"),
     (["--ratio", "1.5"], r"--ratio: must be in \(0, 1\], got 1.5"),
-    (["--ratio", "0.2", "--removal-step", "50", "--clusters", "8"], r"--removal-step: 50 is larger"),
+    (["--ratio", "0.2", "--removal-step", "50", "--clusters", "8", "--proxies-per-cluster", "1"],
+     r"--removal-step: 50 is larger"),
+    (["--ratio", "0.2", "--removal-step", "129", "--clusters", "8"], r"--removal-step: 129 is larger.*\(128\)"),
     (["--ratio", "0.2", "--proxy-option", "nope=1"], r"--proxy-option: unknown option 'nope'"),
     (["--ratio", "0.2", "--field-map", "instruction"], r"--field-map: expected NAME=KEY"),
 ])
@@ -235,7 +245,7 @@ def test_stage_commands_chain_in_one_run_directory(demo, tmp_path, fake_embed, f
     result = invoke(["value", "--run-dir", run, "--json"])
     assert_user_error(result, r"no validation set")
     result = invoke(["value", "--run-dir", run, "--valid", demo.valid, "--permutations", "5", "--removal-step", "2",
-                     "--proxy-option", "steps=3", "--json"])
+                     "--proxy-option", "steps=3", "--proxies-per-cluster", "1", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["n_permutations"] == 5 and summary["removal_step"] == 2 and not summary["skipped"]

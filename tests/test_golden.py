@@ -38,7 +38,9 @@ def _run(args):
 
 def test_demo_outputs_unchanged(tmp_path):
     run_dir = tmp_path / "demo"
-    _run(["demo", "--run-dir", str(run_dir), "--permutations", "10", "--seed", "0", "-q"])
+    # recorded with one proxy per cluster (the default before `auto`): pinned so the digests stay the same
+    _run(["demo", "--run-dir", str(run_dir), "--permutations", "10", "--seed", "0", "--proxies-per-cluster", "1",
+          "-q"])
     got = digest(run_dir, run_dir / "selected.jsonl")
     got["train"] = _file_sha(run_dir / "demo_data" / "train.jsonl")
     _check("demo_small_seed0_p10", got)
@@ -57,5 +59,6 @@ def test_dolly_sample_outputs_unchanged(shared_data, tmp_path):
     train, valid = _dolly_sample(shared_data, tmp_path)
     out, run_dir = tmp_path / "curated.jsonl", tmp_path / "run"
     _run(["refine", str(train), "--valid", str(valid), "-o", str(out), "--run-dir", str(run_dir),
-          "--clusters", "40", "--permutations", "10", "--ratio", "0.1", "--text", "prompt", "--seed", "0", "-q"])
+          "--clusters", "40", "--permutations", "10", "--ratio", "0.1", "--text", "prompt", "--seed", "0",
+          "--proxies-per-cluster", "1", "-q"])
     _check("dolly2000_k40_p10", digest(run_dir, out))

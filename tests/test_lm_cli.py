@@ -40,7 +40,7 @@ def test_value_with_the_lm_proxy_short_form(checkpoint, demo_data, tmp_path, fak
     run_dir = tmp_path / "run"
     assert invoke(["cluster", demo_data.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
     result = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", f"lm:{checkpoint}",
-                     *LM_OPTIONS, "--permutations", "2", "--removal-step", "1", "-q", "--json"])
+                     *LM_OPTIONS, "--permutations", "2", "--removal-step", "1", "--proxies-per-cluster", "1", "-q", "--json"])
     assert result.exit_code == 0, result.output
     values = json.loads((run_dir / "values.json").read_text())
     assert values["utility"]["proxy"] == "lm" and str(checkpoint) in json.dumps(values["utility"])
@@ -56,7 +56,7 @@ def test_the_lm_proxy_prints_its_estimated_time_first(checkpoint, demo_data, tmp
     run_dir = tmp_path / "run"
     assert invoke(["cluster", demo_data.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
     result = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", f"lm:{checkpoint}",
-                     *LM_OPTIONS, "--permutations", "2", "--removal-step", "1"])
+                     *LM_OPTIONS, "--permutations", "2", "--removal-step", "1", "--proxies-per-cluster", "1"])
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
     estimate = [i for i, line in enumerate(lines) if "about 10 utility evaluations, estimated" in line]

@@ -72,7 +72,7 @@ def test_toy_proxy_values_end_to_end(toy_proxy, fake_embed, demo_data, tmp_path)
     result = invoke(["cluster", demo_data.train, "--clusters", "6", "--run-dir", run_dir, "-q"])
     assert result.exit_code == 0, result.output
     result = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", "toy",
-                     "--proxy-option", "scale=2.5", "--permutations", "3", "--removal-step", "1", "-q"])
+                     "--proxy-option", "scale=2.5", "--permutations", "3", "--removal-step", "1", "--proxies-per-cluster", "1", "-q"])
     assert result.exit_code == 0, result.output
     values = json.loads((run_dir / "values.json").read_text())
     records = [json.loads(line) for line in open(demo_data.train, encoding="utf-8")]
@@ -143,12 +143,13 @@ def test_estimated_time_is_printed_and_hours_suggest_the_embedding_proxy(fake_em
         run_dir = tmp_path / "run"
         assert invoke(["cluster", demo_data.train, "--clusters", "6", "--run-dir", run_dir, "-q"]).exit_code == 0
         few = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", "slowtoy",
-                      "--permutations", "3", "--removal-step", "1"])
+                      "--permutations", "3", "--removal-step", "1", "--proxies-per-cluster", "1"])
         assert few.exit_code == 0, few.output
         assert "about 20 utility evaluations, estimated 40 s on this machine" in few.stderr  # 3 x 6 + 2
         assert "--proxy embedding" not in few.stderr
         many = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", "slowtoy",
-                       "--permutations", "1000", "--removal-step", "1"])
+                       "--permutations", "1000", "--removal-step", "1",
+                       "--proxies-per-cluster", "1"])
         assert many.exit_code == 0, many.output
         assert "about 6,002 utility evaluations, estimated 3.3 h" in many.stderr
         assert "that is hours on a CPU; `--proxy embedding`" in many.stderr

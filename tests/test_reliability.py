@@ -39,7 +39,7 @@ def listing(path):
 
 def refine_args(demo, out, run_dir):
     return ["refine", demo.train, "--valid", demo.valid, "--ratio", "0.2", "-o", out, "--run-dir", run_dir,
-            "--clusters", "4", "--permutations", "2", "-q"]
+            "--clusters", "4", "--permutations", "2", "--proxies-per-cluster", "1", "-q"]
 
 
 def test_output_that_is_a_directory_fails_before_any_work(demo, tmp_path, fake_embed):

@@ -47,7 +47,7 @@ def _build(base, *, with_category=True):
                                            "output": f"It is {i + 1}."} for i in range(12)])
     config = shed_run.RefineConfig(data=str(data), valid=str(valid), output=str(base / "out.jsonl"),
                                    run_dir=str(base / "run"), n_clusters=K, n_permutations=6, ratio=0.25, seed=7,
-                                   proxy_options={"steps": 5})
+                                   proxy_options={"steps": 5}, proxies_per_cluster=1)
     with pytest.MonkeyPatch.context() as patch:
         from shed_jax import embed as embed_module
 

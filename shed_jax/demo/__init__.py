@@ -47,13 +47,14 @@ class DemoResult:
 
 def demo(run_dir: str | os.PathLike | None = None, *, size: str = "small", seed: int = 0, ratio: float = 0.2,
          n_permutations: int | None = None, progress: bool = True, log: Log | None = None,
-         model: str = DEFAULT_MODEL) -> DemoResult:
+         model: str = DEFAULT_MODEL, proxies_per_cluster: int | str = "auto") -> DemoResult:
     """Refine a generated data set with known junk (:func:`shed_jax.demo.synthetic.make_demo`) and measure it.
 
     Writes the data under ``RUN_DIR/demo_data/`` (20% of the records, in whole topics, are junk), saves the
     ground truth as a run artifact (the report shows junk per cluster), runs :func:`shed_jax.run.refine` with
     QOCS at ``ratio``, then, from the same cluster values and budget, QWCS and a uniformly random selection.
     ``size``: "small" (600 records, 16 topics, K=16) or "default" (3000 records, 32 topics, K=48).
+    ``proxies_per_cluster``: as ``shed refine --proxies-per-cluster`` (``"auto"`` or an integer).
 
     Returns:
       :class:`DemoResult` with ``junk_rate_input`` and ``junk_rate[sampler]`` for qocs, qwcs and random; the
@@ -75,7 +76,7 @@ def demo(run_dir: str | os.PathLike | None = None, *, size: str = "small", seed:
     GroundTruth(junk, source=f"shed_jax.demo.synthetic seed={seed} size={size}").save(directory)
     config = RefineConfig(data=str(paths.train), valid=str(paths.valid), output=str(directory.path / "selected.jsonl"),
                           run_dir=str(directory.path), n_clusters=spec["n_clusters"], ratio=ratio, sampler="qocs",
-                          seed=seed, model=model,
+                          seed=seed, model=model, proxies_per_cluster=proxies_per_cluster,
                           **({"n_permutations": n_permutations} if n_permutations is not None else {}))
     result = refine(config, progress=progress, log=log)
     if junk.shape[0] != result.labels.shape[0]:

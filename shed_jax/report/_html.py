@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from shed_jax.progress import format_duration
+from shed_jax.report import _mixed
 from shed_jax.report._load import ReportData
 from shed_jax.report._plots import (
     _MAX_ERRORBARS,
@@ -370,6 +371,7 @@ def _render(run: ReportData) -> str:
     title = f"SHED report · {run.run_dir.name}"
     parts = []
     for name, section in (("configuration", _header), ("summary", _cards), ("cluster values", _values_section),
+                          ("mixed clusters", _mixed.mixed_section),
                           ("convergence", _convergence_section), ("cluster sizes", _size_section),
                           ("composition", _composition_section), ("cluster tables", _tables_section)):
         try:

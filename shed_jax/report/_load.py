@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ class ReportData:
     examples: list[list[dict]] | None = None  # per cluster: {"index", "prompt", "response"} (proxy first)
     categories: list[str] | None = None   # (N,) category of each record, or None
     junk: np.ndarray | None = None        # (N,) bool, ground truth of generated demo data
+    members: Any = None                   # MemberValues (proxies per cluster > 1), or None
 
     def note(self, section: str, message: str) -> None:
         self.notes.setdefault(section, []).append(message)
@@ -92,6 +94,7 @@ def load_run(run_dir: Path, *, summary: dict | None = None) -> ReportData:
     values = _artifact(run, "values", lambda: Values.load(directory))
     if values is not None:
         run.values, run.stderr = values.cluster_values, values.stderr
+        run.members = values.members
         run.values_meta = {k: v for k, v in values.to_json().items()
                            if k not in ("cluster_values", "stderr", "proxy_index", "members")}
     clusters = _artifact(run, "clusters", lambda: Clusters.load(directory))

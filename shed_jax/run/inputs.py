@@ -63,15 +63,19 @@ def stage_fingerprints(config: RefineConfig, *, data_sha256: str, n_candidates: 
                       "field_map": sorted(config.field_map), "duplicates": config.duplicates,
                       "text": config.text, "model": config.model})
     n_clusters = config.resolved_n_clusters(n_candidates)
+    per_cluster = config.resolved_proxies_per_cluster(n_clusters, n_candidates)
     cluster_fp = _hash({"stage": "cluster", "up": embed_fp, "n_clusters": n_clusters,
                         "max_iter": config.kmeans_max_iter, "seed": config.seed})
     value_fp = _hash({"stage": "value", "up": cluster_fp, "valid": valid_sha256,
                       "valid_format": config.valid_format, "proxy": config.proxy,
                       "proxy_options": resolved_proxy_options(config), "model": config.model,
-                      "proxies_per_cluster": int(config.proxies_per_cluster),
+                      "proxies_per_cluster": per_cluster,
                       "n_permutations": config.n_permutations,
-                      "removal_step": config.resolved_removal_step(n_clusters),
-                      "shapley_batch_size": config.shapley_batch_size, "seed": config.seed})
+                      "removal_step": config.resolved_removal_step(n_clusters, per_cluster),
+                      "shapley_batch_size": config.shapley_batch_size, "seed": config.seed,
+                      # auto: the time budget may lower M at the start of the value stage (cost-estimating proxies)
+                      **({"auto_time_budget": float(config.value_time_budget)}
+                         if config.proxies_per_cluster == "auto" else {})})
     select_fp = _hash({"stage": "select", "up": value_fp, "sampler": config.sampler,
                        "beta": float(config.beta), "ratio": config.ratio, "size": config.size,
                        "seed": config.seed})
@@ -150,8 +154,14 @@ class RunInputs:
         return self.config.resolved_n_clusters(self.n_candidates)
 
     @property
+    def proxies_per_cluster(self) -> int:
+        """M, with ``auto`` resolved under the player budget (the value stage may lower it under the time
+        budget for a proxy that estimates its cost; see :func:`shed_jax.run.value.run_stage`)."""
+        return self.config.resolved_proxies_per_cluster(self.n_clusters, self.n_candidates)
+
+    @property
     def removal_step(self) -> int:
-        return self.config.resolved_removal_step(self.n_clusters)
+        return self.config.resolved_removal_step(self.n_clusters, self.proxies_per_cluster)
 
     def proxy_config(self):
         """The proxy's typed configuration (``config.proxy_options`` applied); :class:`UserError` if invalid."""
@@ -177,7 +187,8 @@ class RunInputs:
     def resolved(self, run_dir) -> dict:
         return {"run_dir": str(run_dir), "data_source": self.dataset.source.kind if self.dataset.source else "json",
                 "n_examples": len(self.dataset), "n_candidates": self.n_candidates,
-                "n_clusters": self.n_clusters, "removal_step": self.removal_step, "data_sha256": self.data_sha256,
+                "n_clusters": self.n_clusters, "proxies_per_cluster": self.proxies_per_cluster,
+                "removal_step": self.removal_step, "data_sha256": self.data_sha256,
                 "valid_sha256": self.valid_sha256}
 
     # -- checks before any heavy work ---------------------------------------------------------------
@@ -195,9 +206,9 @@ class RunInputs:
             except DataError as exc:
                 raise DataError(exc.message, path=exc.path, field="--clusters") from None
         k = self.n_clusters
-        if self.removal_step > k * int(cfg.proxies_per_cluster):
+        if self.removal_step > k * self.proxies_per_cluster:
             raise PipelineError(f"{self.removal_step} is larger than the number of players "
-                                f"({k * int(cfg.proxies_per_cluster)})", field="--removal-step")
+                                f"({k * self.proxies_per_cluster})", field="--removal-step")
         if cfg.text not in ("all", "prompt", "response") and len(self.dataset):
             self.dataset.texts(cfg.text)  # raises a DataError naming a record without the key
         if need_valid:

@@ -260,6 +260,11 @@ class StageLog:
         self._event(stage, event, fingerprint=fingerprint)
         self._save()
 
+    def note(self, stage: str, **extra):
+        """Add ``extra`` to the stage's record (e.g. a value the stage resolved when it started)."""
+        self.state["stages"].setdefault(stage, {}).update(extra)
+        self._save()
+
     def finished(self, stage: str, fingerprint: str, seconds: float, **extra):
         rec = self.state["stages"].setdefault(stage, {"started_at": utc_now()})
         rec.update({"fingerprint": fingerprint, "status": "done", "finished_at": utc_now(),

@@ -12,9 +12,9 @@ Public API::
 ``&`` / ``|``; the estimator state (``init``/``update``/``merge``) is a mergeable pytree of running sums.
 """
 from . import games
-from ._checkpoint import CheckpointMismatchError
+from ._checkpoint import CheckpointMismatchError, MissingGroupStateError
 from ._engine import DEFAULT_BATCH_SIZE, NonFiniteUtilityError, expected_block_bias_weight, monte_carlo
-from ._estimator import ShapleyState, estimate, init, merge, update
+from ._estimator import ShapleyState, estimate, estimate_groups, init, merge, update
 from ._exact import MAX_EXACT_PLAYERS, coalition_values, exact, shapley_from_values
 from ._result import ShapleyResult
 from ._stopping import (AllOf, AnyOf, MaxEvaluations, MaxPermutations, RankStability, RunStatus,
@@ -24,7 +24,8 @@ __all__ = [
     "exact", "monte_carlo", "ShapleyResult", "games",
     "coalition_values", "shapley_from_values", "MAX_EXACT_PLAYERS", "DEFAULT_BATCH_SIZE",
     "expected_block_bias_weight",
-    "ShapleyState", "init", "update", "merge", "estimate",
+    "ShapleyState", "init", "update", "merge", "estimate", "estimate_groups",
     "StoppingRule", "AllOf", "AnyOf", "MaxPermutations", "MaxEvaluations", "StderrTolerance",
-    "RankStability", "WallClock", "RunStatus", "CheckpointMismatchError", "NonFiniteUtilityError",
+    "RankStability", "WallClock", "RunStatus", "CheckpointMismatchError", "MissingGroupStateError",
+    "NonFiniteUtilityError",
 ]

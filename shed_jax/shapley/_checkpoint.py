@@ -2,14 +2,19 @@
 
 A checkpoint step ``k`` (= samples folded in) holds two items:
 
-* ``state`` (``StandardSave``): ``count``, ``mean``, ``m2`` and the history arrays;
+* ``state`` (``StandardSave``): ``count``, ``mean``, ``m2``, with groups ``group_mean``/``group_m2``, and the
+  history arrays;
 * ``meta`` (``JsonSave``): the run arguments that fix the estimate (n_players, removal_step, seed,
   antithetic, truncation_tol, history_every), ``n_evaluations`` (exact integer), the RNG position
   ``next_sample_index`` (= count: sample ``i`` always uses ``fold_in(key, i)``) and the history length.
 
 Orbax writes a step into a temporary directory and renames it when complete, so a process killed at any
 point leaves either the previous or the new step; ``restore_latest`` reads the newest complete one. Resuming
-with different run arguments raises ``CheckpointMismatchError``.
+with different run arguments raises ``CheckpointMismatchError``. A run with ``groups`` records their digest
+among the run arguments; resuming it from a checkpoint that holds no group state (written without groups, or
+by a shed_jax from before groups existed) raises :class:`MissingGroupStateError` rather than guessing the
+group sums: the per-sample group means cannot be recovered from the per-player sums, so such a run must
+restart (the value stage does that, and says so).
 
 :func:`save` finishes the step before it returns, and a Ctrl-C (SIGINT) that arrives while it writes is held
 back until the step is complete (:func:`deferred_interrupt`), so an interrupt never costs the checkpoint
@@ -18,6 +23,7 @@ being written.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import threading
@@ -35,6 +41,16 @@ FORMAT_VERSION = 1
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint in ``checkpoint_dir`` was written by a run with different arguments."""
+
+
+class MissingGroupStateError(CheckpointMismatchError):
+    """A run with ``groups`` found a checkpoint without group state (see the module docstring)."""
+
+
+def groups_digest(owner: np.ndarray, n_groups: int) -> str:
+    """A short digest of the players' groups, recorded among the run arguments."""
+    payload = np.asarray(owner, np.int64).tobytes() + int(n_groups).to_bytes(8, "little")
+    return f"{int(n_groups)}:" + hashlib.sha256(payload).hexdigest()[:16]
 
 
 def open_manager(directory: str | os.PathLike, run_args: dict) -> ocp.CheckpointManager:
@@ -80,13 +96,22 @@ def _save(manager: ocp.CheckpointManager, state: ShapleyState, history: dict, ru
     length = len(history["n_permutations"])
     tree = {"count": np.asarray(state.count, dtype=np.int32),
             "mean": np.asarray(state.mean), "m2": np.asarray(state.m2)}
+    n_groups = None if state.group_mean is None else int(state.group_mean.shape[0])
+    if n_groups is not None:
+        tree["group_mean"] = np.asarray(state.group_mean)
+        tree["group_m2"] = np.asarray(state.group_m2)
     if length:
         tree["history_n_permutations"] = np.asarray(history["n_permutations"], dtype=np.int64)
         tree["history_values"] = np.asarray(history["values"], dtype=np.float64).reshape(length, n)
         tree["history_stderr"] = np.asarray(history["stderr"], dtype=np.float64).reshape(length, n)
+        if n_groups is not None:
+            tree["history_group_values"] = np.asarray(history["group_values"], np.float64).reshape(length, n_groups)
+            tree["history_group_stderr"] = np.asarray(history["group_stderr"], np.float64).reshape(length, n_groups)
     meta = {"format_version": FORMAT_VERSION, "run_args": run_args,
             "n_evaluations": int(state.n_evaluations), "next_sample_index": step,
             "history_length": length}
+    if n_groups is not None:
+        meta["n_groups"] = n_groups
     fault_point("checkpoint_save")  # testing hook: a failure before the step is started
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                meta=ocp.args.JsonSave(meta)))
@@ -102,8 +127,10 @@ def _check_args(stored: dict, run_args: dict, directory) -> None:
             + "; ".join(diffs) + "). Use the same arguments to resume, or another checkpoint_dir.")
 
 
-def restore_latest(manager: ocp.CheckpointManager, run_args: dict, n_players: int):
-    """``(ShapleyState, history dict of lists)`` from the newest step, or None when there is none."""
+def restore_latest(manager: ocp.CheckpointManager, run_args: dict, n_players: int, n_groups: int | None = None):
+    """``(ShapleyState, history dict of lists)`` from the newest step, or None when there is none.
+
+    With ``n_groups`` the step must hold group state, else :class:`MissingGroupStateError`."""
     step = manager.latest_step()
     if step is None:
         return None
@@ -111,23 +138,39 @@ def restore_latest(manager: ocp.CheckpointManager, run_args: dict, n_players: in
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointMismatchError(f"checkpoint in {manager.directory} has format "
                                       f"{meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if n_groups is not None and meta.get("n_groups") is None:
+        raise MissingGroupStateError(
+            f"checkpoint in {manager.directory} holds no per-group state (written by a run without groups, or by "
+            "an older shed_jax); it cannot be resumed with groups: delete it (or use another checkpoint_dir) and "
+            "start again")
     _check_args(meta["run_args"], run_args, manager.directory)
     dtype = jnp.zeros((), dtype=float).dtype
     length = int(meta["history_length"])
     target = {"count": np.zeros((), np.int32), "mean": np.zeros((n_players,), dtype),
               "m2": np.zeros((n_players,), dtype)}
+    if n_groups is not None:
+        target["group_mean"] = np.zeros((n_groups,), dtype)
+        target["group_m2"] = np.zeros((n_groups,), dtype)
     if length:
         target["history_n_permutations"] = np.zeros((length,), np.int64)
         target["history_values"] = np.zeros((length, n_players), np.float64)
         target["history_stderr"] = np.zeros((length, n_players), np.float64)
+        if n_groups is not None:
+            target["history_group_values"] = np.zeros((length, n_groups), np.float64)
+            target["history_group_stderr"] = np.zeros((length, n_groups), np.float64)
     tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    group = ((jnp.asarray(np.asarray(tree["group_mean"]), dtype), jnp.asarray(np.asarray(tree["group_m2"]), dtype))
+             if n_groups is not None else (None, None))
     state = ShapleyState(count=jnp.asarray(np.asarray(tree["count"]), jnp.int32),
                          mean=jnp.asarray(np.asarray(tree["mean"]), dtype),
                          m2=jnp.asarray(np.asarray(tree["m2"]), dtype),
-                         n_evaluations=int(meta["n_evaluations"]))
+                         n_evaluations=int(meta["n_evaluations"]), group_mean=group[0], group_m2=group[1])
     history = {"n_permutations": [], "values": [], "stderr": []}
+    if n_groups is not None:
+        history.update(group_values=[], group_stderr=[])
     if length:
         history["n_permutations"] = [int(v) for v in np.asarray(tree["history_n_permutations"])]
-        history["values"] = list(np.asarray(tree["history_values"], dtype=np.float64))
-        history["stderr"] = list(np.asarray(tree["history_stderr"], dtype=np.float64))
+        for key in history:
+            if key != "n_permutations":
+                history[key] = list(np.asarray(tree["history_" + key], dtype=np.float64))
     return state, history

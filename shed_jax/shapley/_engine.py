@@ -20,6 +20,12 @@ estimates sum to ``U(full) - U(empty)`` but is biased too; we keep SHED's choice
 **Estimates** are means over samples; a sample is one permutation (each player gets exactly one marginal),
 or with ``antithetic=True`` the average of a permutation and its reverse. ``stderr = sqrt(var / P)``.
 
+**Groups** (``groups=owner``, e.g. the cluster of each of several proxies per cluster): per sample, the mean
+marginal of each group's members is folded into a second Welford state, so ``group_values`` is the mean of
+the members' values and ``group_stderr`` the exact standard error of that mean over the samples. (The
+members' estimates share permutations and are correlated; combining their standard errors as if independent
+is wrong in either direction.)
+
 **Truncation** (TMC-Shapley, Ghorbani & Zou 2019): with ``truncation_tol = tol``, once
 ``|U(S_t) - U(empty)| <= tol * |U(full) - U(empty)|`` along a permutation (checked from ``t = 0``, so a game
 with ``U(full) == U(empty)`` gives all zeros), the blocks removed after ``S_t`` get marginal 0 and their
@@ -53,7 +59,7 @@ from .. import sharding as _sharding
 from .._faults import fault_point
 from ..config import check_positive_int
 from . import _checkpoint
-from ._estimator import ShapleyState, estimate, init, welford_scan
+from ._estimator import ShapleyState, estimate, estimate_groups, init, welford_scan
 from ._result import ShapleyResult
 from ._sampler import permutation_keys, permutations_from_keys, ranks_of, with_antithetic
 from ._stopping import MaxPermutations, RunStatus, StoppingRule, now
@@ -172,8 +178,8 @@ class _ChunkParts:
     batches with the utility inside); the host path (``utility.jittable = False``) runs the same jitted pieces
     around a host loop over the batches, so both give the same numbers."""
 
-    def __init__(self, plan: _Plan, truncation_tol, mesh):
-        self.plan, self.truncation_tol = plan, truncation_tol
+    def __init__(self, plan: _Plan, truncation_tol, mesh, n_groups=None):
+        self.plan, self.truncation_tol, self.n_groups = plan, truncation_tol, n_groups
         self.multi = mesh is not None and mesh.devices.size > 1
         self.batch_sharding = _sharding.logical_sharding(mesh, "coalitions", None) if self.multi else None
         self.replicated = _sharding.logical_sharding(mesh) if self.multi else None
@@ -230,8 +236,12 @@ class _ChunkParts:
         return trunc, first_bad, values
 
     def epilogue(self, count, mean, m2, values, trunc, first_bad, ranks, perm_valid, n_valid, u_full, u_empty,
-                 with_snapshots):
+                 with_snapshots, groups=None):
+        """Drops -> marginals -> Welford. ``groups`` is None or ``(group_mean, group_m2, owner (n,), inv_size
+        (G,))``: each sample's mean marginal per group is folded into a second Welford state (the exact
+        per-permutation group estimate); ``group_out`` is None or ``(group_mean, group_m2, group_snaps)``."""
         plan = self.plan
+        count_before = count
         n, m, T, n_inter, P, a = plan.n, plan.m, plan.n_steps, plan.n_inter, plan.samples_per_chunk, \
             plan.perms_per_sample
         Q = P * a
@@ -259,7 +269,15 @@ class _ChunkParts:
             count, mean, m2, snaps = out
         else:
             (count, mean, m2), snaps = out, None
-        return count, mean, m2, n_evals, snaps, (first_bad, bad_value, bad_mask)
+        group_out = None
+        if groups is not None:
+            group_mean, group_m2, owner, inv_size = groups
+            group_samples = jax.ops.segment_sum(marginals.T, owner, num_segments=self.n_groups).T \
+                * inv_size[None, :]                                               # (P, G)
+            out = welford_scan(count_before, group_mean, group_m2, group_samples, sample_valid,
+                               with_snapshots=with_snapshots)
+            group_out = (out[1], out[2], out[3] if with_snapshots else None)
+        return count, mean, m2, n_evals, snaps, (first_bad, bad_value, bad_mask), group_out
 
 
 def _check_values(values, masks_shape):
@@ -268,14 +286,14 @@ def _check_values(values, masks_shape):
                          f"({masks_shape[0]},), got {values.shape}")
 
 
-def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapshots):
-    """Jitted ``(count, mean, m2, key_words, n_valid, u_full, u_empty) -> (count, mean, m2, n_evals, snaps,
-    (first_bad_row, its value, its coalition mask))``; ``first_bad_row == plan.rows`` when every needed value
-    is finite."""
-    parts = _ChunkParts(plan, truncation_tol, mesh)
+def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapshots, n_groups=None):
+    """Jitted ``(count, mean, m2, key_words, n_valid, u_full, u_empty, groups) -> (count, mean, m2, n_evals,
+    snaps, (first_bad_row, its value, its coalition mask), group_out)``; ``first_bad_row == plan.rows`` when
+    every needed value is finite; ``groups``/``group_out`` as in :meth:`_ChunkParts.epilogue`."""
+    parts = _ChunkParts(plan, truncation_tol, mesh, n_groups)
     B = plan.batch_size
 
-    def step(count, mean, m2, key_words, n_valid, u_full, u_empty):
+    def step(count, mean, m2, key_words, n_valid, u_full, u_empty, groups=None):
         dtype = mean.dtype
         ranks, perm_valid, trunc, u_full, u_empty, span = parts.prologue(key_words, n_valid, u_full, u_empty,
                                                                          dtype)
@@ -298,16 +316,16 @@ def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapsh
             (trunc, first_bad), values = jax.lax.scan(body, (trunc, first_bad),
                                                       jnp.arange(plan.n_batches, dtype=jnp.int32))
         return parts.epilogue(count, mean, m2, values, trunc, first_bad, ranks, perm_valid, n_valid, u_full,
-                              u_empty, with_snapshots)
+                              u_empty, with_snapshots, groups)
 
     return jax.jit(step)
 
 
-def _make_host_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapshots):
+def _make_host_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapshots, n_groups=None):
     """The chunk step for a utility with ``jittable = False``: the same jitted pieces as
     :func:`_make_chunk_step`, with the utility called on concrete ``(batch_size, n)`` mask batches from a host
     loop over the chunk's batches (each call is itself batched: e.g. ``slots`` fine-tunes at once)."""
-    parts = _ChunkParts(plan, truncation_tol, mesh)
+    parts = _ChunkParts(plan, truncation_tol, mesh, n_groups)
     B = plan.batch_size
     prologue = jax.jit(parts.prologue, static_argnums=4)
     masks_of = jax.jit(parts.masks)
@@ -315,7 +333,7 @@ def _make_host_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_s
     after = jax.jit(parts.after_batch)
     epilogue = jax.jit(parts.epilogue, static_argnums=11)
 
-    def step(count, mean, m2, key_words, n_valid, u_full, u_empty):
+    def step(count, mean, m2, key_words, n_valid, u_full, u_empty, groups=None):
         dtype = mean.dtype
         ranks, perm_valid, trunc, u_full, u_empty, span = prologue(key_words, n_valid, u_full, u_empty, dtype)
         first_bad = jnp.int32(plan.rows)
@@ -334,7 +352,7 @@ def _make_host_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_s
             batches.append(values)
         values = jnp.stack(batches) if batches else jnp.zeros((0, B), dtype)
         return epilogue(count, mean, m2, values, trunc, first_bad, ranks, perm_valid, n_valid, u_full, u_empty,
-                        with_snapshots)
+                        with_snapshots, groups)
 
     return step
 
@@ -398,7 +416,7 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
                 stopping: StoppingRule | None = None, checkpoint_dir: str | os.PathLike | None = None,
                 checkpoint_every: int = 1, progress: bool | Callable[[RunStatus], None] | None = None,
                 history_every: int | None = None, permutations_per_chunk: int | None = None,
-                devices=None) -> ShapleyResult:
+                devices=None, groups=None, n_groups: int | None = None) -> ShapleyResult:
     """Monte Carlo Shapley values of ``utility`` by (block) permutation sampling. See the module docstring.
 
     Args:
@@ -423,6 +441,11 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
         (and at the end) into ``result.history``.
       permutations_per_chunk: permutations per jitted step (default: about 16 utility batches' worth).
       devices: devices to shard the batch over (default ``jax.local_devices()``).
+      groups: optional ``(n_players,)`` int owner of each player in ``[0, n_groups)`` (every group non-empty);
+        the result then also carries ``group_values`` / ``group_stderr`` ``(n_groups,)``: the per-sample mean
+        marginal of each group's members, averaged over samples, and its exact standard error (see the module
+        docstring), and the history ``group_values`` / ``group_stderr``. Part of the checkpoint's arguments.
+      n_groups: number of groups (default ``max(groups) + 1``).
 
     Returns:
       ``ShapleyResult`` with ``values`` and ``stderr`` of shape ``(n_players,)``.
@@ -463,6 +486,8 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
         batch_size = getattr(utility, "preferred_batch_size", None) or DEFAULT_BATCH_SIZE
     batch_size = check_positive_int(batch_size, "batch_size")
 
+    owner, n_groups = _check_groups(groups, n_groups, n_players)
+
     devices = list(devices) if devices is not None else jax.local_devices()
     mesh = _sharding.make_mesh(devices)
     perms_per_sample = 2 if antithetic else 1
@@ -473,22 +498,30 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
     run_args = {"n_players": n_players, "removal_step": removal_step, "seed": seed,
                 "antithetic": bool(antithetic), "truncation_tol": truncation_tol,
                 "history_every": history_every}
-    state = init(n_players)
+    if owner is not None:
+        run_args["groups"] = _checkpoint.groups_digest(owner, n_groups)
+    state = init(n_players, n_groups=n_groups)
     history = {"n_permutations": [], "values": [], "stderr": []}
+    if owner is not None:
+        history.update(group_values=[], group_stderr=[])
     manager = None
     if checkpoint_dir is not None:
         manager = _checkpoint.open_manager(checkpoint_dir, run_args)
-        restored = _checkpoint.restore_latest(manager, run_args, n_players)
+        restored = _checkpoint.restore_latest(manager, run_args, n_players, n_groups=n_groups)
         if restored is not None:
             state, history = restored
 
     start_time = now()
     u_full, u_empty = _evaluate_full_and_empty(utility, n_players, plan.batch_size, mesh)
     jittable = _is_jittable(utility)
-    static_key = ("chunk", plan.key, truncation_tol, tuple(devices), history_every is not None, jittable)
+    static_key = ("chunk", plan.key, truncation_tol, tuple(devices), history_every is not None, jittable, n_groups)
     make_step = _make_chunk_step if jittable else _make_host_chunk_step
     step = _cached(utility, static_key, lambda get: make_step(get, plan, truncation_tol, mesh,
-                                                           history_every is not None))
+                                                           history_every is not None, n_groups))
+    group_args = None
+    if owner is not None:
+        sizes = np.bincount(owner, minlength=n_groups)
+        group_args = (jnp.asarray(owner, jnp.int32), jnp.asarray(1.0 / sizes, state.mean.dtype))
     if stopping is not None:
         stopping.reset()
     cap = MaxPermutations(n_permutations) if n_permutations is not None else None
@@ -510,19 +543,21 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
         while stop_reason is None:
             n_valid = plan.samples_per_chunk if total_samples is None else min(plan.samples_per_chunk,
                                                                                 total_samples - count)
-            new_count, mean, m2, n_evals, snaps, (first_bad, bad_value, bad_mask) = _first_trace(
+            new_count, mean, m2, n_evals, snaps, (first_bad, bad_value, bad_mask), group_out = _first_trace(
                 step, state.count, state.mean, state.m2,
                 permutation_keys(seed, count, plan.samples_per_chunk), jnp.int32(n_valid),
-                jnp.float32(u_full), jnp.float32(u_empty))
+                jnp.float32(u_full), jnp.float32(u_empty),
+                None if group_args is None else (state.group_mean, state.group_m2) + group_args)
             first_bad = int(first_bad)  # with the count below: the chunk's one host sync
             if first_bad < plan.rows:  # raised before the state (or a checkpoint) takes the chunk in
                 q = first_bad // plan.n_inter
                 raise NonFiniteUtilityError(bad_value, np.flatnonzero(np.asarray(bad_mask)), n_players,
                                             sample=count + q // perms_per_sample,
                                             reversed=q % perms_per_sample == 1)
-            state = ShapleyState(new_count, mean, m2, int(state.n_evaluations) + int(n_evals))
+            group_mean, group_m2, group_snaps = group_out if group_out is not None else (None, None, None)
+            state = ShapleyState(new_count, mean, m2, int(state.n_evaluations) + int(n_evals), group_mean, group_m2)
             if history_every is not None:
-                _record_history(history, snaps, count, n_valid, perms_per_sample, history_every)
+                _record_history(history, snaps, count, n_valid, perms_per_sample, history_every, group_snaps)
             count = int(new_count)
             fault_point("value_chunk")  # testing hook (shed_jax._faults)
             status = status_of(state)
@@ -547,35 +582,66 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
             close_progress()
 
     values, stderr = estimate(state)
+    group_values, group_stderr = estimate_groups(state) or (None, None)
     hist = None
     if history_every is not None:
         if not history["n_permutations"] or history["n_permutations"][-1] != count * perms_per_sample:
             history["n_permutations"].append(count * perms_per_sample)
             history["values"].append(values)
             history["stderr"].append(stderr)
+            if owner is not None:
+                history["group_values"].append(group_values)
+                history["group_stderr"].append(group_stderr)
         hist = {"n_permutations": np.asarray(history["n_permutations"], dtype=np.int64),
                 "values": np.asarray(history["values"], dtype=np.float64).reshape(-1, n_players),
                 "stderr": np.asarray(history["stderr"], dtype=np.float64).reshape(-1, n_players)}
+        if owner is not None:
+            hist.update({key: np.asarray(history[key], dtype=np.float64).reshape(-1, n_groups)
+                         for key in ("group_values", "group_stderr")})
     return ShapleyResult(values=values, stderr=stderr, n_evaluations=int(state.n_evaluations) + 2,
                          n_permutations=count * perms_per_sample, n_samples=count, removal_step=removal_step,
-                         u_full=u_full, u_empty=u_empty, stop_reason=stop_reason, history=hist)
+                         u_full=u_full, u_empty=u_empty, stop_reason=stop_reason, history=hist,
+                         group_values=group_values, group_stderr=group_stderr)
 
 
-def _record_history(history, snaps, count_before, n_valid, perms_per_sample, history_every):
-    """Append snapshots where the permutation count crosses a multiple of ``history_every``."""
+def _check_groups(groups, n_groups, n_players):
+    """``(owner (n,) int64, n_groups)`` checked, or ``(None, None)`` without groups."""
+    if groups is None:
+        if n_groups is not None:
+            raise ValueError("n_groups needs groups")
+        return None, None
+    owner = np.asarray(groups)
+    if owner.shape != (n_players,) or not (owner.size == 0 or np.issubdtype(owner.dtype, np.integer)):
+        raise ValueError(f"groups must be an integer array of shape ({n_players},), got {owner.dtype} {owner.shape}")
+    owner = owner.astype(np.int64)
+    n_groups = int(owner.max()) + 1 if n_groups is None else check_positive_int(n_groups, "n_groups")
+    if owner.min() < 0 or owner.max() >= n_groups:
+        raise ValueError(f"groups must lie in [0, {n_groups}), got [{owner.min()}, {owner.max()}]")
+    empty = np.flatnonzero(np.bincount(owner, minlength=n_groups) == 0)
+    if empty.size:
+        raise ValueError(f"groups without a player: {empty[:10].tolist()}")
+    return owner, n_groups
+
+
+def _record_history(history, snaps, count_before, n_valid, perms_per_sample, history_every, group_snaps=None):
+    """Append snapshots where the permutation count crosses a multiple of ``history_every`` (and the group
+    snapshots under ``group_values`` / ``group_stderr`` when given)."""
     done = count_before + np.arange(1, n_valid + 1)                    # samples after each row
     perms_after = done * perms_per_sample
     perms_before = perms_after - perms_per_sample
     rows = np.nonzero(perms_after // history_every > perms_before // history_every)[0]
     if rows.size == 0:
         return
-    means, m2s, _ = snaps
-    means = np.asarray(means[rows], dtype=np.float64)
-    m2s = np.asarray(m2s[rows], dtype=np.float64)
-    for k, row in enumerate(rows):
-        c = int(done[row])
-        stderr = (np.sqrt(np.maximum(m2s[k], 0) / (c - 1) / c) if c >= 2
-                  else np.full(means.shape[1], np.inf))
-        history["n_permutations"].append(int(perms_after[row]))
-        history["values"].append(means[k])
-        history["stderr"].append(stderr)
+    for snapshots, keys in ((snaps, ("values", "stderr")), (group_snaps, ("group_values", "group_stderr"))):
+        if snapshots is None:
+            continue
+        means, m2s, _ = snapshots
+        means = np.asarray(means[rows], dtype=np.float64)
+        m2s = np.asarray(m2s[rows], dtype=np.float64)
+        for k, row in enumerate(rows):
+            c = int(done[row])
+            stderr = (np.sqrt(np.maximum(m2s[k], 0) / (c - 1) / c) if c >= 2
+                      else np.full(means.shape[1], np.inf))
+            history[keys[0]].append(means[k])
+            history[keys[1]].append(stderr)
+    history["n_permutations"].extend(int(perms_after[row]) for row in rows)

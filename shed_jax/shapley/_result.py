@@ -20,7 +20,12 @@ class ShapleyResult:
       removal_step: players removed per step.
       u_full, u_empty: utility of the full and of the empty coalition.
       stop_reason: "n_permutations" (cap reached) or "stopping" (the stopping rule fired).
-      history: None, or a dict with "n_permutations" ``(T,)`` int64, "values" ``(T, n)``, "stderr" ``(T, n)``.
+      history: None, or a dict with "n_permutations" ``(T,)`` int64, "values" ``(T, n)``, "stderr" ``(T, n)``
+        (and, with groups, "group_values" / "group_stderr" ``(T, G)``).
+      group_values, group_stderr: None, or with ``monte_carlo(..., groups=owner)`` the ``(G,)`` float64 mean
+        over samples of each group's mean member marginal (= the mean of its members' ``values`` up to
+        rounding) and its exact standard error over the samples (the members share permutations, so their
+        errors are correlated and cannot be combined as independent).
     """
     values: np.ndarray
     stderr: np.ndarray
@@ -32,6 +37,8 @@ class ShapleyResult:
     u_empty: float
     stop_reason: str
     history: dict[str, np.ndarray] | None = field(default=None)
+    group_values: np.ndarray | None = field(default=None)
+    group_stderr: np.ndarray | None = field(default=None)
 
     @property
     def n_players(self) -> int:

@@ -92,7 +92,8 @@ class HostOnly:
 
 @pytest.mark.parametrize("kwargs", [dict(), pytest.param(dict(antithetic=True, removal_step=2), marks=pytest.mark.slow),
                                     dict(truncation_tol=0.05, batch_size=3),
-                                    pytest.param(dict(history_every=5), marks=pytest.mark.slow)])
+                                    pytest.param(dict(history_every=5), marks=pytest.mark.slow),
+                                    dict(groups=np.array([0, 0, 1, 1, 1, 2, 3, 3, 3]), history_every=4)])
 def test_a_utility_marked_not_jittable_is_called_outside_jit_with_identical_results(kwargs):
     game = games.UnanimitySum(9, [[0, 1], [2, 3, 4], [5], [6, 7, 8]], [1.5, -2.0, 0.75, 3.0])
     args = dict(n_permutations=24, seed=3, permutations_per_chunk=8, batch_size=kwargs.pop("batch_size", 5))
@@ -106,6 +107,11 @@ def test_a_utility_marked_not_jittable_is_called_outside_jit_with_identical_resu
     assert set(host.calls) == {(args["batch_size"], 9)}  # fixed-size batches, called on concrete arrays
     if "history_every" in kwargs:
         np.testing.assert_array_equal(result.history["values"], reference.history["values"])
+    if "groups" in kwargs:  # per-cluster (group) estimates go through the same epilogue on both paths
+        np.testing.assert_array_equal(result.group_values, reference.group_values)
+        np.testing.assert_array_equal(result.group_stderr, reference.group_stderr)
+        np.testing.assert_array_equal(result.history["group_values"], reference.history["group_values"])
+        assert result.group_values.shape == (4,) and np.all(np.isfinite(result.group_stderr))
 
 
 def test_host_path_detects_non_finite_values_too():

@@ -399,7 +399,7 @@ def _(d): return {"--frobnicate": "1"}
 
 
 @case("removal-step-larger-than-players", r"--removal-step: 9 is larger than the number of players \(3\)")
-def _(d): return {"--removal-step": "9"}
+def _(d): return {"--removal-step": "9", "--proxies-per-cluster": "1"}  # K x M players known before work
 
 
 @case("field-map-without-equals", r"--field-map: expected NAME=KEY")
@@ -483,6 +483,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(setup, pattern, tmp_pat
     assert "Traceback" not in result.output and result.stdout == ""
     assert _snapshot(d) == before  # no run directory, no output, nothing touched
     assert not cache.exists() and fake_embed == []
+
+
+def test_removal_step_beyond_the_players_found_after_clustering_is_one_line_exit_2(tmp_path, monkeypatch,
+                                                                                   fake_embed):
+    """With ``--proxies-per-cluster auto`` (M=4 here: 3 x 4 <= 12 records) clusters smaller than M are valued
+    whole, so the number of players is only known after k-means: a too-large removal step is then refused by
+    the value stage with one line naming the option, exit 2 (the finished stages are kept for --resume)."""
+    d = tmp_path / "work"
+    d.mkdir()
+    (d / "train.jsonl").write_text(GOOD_TRAIN)
+    (d / "valid.jsonl").write_text(GOOD_VALID)
+    args = base_args(d)
+    args["--removal-step"] = "12"
+    monkeypatch.setenv("SHED_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(cli.cli, as_argv(args))
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert len(lines) == 1 and re.search(r"--removal-step: 12 is larger than the number of players \((\d+): up to "
+                                         r"4 per cluster, K=3", lines[0]), result.stderr
+    assert int(re.search(r"players \((\d+)", lines[0]).group(1)) < 12
+    assert not (d / "out.jsonl").exists() and not (d / "run" / "values.json").exists()
 
 
 def test_the_corpus_has_at_least_40_cases():

@@ -61,8 +61,10 @@ def test_dry_run_prints_a_plan_with_positive_estimates_and_writes_nothing(demo, 
     assert stages["embed"]["details"]["n_records"] == 200
     assert stages["cluster"]["details"]["n_clusters"] == 8
     value = stages["value"]["details"]
-    assert (value["n_players"], value["n_permutations"], value["removal_step"]) == (8, 6, 1)
-    assert value["n_evaluations"] == expected_evaluations(8, 1, 6) == 6 * 8 + 2
+    # --proxies-per-cluster auto: M=16 (8 x 16 = 128 players <= the 1,000-player budget and <= 200 records)
+    assert (value["proxies_per_cluster"], value["n_players"], value["n_permutations"], value["removal_step"]) == (
+        16, 128, 6, 4)
+    assert value["n_evaluations"] == expected_evaluations(128, 4, 6) == 6 * 32 + 2
     assert value["texts_to_embed"] > 0  # the validation set and the players' texts are not cached yet
     assert stages["select"]["details"]["budget"] == 40
     for name in ("embed", "cluster", "value"):

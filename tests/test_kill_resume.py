@@ -54,7 +54,7 @@ def refine_argv(work: Path) -> list[str]:
     # 48 permutations in chunks of 16 (batch size 5, 5 coalitions per permutation): 3 chunks, 2 checkpoints
     return ["refine", str(work / "data" / "train.jsonl"), "--valid", str(work / "data" / "valid.jsonl"),
             "--ratio", "0.2", "-o", str(work / "out.jsonl"), "--run-dir", str(work / "run"), "--clusters", "6",
-            "--permutations", "48", "--shapley-batch-size", "5", "-q"]
+            "--permutations", "48", "--shapley-batch-size", "5", "--proxies-per-cluster", "1", "-q"]
 
 
 def value_argv(work: Path) -> list[str]:

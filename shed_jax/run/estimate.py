@@ -310,7 +310,7 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
     texts = dataset.texts(config.text)
     n_records, n_distinct = len(texts), len(set(texts))
     n_candidates, k = inputs.n_candidates, inputs.n_clusters
-    n_players = k * int(config.proxies_per_cluster)
+    n_players = k * inputs.proxies_per_cluster  # at most: clusters smaller than M are valued whole
     step, n_perm = inputs.removal_step, int(config.n_permutations)
     n_evaluations = expected_evaluations(n_players, step, n_perm)
     calibration: dict[str, Any] = {"backend": None}
@@ -384,10 +384,12 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
     if calibrate and not calibrate_value and not value_done:
         value_details["note"] = "its time is estimated when the stage starts"
     stages.append(StageEstimate(
-        "value", f"Shapley values of {format_count(n_players)} players ({config.proxy} proxy), "
+        "value", f"Shapley values of up to {format_count(n_players)} players ({inputs.proxies_per_cluster} per "
+                 f"cluster, {config.proxy} proxy), "
                  f"{format_count(n_perm)} permutations, removal step {step}: about "
                  f"{format_count(n_evaluations)} utility evaluations", 0.0 if value_done else value_seconds,
-        value_done, {"n_players": n_players, "n_permutations": n_perm, "removal_step": step,
+        value_done, {"n_players": n_players, "proxies_per_cluster": inputs.proxies_per_cluster,
+                     "n_permutations": n_perm, "removal_step": step,
                      "n_evaluations": n_evaluations, "proxy": config.proxy, **value_details}))
     if need_budget:
         budget = inputs.budget()

@@ -216,6 +216,12 @@ def run_stage(run: Run) -> StageResult:
         _log_auto(run, k, per_cluster, int(member_index.shape[0]), seconds_estimate)
     run.stages.note("value", proxies_per_cluster=per_cluster)
     n_players = int(member_index.shape[0])
+    if step > n_players:  # clusters smaller than M are valued whole: fewer players than K x M
+        from shed_jax.errors import PipelineError
+
+        raise PipelineError(f"{step} is larger than the number of players ({n_players:,}: up to {per_cluster} per "
+                            f"cluster, K={k}, smaller clusters valued whole); give a smaller --removal-step or "
+                            f"more --proxies-per-cluster", field="--removal-step")
     who = (f"K={k} proxies" if n_players == k
            else f"{n_players} proxies (up to {per_cluster} per cluster, K={k})")
     resumed_from = checkpointed_samples(ckpt_dir) if continuing else 0

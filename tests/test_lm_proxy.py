@@ -307,6 +307,16 @@ def test_config_validation_and_registry(env):
         build_lm_proxy(_inputs(env, env.mc), LMProxyConfig(model=str(env.checkpoint) + "-missing"))
 
 
+def test_auto_dtype_is_float32_on_cpu_and_bfloat16_on_accelerators(env):
+    assert LMProxyConfig().dtype == "auto"
+    assert [lm_proxy.compute_dtype("auto", b) for b in ("cpu", "gpu", "tpu")] == ["float32", "bfloat16", "bfloat16"]
+    assert lm_proxy.compute_dtype("bfloat16", "cpu") == "bfloat16" and lm_proxy.compute_dtype("float32", "gpu") == "float32"
+    model_config = env.loaded.config  # the memory estimate follows the resolved dtype (this test runs on a CPU)
+    assert jax.default_backend() != "cpu" or (lm_proxy.per_slot_bytes(model_config, LMProxyConfig())
+                                              == lm_proxy.per_slot_bytes(model_config, LMProxyConfig(dtype="float32"))
+                                              > lm_proxy.per_slot_bytes(model_config, LMProxyConfig(dtype="bfloat16")))
+
+
 def test_default_slots_from_memory_budget(env):
     model_config = env.loaded.config
     per_slot = lm_proxy.per_slot_bytes(model_config, LMProxyConfig())

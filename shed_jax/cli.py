@@ -81,7 +81,14 @@ def cli():
 
 def main(argv=None):
     """Entry point of the ``shed`` console script."""
-    return cli.main(args=argv, prog_name="shed")
+    try:
+        return cli.main(args=argv, prog_name="shed")
+    except SystemExit as exc:
+        if exc.code == 130:  # interrupted: no interpreter finalisation under running XLA threads (exit 139)
+            from shed_jax.interrupt import exit_now
+
+            exit_now(130)
+        raise
 
 
 DRY_RUN_HELP = ("Check the inputs, print what each stage will do and its estimated time on this machine (from a "

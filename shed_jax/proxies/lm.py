@@ -46,11 +46,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from shed_jax import interrupt
 from shed_jax.errors import UserError
 from shed_jax.lm import prompts as prompt_lib
 from shed_jax.lm.finetune import FinetuneRecipe, SlotTrainer
+from shed_jax.lm.prompts import bucket_for
 from shed_jax.lm.model import LORA_TARGETS, init_lora
 from shed_jax.lm.scoring import StackScorer, full_choice_metric, letter_metric, loss_metric
+from shed_jax.progress import format_duration
 from shed_jax.proxies.base import as_mask_batch
 
 __all__ = ["LMProxyConfig", "LMProxyUtility", "build_lm_proxy", "check_validation", "default_slots",
@@ -456,24 +459,125 @@ class LMProxyUtility:
         return values.astype(np.float32)
 
     def estimate_seconds(self, n_evaluations: int) -> float:
-        """Estimated seconds for ``n_evaluations`` fine-tunes on this machine: one round of ``n_slots`` fine-tunes
-        of seeded random coalitions is timed (compilation included, so it errs long) and scaled by the number of
-        rounds. The value stage calls this before it starts and prints the estimate."""
+        """Estimated seconds for ``n_evaluations`` fine-tunes (and their scoring) on this machine, compilation
+        included: :meth:`estimate_cost`'s per-round time times ``ceil(n_evaluations / n_slots)`` rounds, plus the
+        compilation of every width. Measured once per utility (seconds, not a round of fine-tunes); the value
+        stage calls this before it starts and prints the estimate."""
+        cost = self.estimate_cost()
+        rounds = -(-int(n_evaluations) // self.n_slots)
+        return rounds * cost["seconds_per_round"] + cost["seconds_compile"]
+
+    def estimate_cost(self, *, n_sample_rounds: int = 32, max_timed_widths: int = 2) -> dict[str, Any]:
+        """Time one optimiser step per training width and one scoring chunk per validation width that a run will
+        use, and scale (the result is kept; later calls are free).
+
+        The training widths come from the minibatch schedules of seeded random coalitions (sizes uniform in
+        ``1..n_players``, as the prefixes of Monte Carlo permutations are; host work only); each step of a round
+        is padded to the widest sequence among its slots. At most ``max_timed_widths`` training widths (the
+        narrowest and widest used) and as many scoring widths are timed; the others are interpolated linearly in
+        the width. Each timed function is called twice: the first call compiles (the same jit caches as the run
+        uses, so the run does not compile those widths again), the second is the step time. Compilation is
+        reported apart (``seconds_compile``: the mean measured compile time times the widths the run compiles).
+
+        Returns a dict: ``seconds_per_round``, ``seconds_compile``, ``seconds_step`` (width -> s, timed or
+        interpolated), ``step_width_share`` (width -> share of the steps), ``seconds_scoring_round``,
+        ``timed`` (what was timed), ``seconds_measuring`` (the cost of this estimate).
+        """
+        if getattr(self, "_cost", None) is not None:
+            return self._cost
+        from shed_jax.progress import bar as progress_bar
+
+        begin = time.perf_counter()
+        trainer, scorer, recipe = self.trainer, self.scorer, self.trainer.recipe
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0xE57]))
-        members = [np.flatnonzero(rng.random(self.n_players) < 0.5) for _ in range(self.n_slots)]
-        members = [m if m.size else np.zeros(1, np.int64) for m in members]
-        start = time.perf_counter()
-        self._round(members)
-        seconds_per_round = time.perf_counter() - start
-        return seconds_per_round * -(-int(n_evaluations) // self.n_slots)
+        widths: list[int] = []
+        sample_rows = None
+        for _ in range(n_sample_rounds):  # host: schedules of random coalitions -> the width of every step
+            members = [np.sort(rng.permutation(self.n_players)[: rng.integers(1, self.n_players + 1)])
+                       for _ in range(self.n_slots)]
+            rows = trainer.schedules(members, self.seed)
+            sample_rows = rows if sample_rows is None else sample_rows
+            longest = trainer._lengths_host[rows].max(axis=(0, 2))
+            widths.extend(bucket_for(int(w), trainer.buckets) for w in longest)
+        used, counts = np.unique(np.asarray(widths), return_counts=True)
+        share = {int(w): float(c) / len(widths) for w, c in zip(used, counts)}
+        train_timed = sorted({int(used[0]), int(used[-1])})[:max_timed_widths]
+        groups = sorted(scorer.groups, key=lambda g: g.width)
+        score_timed = sorted({groups[0].width, groups[-1].width})[:max_timed_widths]
+        _logger.info("LM proxy: estimating the cost of the valuation: timing one optimiser step of %d fine-tunes at "
+                     "training width%s %s and one scoring chunk at validation width%s %s (each compiled first)",
+                     self.n_slots, "s" if len(train_timed) > 1 else "", "/".join(map(str, train_timed)),
+                     "s" if len(score_timed) > 1 else "", "/".join(map(str, score_timed)))
+        timings = progress_bar(len(train_timed) + len(score_timed),
+                               f"estimating the LM proxy's cost: {len(train_timed)} training and "
+                               f"{len(score_timed)} scoring widths", unit="width", enabled=self.progress)
+        compile_times, step_times, chunk_times = [], {}, {}
+        with interrupt.cooperative():
+            slots = jax.tree_util.tree_map(jnp.copy, trainer._fresh)  # _step donates its state
+            active = jnp.ones(self.n_slots, bool)
+            for width in train_timed:
+                row = jnp.asarray(sample_rows[:, 0])
+                seconds = []
+                for _ in range(2):
+                    start = time.perf_counter()
+                    slots, loss = trainer._step(trainer.base_state, slots, trainer._data, row, active, width=width)
+                    loss.block_until_ready()
+                    seconds.append(time.perf_counter() - start)
+                    interrupt.check()
+                compile_times.append(max(seconds[0] - seconds[1], 0.0))
+                step_times[width] = seconds[1]
+                timings.update()
+            lora = trainer._fresh.lora
+            for group in groups:
+                if group.width not in score_timed:
+                    continue
+                rows = jnp.asarray(group.rows[:1])
+                seconds = []
+                for _ in range(2):
+                    start = time.perf_counter()
+                    jax.block_until_ready(scorer._score_group(scorer.base_state, lora, scorer._data, rows,
+                                                              width=group.width))
+                    seconds.append(time.perf_counter() - start)
+                    interrupt.check()
+                compile_times.append(max(seconds[0] - seconds[1], 0.0))
+                chunk_times[group.width] = seconds[1]
+                timings.update()
+        timings.close()
+
+        def interpolate(table: dict[int, float], width: int) -> float:
+            xs = sorted(table)
+            return float(np.interp(width, xs, [table[x] for x in xs])) if len(xs) > 1 else table[xs[0]] * 1.0
+
+        step_seconds = {w: interpolate(step_times, w) for w in share}
+        train_round = recipe.steps * sum(share[w] * step_seconds[w] for w in share)
+        score_round = sum(len(g.rows) * interpolate(chunk_times, g.width) for g in groups)
+        n_compiles = len(share) + len(groups)
+        compile_mean = float(np.mean(compile_times)) if compile_times else 0.0
+        self._cost = {
+            "seconds_per_round": train_round + score_round, "seconds_training_round": train_round,
+            "seconds_scoring_round": score_round, "seconds_compile": compile_mean * n_compiles,
+            "seconds_step": step_seconds, "step_width_share": share,
+            "timed": {"train_widths": train_timed, "score_widths": score_timed,
+                      "seconds_compile_each": compile_times},
+            "n_slots": self.n_slots, "steps": recipe.steps, "n_score_chunks": int(sum(len(g.rows) for g in groups)),
+            "seconds_measuring": time.perf_counter() - begin,
+        }
+        _logger.info("LM proxy estimate: a round of %d fine-tunes (%d steps, widths %s) and their scoring "
+                     "(%d chunks) takes about %s (training %s, scoring %s); compiling %d widths about %s "
+                     "(measured in %s)", self.n_slots, recipe.steps, "/".join(map(str, sorted(share))),
+                     self._cost["n_score_chunks"], format_duration(train_round + score_round),
+                     format_duration(train_round), format_duration(score_round), n_compiles,
+                     format_duration(self._cost["seconds_compile"]), format_duration(self._cost["seconds_measuring"]))
+        return self._cost
 
     def _round(self, members: list[np.ndarray]) -> np.ndarray:
         """Fine-tune and score up to ``n_slots`` coalitions (an empty one is the untuned model);
         ``(len(members),)`` float64. Diverged fine-tunes follow the policy of :class:`LMProxyConfig`."""
-        values, diverged = self._train_and_score(self.trainer, members)
-        self.n_fine_tunes += sum(len(m) > 0 for m in members)
-        if diverged.any():
-            self._retry_diverged(members, values, diverged)
+        with interrupt.cooperative():  # Ctrl-C stops after the step in flight (shed_jax.interrupt)
+            values, diverged = self._train_and_score(self.trainer, members)
+            self.n_fine_tunes += sum(len(m) > 0 for m in members)
+            if diverged.any():
+                self._retry_diverged(members, values, diverged)
         return values
 
     def _train_and_score(self, trainer: SlotTrainer, members: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -482,6 +586,7 @@ class LMProxyUtility:
         slots = trainer.train(members, self.seed)
         diverged = trainer.diverged(slots)[: len(members)]  # one host sync (the round's block_until_ready)
         middle = time.perf_counter()
+        interrupt.check()
         rows = np.asarray(self.scorer(slots.lora))
         self.seconds_training += middle - start
         self.seconds_scoring += time.perf_counter() - middle

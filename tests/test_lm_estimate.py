@@ -1,0 +1,74 @@
+"""The LM proxy's cost estimate (issue 21): it times one optimiser step per training width and one scoring chunk per
+validation width and scales, instead of fine-tuning a round of coalitions; compilation is reported apart.
+
+Timing ratios (estimate against the real value stage) are measured in bench/lm_estimate.py, not here."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from test_lm_finetune import tiny_config, tiny_tokenizer, tiny_weights
+from test_lm_proxy import MC_ITEMS, PLAYER_PROMPTS, PLAYER_RESPONSES, _write_jsonl, save_hf_checkpoint
+
+
+@pytest.fixture(scope="module")
+def utility(tmp_path_factory):
+    from shed_jax.data import read_validation
+    from shed_jax.proxies.lm import LMProxyConfig, build_lm_proxy
+
+    root = tmp_path_factory.mktemp("lm_estimate")
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(len(tokenizer))
+    save_hf_checkpoint(root, config, tiny_weights(config, seed=1), tokenizer)
+    validation = read_validation(_write_jsonl(root / "mc.jsonl", MC_ITEMS * 3))
+    inputs = types.SimpleNamespace(prompts=tuple(PLAYER_PROMPTS), responses=tuple(PLAYER_RESPONSES), records=(),
+                                   embeddings=None, validation=validation, seed=0, progress=False)
+    return build_lm_proxy(inputs, LMProxyConfig(model=str(root), steps=50, warmup_steps=0, batch_size=2,
+                                                max_length=64, slots=2, dtype="float32", eval_batch_size=4))
+
+
+def test_the_estimate_times_steps_not_a_round_of_fine_tunes(utility, monkeypatch):
+    calls = {"step": 0, "score": 0}
+    trainer, scorer = utility.trainer, utility.scorer
+    step, score = trainer._step, scorer._score_group
+
+    def counting_step(*args, **kwargs):
+        calls["step"] += 1
+        return step(*args, **kwargs)
+
+    def counting_score(*args, **kwargs):
+        calls["score"] += 1
+        return score(*args, **kwargs)
+
+    def no_fine_tunes(*args, **kwargs):
+        raise AssertionError("the estimate fine-tuned a round of coalitions")
+
+    monkeypatch.setattr(trainer, "_step", counting_step)
+    monkeypatch.setattr(scorer, "_score_group", counting_score)
+    monkeypatch.setattr(trainer, "train", no_fine_tunes)
+    seconds = utility.estimate_seconds(40)
+    cost = utility.estimate_cost()
+    timed = cost["timed"]
+    # one compiling call and one timed call per timed width: 2 optimiser steps each, not 50 steps x 2 slots
+    assert calls["step"] == 2 * len(timed["train_widths"]) and 1 <= len(timed["train_widths"]) <= 2
+    assert calls["score"] == 2 * len(timed["score_widths"])
+    assert utility.n_fine_tunes == 0
+    assert set(cost["step_width_share"]) <= set(trainer.buckets)
+    assert sum(cost["step_width_share"].values()) == pytest.approx(1.0)
+    assert cost["seconds_compile"] > 0 and cost["seconds_per_round"] > 0
+    # scaled: 40 evaluations are 20 rounds of 2 slots, plus the compilation of every width, once
+    assert seconds == pytest.approx(20 * cost["seconds_per_round"] + cost["seconds_compile"], rel=1e-9)
+    assert utility.estimate_seconds(80) - cost["seconds_compile"] == pytest.approx(
+        2 * (seconds - cost["seconds_compile"]), rel=1e-9)
+    assert calls["step"] == 2 * len(timed["train_widths"])  # measured once per utility
+
+
+def test_after_the_estimate_the_utility_gives_the_same_values(utility):
+    masks = np.zeros((3, len(PLAYER_PROMPTS)), bool)
+    masks[0, :2] = masks[1, 2:5] = masks[2, :] = True
+    values = utility.evaluate(masks)
+    assert np.all(np.isfinite(values))
+    again = utility.evaluate(masks)
+    np.testing.assert_allclose(values, again, rtol=0, atol=1e-6)

@@ -28,7 +28,20 @@ from shed_jax.io import atomic_write_text
 from shed_jax.report._html import _render
 from shed_jax.report._load import load_run
 
-__all__ = ["write_report"]
+__all__ = ["require_run_dir", "write_report"]
+
+
+RUN_FILES = ("config.json", "run.json", "clusters.npz", "values.json")
+
+
+def require_run_dir(run_dir: str | os.PathLike, command: str = "shed report") -> None:
+    """Raise :class:`~shed_jax.errors.PipelineError` (exit 2) unless ``run_dir`` holds a run: one of
+    ``config.json``, ``run.json``, ``clusters.npz`` or ``values.json``."""
+    from shed_jax.errors import PipelineError
+
+    if not any((Path(run_dir) / name).is_file() for name in RUN_FILES):
+        raise PipelineError(f"not a shed run directory (none of {', '.join(RUN_FILES)}); {command} needs the "
+                            "directory a `shed refine`, `shed cluster` or `shed value` wrote", path=run_dir)
 
 
 def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
@@ -46,10 +59,12 @@ def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = 
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a directory.
+        PipelineError: ``run_dir`` holds no run (see :func:`require_run_dir`).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run directory not found")
+    require_run_dir(run_dir)
     from shed_jax.report._plots import font_context
 
     with font_context():  # CJK-capable fallback fonts in the plots, when installed

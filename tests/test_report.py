@@ -85,7 +85,7 @@ def test_full_report_sections_images_and_escaping(run_dir):
     assert all(png.startswith(PNG_SIGNATURE) and len(png) > 1000 for png in images)
     assert "<script>" not in document  # the hostile instruction is escaped, never injected
     # nothing was missing; the one note says that this tiny run's utility does not move (12 validation items)
-    assert document.count('class="note"') == 1 and "The utility does not move" in document
+    assert document.count('class="note"') == 1 and 'id="verdict"' in document
     assert "qocs" in document and "ratio 0.25" in document and ">7<" in document
     # The top table's first row is the best cluster, with its proxy first.
     values, clusters = Values.load(run_dir), Clusters.load(run_dir)
@@ -110,7 +110,7 @@ def test_the_report_never_reads_the_data_file(run_dir):
         document = write_report(run_dir).read_text(encoding="utf-8")
     finally:
         shutil.move(data + ".moved", data)
-    assert document.count('class="note"') == document.count("The utility does not move") and "Question number" in document
+    assert document.count('class="note"') == document.count('id="verdict"') and "Question number" in document
 
 
 def test_missing_convergence_gives_note(run_dir):
@@ -216,19 +216,19 @@ def test_u_full_minus_u_empty_is_shown_with_its_interval(run_dir):
     half = 2 * np.sqrt((0.9 * 0.1 + 0.5 * 0.5) / n_valid)
     assert f"U(full) − U(empty) = 0.9 − 0.5 = 0.4 ± {half:.4g} (2 standard errors, at most, of the {n_valid:,} "\
            "validation items)" in document
-    assert "The utility does not move" not in document
+    assert 'id="verdict"' not in document
 
 
 @pytest.mark.parametrize("u_full, u_empty, why", [
-    (0.2967, 0.2979, "is not above the utility with no data"),          # the run: U(full) below U(empty)
-    (0.302, 0.2979, "is within noise of the utility with no data"),     # above, but by less than the noise
+    (0.2967, 0.2979, "The utility does not move: with all the proxies it is 0.2967, not above the 0.2979"),
+    (0.302, 0.2979, "change cannot be told from noise: with all the proxies it is 0.302 against 0.2979"),
 ])
 def test_a_utility_that_does_not_move_is_said_first_in_plain_words(run_dir, u_full, u_empty, why):
     values = Values.load(run_dir)
     _with(values, u_full=u_full, u_empty=u_empty, n_permutations=64,
           utility={**values.utility, "metric": "prob", "n_validation": 50}).save(run_dir)
     document = write_report(run_dir).read_text(encoding="utf-8")
-    headline = document.index("The utility does not move")
+    headline = document.index(why)
     assert headline < document.index("Run configuration") and headline < document.index("lie more than 2 standard")
     assert why in document
     for change in ("validation set", "--proxy", "--permutations"):

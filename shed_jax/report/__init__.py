@@ -28,7 +28,7 @@ from shed_jax.io import atomic_write_text
 from shed_jax.report._html import _render
 from shed_jax.report._load import load_run
 
-__all__ = ["require_run_dir", "write_report"]
+__all__ = ["refresh", "require_run_dir", "write_report"]
 
 
 RUN_FILES = ("config.json", "run.json", "clusters.npz", "values.json")
@@ -72,3 +72,26 @@ def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = 
     out_path = Path(out) if out is not None else run_dir / "report.html"
     atomic_write_text(out_path, document)
     return out_path
+
+
+def refresh(run_dir: str | os.PathLike, log=None) -> Path | None:
+    """Rewrite ``RUN_DIR/report.html`` if there is one (after a command changed what it shows: the clusters, the
+    values or the run's selection), so that it never describes outputs that no longer exist. A failure is logged,
+    never raised (the command's own work is done); then the stale report is removed rather than left standing."""
+    path = Path(run_dir) / "report.html"
+    if not path.is_file():
+        return None
+    try:
+        written = write_report(run_dir)
+    except Exception as exc:  # the command's outputs are written; a report must not undo that
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        if log is not None:
+            log(f"report: could not be rewritten ({type(exc).__name__}: {exc}); the stale report.html was removed "
+                f"(`shed report {run_dir}` writes it)")
+        return None
+    if log is not None:
+        log(f"report: rewritten ({written})")
+    return written

@@ -7,9 +7,9 @@ Two checks, shown first in the report and by ``shed show``:
   in ``[0, 1]`` (probabilities, accuracies) the variance of an item's score is at most ``mu (1 - mu)``, so the
   standard error of the difference of two means over ``n`` validation items is at most
   ``sqrt((u_f (1 - u_f) + u_e (1 - u_e)) / n)`` (an upper bound: the two are measured on the same items, which
-  only lowers it). When ``|U(full) - U(empty)|`` is within 2 of those standard errors, or U(full) is not above
-  U(empty), the utility does not move and the cluster values rank noise: the report says so before anything
-  else, with what to change. An unbounded metric (a loss, a log-probability, a margin) gets no interval.
+  only lowers it). When U(full) is not above U(empty) the utility does not move; when the difference is within 2
+  of those standard errors it cannot be told from noise. Either way the cluster values rank noise: the report
+  says so before anything else, with what to change. An unbounded metric (a loss, a log-probability, a margin) gets no interval.
 * **Significance of cluster values** (``|value| > 2 standard errors``) is stated only with at least
   :data:`MIN_PERMUTATIONS` permutations: a standard error estimated from fewer permutations is itself too
   uncertain for a 2-standard-error rule (with 2 permutations the 95% quantile of Student's t is 12.7, not 2;
@@ -75,17 +75,17 @@ def verdict(values_meta: dict, values: np.ndarray | None, stderr: np.ndarray | N
                       f"{_fmt(delta)}{interval}")
         if not moves:
             if delta <= 0:
-                why = (f"the utility with all the proxies ({_fmt(float(u_full))}) is not above the utility with no "
-                       f"data ({_fmt(float(u_empty))})")
+                what = (f"The utility does not move: with all the proxies it is {_fmt(float(u_full))}, not above "
+                        f"the {_fmt(float(u_empty))} it has with no data")
             else:
-                why = (f"the utility with all the proxies ({_fmt(float(u_full))}) is within noise of the utility "
-                       f"with no data ({_fmt(float(u_empty))}; the difference {_fmt(delta)} is less than "
-                       f"{_fmt(half)})")
-            headline = (f"The utility does not move: {why}. The cluster values then rank noise, and a selection "
-                        "built on them is close to chance. To change: a validation set closer to what the data should "
-                        "teach (and more of it: --valid, max_validation), a proxy that responds to the data "
-                        "(--proxy, its steps or learning rate; see `shed proxies`), or more permutations "
-                        "(--permutations).")
+                what = (f"The utility's change cannot be told from noise: with all the proxies it is "
+                        f"{_fmt(float(u_full))} against {_fmt(float(u_empty))} with no data, a difference of "
+                        f"{_fmt(delta)}, within the {_fmt(half)} that {int(n_valid):,} validation items can "
+                        f"vary by")
+            headline = (f"{what}. The cluster values then rank noise, and a selection built on them is close to "
+                        "chance. To change: a validation set closer to what the data should teach, and more of it "
+                        "(--valid; the LM proxy's max_validation), a proxy that responds to the data (--proxy, its "
+                        "steps or learning rate; see `shed proxies`), or more permutations (--permutations).")
     n_sig = n_known = None
     if values is None or stderr is None:
         significance = "No cluster values."

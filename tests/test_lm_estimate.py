@@ -72,3 +72,16 @@ def test_after_the_estimate_the_utility_gives_the_same_values(utility):
     assert np.all(np.isfinite(values))
     again = utility.evaluate(masks)
     np.testing.assert_allclose(values, again, rtol=0, atol=1e-6)
+
+
+def test_a_round_of_fine_tunes_shows_its_steps_and_scoring(utility, monkeypatch, capsys):
+    monkeypatch.setenv("SHED_PROGRESS", "plain")
+    monkeypatch.setenv("SHED_PROGRESS_SECONDS", "0")
+    monkeypatch.setattr(utility, "progress", True)
+    masks = np.zeros((2, len(PLAYER_PROMPTS)), bool)
+    masks[0, 1:4] = masks[1, 3:] = True
+    utility.evaluate(masks)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("LM round: ")]
+    # 50 steps + scoring = 51 units: a line at each new tenth that is reached before the end
+    assert lines and lines[0].startswith("LM round: 2 fine-tunes of 50 steps, then scoring 12 validation items: ")
+    assert len(lines) >= 5

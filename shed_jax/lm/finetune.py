@@ -274,13 +274,13 @@ class SlotTrainer:
                                             rng=coalition_rng(members, seed))
         return rows
 
-    def train(self, member_lists: Sequence[np.ndarray], seed: int) -> SlotState:
+    def train(self, member_lists: Sequence[np.ndarray], seed: int, *, on_step=None) -> SlotState:
         """Fine-tune ``len(member_lists) <= n_slots`` coalitions (player indices) from the initial adapter.
 
         Returns the stacked state after ``recipe.steps`` steps: slot ``i`` holds coalition ``i``; an empty
         coalition (no members: the untuned model) and the slots past ``len(member_lists)`` hold the initial
         adapter. The returned arrays stay owned by the trainer until the next call (they are donated and refilled
-        in place then).
+        in place then). ``on_step(1)`` is called after each step is under way (for a progress bar).
         """
         if not 1 <= len(member_lists) <= self.n_slots:
             raise ValueError(f"member_lists: need 1..{self.n_slots} coalitions, got {len(member_lists)}")
@@ -301,6 +301,8 @@ class SlotTrainer:
             losses.append(loss)
             self._slots = slots  # the previous state was donated: keep the live one if a Ctrl-C stops here
             _after_step(losses)
+            if on_step is not None:
+                on_step(1)
         self._slots = slots
         self.last_losses = jnp.stack(losses) if losses else None
         return slots

@@ -582,12 +582,23 @@ class LMProxyUtility:
 
     def _train_and_score(self, trainer: SlotTrainer, members: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``(values (M,) float64, diverged (M,) bool)`` of one round of ``M = len(members)`` fine-tunes."""
+        from shed_jax.progress import bar as progress_bar
+
         start = time.perf_counter()
-        slots = trainer.train(members, self.seed)
-        diverged = trainer.diverged(slots)[: len(members)]  # one host sync (the round's block_until_ready)
-        middle = time.perf_counter()
-        interrupt.check()
-        rows = np.asarray(self.scorer(slots.lora))
+        n_tuned = sum(len(m) > 0 for m in members)
+        steps = trainer.recipe.steps
+        round_bar = progress_bar(steps + 1, f"LM round: {n_tuned} fine-tune{'s' if n_tuned != 1 else ''} of {steps} "
+                                            f"steps, then scoring {self.validation.n_items:,} validation items",
+                                 unit="step", enabled=self.progress)
+        try:
+            slots = trainer.train(members, self.seed, on_step=round_bar.update)
+            diverged = trainer.diverged(slots)[: len(members)]  # one host sync (the round's block_until_ready)
+            middle = time.perf_counter()
+            interrupt.check()
+            rows = np.asarray(self.scorer(slots.lora))
+            round_bar.update()
+        finally:
+            round_bar.close()
         self.seconds_training += middle - start
         self.seconds_scoring += time.perf_counter() - middle
         values = np.array(self.validation.value(rows, self.config.choice_score)[: len(members)], np.float64)

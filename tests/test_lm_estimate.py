@@ -85,3 +85,33 @@ def test_a_round_of_fine_tunes_shows_its_steps_and_scoring(utility, monkeypatch,
     # 50 steps + scoring = 51 units: a line at each new tenth that is reached before the end
     assert lines and lines[0].startswith("LM round: 2 fine-tunes of 50 steps, then scoring 12 validation items: ")
     assert len(lines) >= 5
+
+
+def test_over_the_time_budget_the_run_says_so_with_settings_that_fit(utility):
+    from shed_jax.budget_advice import over_budget_lines
+    from shed_jax.config import RefineConfig
+
+    n_evaluations, n_permutations = 42, 8                      # 8 permutations of 5 players, U(full), U(empty)
+    seconds = utility.estimate_seconds(n_evaluations)
+    compile_seconds = utility.estimate_cost()["seconds_compile"]
+    assert utility.cheaper_options(n_evaluations, n_permutations, seconds * 1.01) == []
+    budget = compile_seconds + 0.5 * (seconds - compile_seconds)  # half the work fits
+    options = utility.cheaper_options(n_evaluations, n_permutations, budget)
+    assert options and all(estimate <= budget for _, estimate in options)
+    flags = [flag for flag, _ in options]
+    assert any(flag.startswith("--permutations ") and int(flag.split()[1]) < n_permutations for flag in flags)
+    assert any(flag.startswith("--proxy-option steps=") for flag in flags)
+    config = RefineConfig(data="d.jsonl", proxy="lm", value_time_budget=budget, proxies_per_cluster=1)
+    lines = over_budget_lines(utility, seconds, n_evaluations, n_permutations, config)
+    assert "does not fit --value-time-budget" in lines[0] and "even with one proxy per cluster" in lines[0]
+    assert any("--proxy embedding" in line for line in lines)
+    assert all(any(flag in line for line in lines) for flag in flags)
+    assert over_budget_lines(utility, seconds, n_evaluations, n_permutations,
+                             RefineConfig(data="d.jsonl", proxy="lm", value_time_budget=2 * seconds)) == []
+
+
+def test_scoring_is_capped_by_default():
+    from shed_jax.proxies.lm import LMProxyConfig
+
+    assert LMProxyConfig().max_validation == 200
+    assert LMProxyConfig(max_validation=None).max_validation is None

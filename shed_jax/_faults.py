@@ -11,7 +11,8 @@ does nothing unless the variable names that point.
   save, before orbax starts the step), ``checkpoint_write`` (inside a checkpoint save, after orbax started
   writing the step into its temporary directory, before it is finalised; an error raised there does not stop
   orbax from finishing the step in the background, so the disk-full tests use ``checkpoint_save``), ``write`` (in the atomic writer, after the temporary files are written, before any is moved into
-  place), ``replace`` (after one target of an atomic write is moved into place, before the next).
+  place), ``replace`` (after one target of an atomic write is moved into place, before the next), ``lm_step``
+  (after an LM proxy fine-tune step is dispatched, :mod:`shed_jax.lm.finetune`).
 * ``WHICH``: a number ``n`` (the n-th time this process reaches the point, from 1) or a name matched against the
   point's name (the file's base name for ``write``/``replace``); absent: the first time.
 * ``ACTION``: ``kill`` (SIGKILL to itself), ``int`` (SIGINT to itself: a Ctrl-C), ``enospc`` (raise

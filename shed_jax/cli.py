@@ -68,6 +68,9 @@ def cli():
       shed value --run-dir run/ --valid mmlu_dev.jsonl --permutations 100
       shed select train.jsonl --run-dir run/ --ratio 0.1 -o refined.jsonl
       shed report run/
+      shed show run/                              # best and worst clusters, in the terminal
+
+    `shed proxies` lists the proxies (--proxy) and their options (--proxy-option NAME=VALUE) with defaults.
 
     DATA is a JSON/JSON Lines file (.gz too), .parquet, .csv/.tsv, a datasets save_to_disk directory,
     hf:OWNER/NAME (with --split, --revision) or - (JSON Lines on stdin); the selection is written in DATA's
@@ -81,7 +84,14 @@ def cli():
 
 def main(argv=None):
     """Entry point of the ``shed`` console script."""
-    return cli.main(args=argv, prog_name="shed")
+    try:
+        return cli.main(args=argv, prog_name="shed")
+    except SystemExit as exc:
+        if exc.code == 130:  # interrupted: no interpreter finalisation under running XLA threads (exit 139)
+            from shed_jax.interrupt import exit_now
+
+            exit_now(130)
+        raise
 
 
 DRY_RUN_HELP = ("Check the inputs, print what each stage will do and its estimated time on this machine (from a "
@@ -101,6 +111,14 @@ def _dry_run(config, opts, *, need_budget: bool):
 def _emit_plan(opts, command: str, run_dir: str, plan) -> None:
     opts.emit({"command": command, "dry_run": True, "run_dir": run_dir, **plan.to_dict()},
               [f"dry run: nothing was written (run directory {run_dir})", *plan.lines()])
+
+
+def _refresh_report(run_dir: str, result, opts) -> None:
+    """A stage recomputed what report.html shows: rewrite the report (:func:`shed_jax.report.refresh`)."""
+    if not getattr(result, "skipped", True):
+        from shed_jax import report as _report
+
+        _report.refresh(run_dir, log=opts.log)
 
 
 def _run_dir_for(params: dict) -> str:
@@ -171,6 +189,7 @@ def cluster(ctx, as_json, quiet, verbose, **params):
         return run.run_cluster(build_config(ctx, params, run_dir=run_dir), progress=opts.progress, log=opts.log)
 
     result = _call(opts, work, run_dir=run_dir)
+    _refresh_report(run_dir, result, opts)
     summary = {"command": "cluster", "run_dir": run_dir, "clusters": str(Path(run_dir) / "clusters.npz"),
                **result.summary()}
     opts.emit(summary, [f"{summary['n_clusters']} clusters over {summary['n_candidates']} records "
@@ -228,6 +247,7 @@ def value(ctx, resume, dry_run, as_json, quiet, verbose, **params):
                    run_dir=None if dry_run else run_dir)
     if dry_run:
         return _emit_plan(opts, "value", run_dir, result)
+    _refresh_report(run_dir, result, opts)
     summary = {"command": "value", "run_dir": run_dir, "values": str(Path(run_dir) / "values.json"),
                **result.summary()}
     opts.emit(summary, [
@@ -250,14 +270,20 @@ def value(ctx, resume, dry_run, as_json, quiet, verbose, **params):
          output={"required": True},
          seed={"help": "Seeds the samplers: qwcs and random draws, and qocs's draw from the last cluster that does "
                        "not fit whole."})
+@click.option("--replace", is_flag=True,
+              help="Make this the run's selection (rewrite selection.json, scores.jsonl and report.html) even when "
+                   "the run already has one with other settings.")
 @common_options
 @click.pass_context
-def select(ctx, values_path, as_json, quiet, verbose, **params):
+def select(ctx, values_path, replace, as_json, quiet, verbose, **params):
     """Select a budget of records of DATA from cluster values and write them to OUT (DATA's format unless
     OUT's extension names another).
 
     The records are written exactly as they are in DATA; OUT.scores.jsonl holds each one's cluster,
-    value and standard error. RUN_DIR/selection.json and RUN_DIR/scores.jsonl are (re)written.
+    value and standard error. RUN_DIR/selection.json and RUN_DIR/scores.jsonl are written, and report.html
+    rewritten; when the run already has a selection with other settings (sampler, budget, beta, seed or values
+    file), this one goes to RUN_DIR/selection-NAME.json and scores-NAME.jsonl instead (NAME from the settings,
+    e.g. random-0.1) and the run's own selection stays, unless --replace.
 
     \b
     Examples:
@@ -281,13 +307,46 @@ def select(ctx, values_path, as_json, quiet, verbose, **params):
             config = config.replace(format=base.format, field_map=base.field_map, duplicates=base.duplicates,
                                     **{name: getattr(base, name) for name in ("split", "revision")
                                        if ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT})
-        return config, run.run_select(config, progress=opts.progress, log=opts.log, values_path=values_file,
-                                      output=config.output)
+            if ctx.get_parameter_source("seed") == click.core.ParameterSource.DEFAULT:
+                config = config.replace(seed=base.seed)  # the run's seed unless --seed is given
+        named = _named_selection(config, directory, values_file, replace, opts)
+        if named is not None:
+            return config, named, named.fingerprint  # the selection's name
+        result = run.run_select(config, progress=opts.progress, log=opts.log, values_path=values_file,
+                                output=config.output)
+        from shed_jax import report as _report
 
-    config, result = _call(opts, work, run_dir=directory)
-    summary = {"command": "select", "run_dir": directory, "output": config.output, **result.summary()}
+        _report.refresh(directory, log=opts.log)
+        return config, result, None
+
+    config, result, name = _call(opts, work, run_dir=directory)
+    summary = {"command": "select", "run_dir": directory, "output": config.output, **result.summary(),
+               "selection_file": str(Path(directory) / (f"selection-{name}.json" if name else "selection.json"))}
     opts.emit(summary, [f"selected {result.budget} of {result.n_candidates} records with {result.sampler} "
-                        f"-> {config.output}"])
+                        f"-> {config.output}" + (f" (a named selection: {summary['selection_file']})" if name else "")])
+
+
+def _named_selection(config, directory: str, values_file: str, replace: bool, opts):
+    """A selection with other settings than the run's own (``shed_jax.run.select.run_named_select``), or None
+    when this one is (or becomes, with --replace) the run's selection."""
+    from shed_jax.run import select as _select
+
+    own = Path(directory) / "values.json"
+    source = None if Path(values_file) == own else values_file
+    stored = _select.stored_settings(directory)
+    if stored is None or replace:
+        return None
+    if stored.get("values") and Path(stored["values"]) == own:
+        stored["values"] = None
+    wanted = _select.settings(config, source)
+    differs = _select.differences(wanted, stored)
+    if not differs:
+        return None
+    name = _select.selection_name(wanted, stored)
+    opts.log(f"select: the run's selection.json has other settings ({'; '.join(differs)}); this selection goes to "
+             f"selection-{name}.json and scores-{name}.jsonl beside it (--replace makes it the run's selection)")
+    return _select.run_named_select(config, values_path=values_file, output=config.output, name=name,
+                                    values_source=source, progress=opts.progress, log=opts.log)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -477,6 +536,11 @@ def cache_clear(yes, as_json, quiet, verbose):
     opts.emit({"command": "cache clear", "deleted_entries": info["entries"], "deleted_bytes": info["bytes"],
                "path": info["path"]}, [f"deleted {info['entries']} entries from {info['path']}"])
 
+
+from shed_jax.terminal import proxies_command, show_command  # noqa: E402  (light: click only)
+
+cli.add_command(show_command)
+cli.add_command(proxies_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -145,8 +145,11 @@ def _write_traceback(exc: BaseException, run_dir: str | None) -> str:
 
 def _call(opts: _Opts, function, *, resume_hint: str | None = None, run_dir: str | None = None):
     """Run ``function()``; user errors -> exit 2, bugs -> exit 1 with the traceback logged, Ctrl-C -> 130."""
+    from shed_jax import interrupt
+
     try:
-        return function()
+        with interrupt.handling(resume_hint):  # Ctrl-C/SIGTERM: stop after the step in flight; twice: at once
+            return function()
     except UserError as exc:
         if opts.verbosity > 0:
             traceback.print_exc(file=sys.stderr)

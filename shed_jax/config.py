@@ -298,7 +298,8 @@ class RefineConfig:
                                      "NAME:SPEC is short for --proxy NAME --proxy-option <its main option>=SPEC.",
                         choices=_proxy_names, metavar="NAME[:SPEC]")
     proxy_options: tuple[tuple[str, Any], ...] = option(
-        (), "Set a field of the proxy's configuration (repeatable), e.g. steps=20, metric=logprob.",
+        (), "Set a field of the proxy's configuration (repeatable), e.g. steps=20, metric=logprob; "
+            "`shed proxies` lists every proxy's options with their defaults.",
         flag="--proxy-option", metavar="NAME=VALUE", kind="options")
     proxies_per_cluster: int | str = option(
         "auto", "Members M of each cluster valued as Shapley players (those nearest its centroid); a cluster's value "

@@ -311,8 +311,14 @@ def test_refine_json_and_resume_after_interruption(demo, tmp_path, fake_embed, f
     assert summary["stages"]["value"] == "skipped" and summary["stages"]["select"] == "computed"
     assert len(out.read_text().splitlines()) == 30 and len(fake_shapley) == 2
 
-    # a stand-alone `shed select` overwrites selection.json: the next refine must redo its own selection
+    # a stand-alone `shed select` with other settings writes a named selection and keeps the run's (issue 21)
     result = invoke(["select", demo.train, "--run-dir", run, "--size", "7", "--sampler", "random",
+                     "-o", tmp_path / "other.jsonl"])
+    assert result.exit_code == 0, result.output
+    assert (run / "selection-random-n7.json").is_file()
+    assert len(json.loads((run / "selection.json").read_text())["indices"]) == 30
+    # with --replace it overwrites selection.json: the next refine must redo its own selection
+    result = invoke(["select", demo.train, "--run-dir", run, "--size", "7", "--sampler", "random", "--replace",
                      "-o", tmp_path / "other.jsonl"])
     assert result.exit_code == 0, result.output
     result = invoke(["refine", "--resume", "--run-dir", run, "--json", "-q"])

@@ -127,3 +127,29 @@ def test_library_loading_bars_can_be_switched_off():
     finally:
         (hf_logging.enable_progress_bar if was_transformers else hf_logging.disable_progress_bar)()
         (hub_utils.enable_progress_bars if was_hub else hub_utils.disable_progress_bars)()
+
+
+def test_the_embedding_proxy_shows_progress_while_it_embeds_the_players():
+    """The value stage embeds the players' prompts and responses (and the validation set) when it builds the
+    embedding proxy: minutes for large runs, so each gets a labelled progress bar when the run shows progress."""
+    import types
+
+    import numpy as np
+
+    from conftest import hashing_embed
+    from shed_jax.proxies.embedding import EmbeddingProxyConfig, build_embedding_proxy
+
+    calls = []
+
+    def embed(texts, *, progress=True, label=None):
+        calls.append((label, progress))
+        return hashing_embed(list(texts))
+
+    validation = types.SimpleNamespace(questions=("q one", "q two"), choices=(("a", "b"), ("c", "d")),
+                                       answers=np.array([0, 1]))
+    inputs = types.SimpleNamespace(prompts=("p1", "p2", "p3"), responses=("r1", "r2", "r3"), records=(),
+                                   embeddings=None, validation=validation, seed=0, progress=True, embed=embed)
+    build_embedding_proxy(inputs, EmbeddingProxyConfig())
+    labels = [label for label, progress in calls if progress]
+    assert "embedding the 3 players' prompts" in labels and "embedding the 3 players' responses" in labels
+    assert any("validation" in (label or "") for label in labels)

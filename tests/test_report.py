@@ -84,7 +84,8 @@ def test_full_report_sections_images_and_escaping(run_dir):
     assert len(images) == 4  # values, convergence, size-vs-value, composition
     assert all(png.startswith(PNG_SIGNATURE) and len(png) > 1000 for png in images)
     assert "<script>" not in document  # the hostile instruction is escaped, never injected
-    assert 'class="note"' not in document  # nothing was missing
+    # nothing was missing; the one note says that this tiny run's utility does not move (12 validation items)
+    assert document.count('class="note"') == 1 and 'id="verdict"' in document
     assert "qocs" in document and "ratio 0.25" in document and ">7<" in document
     # The top table's first row is the best cluster, with its proxy first.
     values, clusters = Values.load(run_dir), Clusters.load(run_dir)
@@ -109,7 +110,7 @@ def test_the_report_never_reads_the_data_file(run_dir):
         document = write_report(run_dir).read_text(encoding="utf-8")
     finally:
         shutil.move(data + ".moved", data)
-    assert 'class="note"' not in document and "Question number" in document
+    assert document.count('class="note"') == document.count('id="verdict"') and "Question number" in document
 
 
 def test_missing_convergence_gives_note(run_dir):
@@ -177,17 +178,70 @@ def test_a_failing_section_leaves_the_rest(run_dir, monkeypatch):
     assert len(_images(document)) == 3 and 'id="clusters"' in document
 
 
+def _with(values: Values, **changes) -> Values:
+    fields = dict(cluster_values=values.cluster_values, stderr=values.stderr, n_permutations=values.n_permutations,
+                  n_evaluations=values.n_evaluations, removal_step=values.removal_step, seed=values.seed,
+                  utility=values.utility, u_full=values.u_full, u_empty=values.u_empty,
+                  proxy_index=values.proxy_index)
+    fields.update(changes)
+    return Values(*fields.values())
+
+
 def test_the_page_says_how_many_values_are_beyond_noise(run_dir):
-    values = Values.load(run_dir)
+    values = _with(Values.load(run_dir), n_permutations=40)  # significance is stated from 30 permutations on
+    values.save(run_dir)
     beyond = int((np.abs(values.cluster_values) > 2 * values.stderr).sum())
     document = write_report(run_dir).read_text(encoding="utf-8")
-    assert f"{beyond:,} of {K:,} cluster values ({100 * beyond / K:.0f}%) lie more than 2 standard errors" in document
-    noisy = Values(values.cluster_values, np.abs(values.cluster_values) + 1.0, values.n_permutations,
-                   values.n_evaluations, values.removal_step, values.seed, values.utility, values.u_full,
-                   values.u_empty, values.proxy_index)
-    noisy.save(run_dir)
+    assert (f"{beyond:,} of {K:,} cluster values ({100 * beyond / K:.0f}%) lie more than 2 standard errors from "
+            "zero (40 permutations)") in document
+    _with(values, stderr=np.abs(values.cluster_values) + 1.0).save(run_dir)
     document = write_report(run_dir).read_text(encoding="utf-8")
     assert f"0 of {K} cluster values (0%)" in document and "Most values are within noise" in document
+
+
+def test_significance_is_not_stated_with_few_permutations(run_dir):
+    values = Values.load(run_dir)
+    assert values.n_permutations == 6
+    document = write_report(run_dir).read_text(encoding="utf-8")
+    assert "lie more than 2 standard errors" not in document
+    assert "With 6 permutations a standard error is itself too uncertain" in document
+    assert "from 30 permutations on" in document
+
+
+def test_u_full_minus_u_empty_is_shown_with_its_interval(run_dir):
+    values = Values.load(run_dir)
+    n_valid = values.utility["n_validation"]
+    _with(values, u_full=0.9, u_empty=0.5, utility={**values.utility, "metric": "prob"}).save(run_dir)
+    document = write_report(run_dir).read_text(encoding="utf-8")
+    half = 2 * np.sqrt((0.9 * 0.1 + 0.5 * 0.5) / n_valid)
+    assert f"U(full) − U(empty) = 0.9 − 0.5 = 0.4 ± {half:.4g} (2 standard errors, at most, of the {n_valid:,} "\
+           "validation items)" in document
+    assert 'id="verdict"' not in document
+
+
+@pytest.mark.parametrize("u_full, u_empty, why", [
+    (0.2967, 0.2979, "The utility does not move: with all the proxies it is 0.2967, not above the 0.2979"),
+    (0.302, 0.2979, "change cannot be told from noise: with all the proxies it is 0.302 against 0.2979"),
+])
+def test_a_utility_that_does_not_move_is_said_first_in_plain_words(run_dir, u_full, u_empty, why):
+    values = Values.load(run_dir)
+    _with(values, u_full=u_full, u_empty=u_empty, n_permutations=64,
+          utility={**values.utility, "metric": "prob", "n_validation": 50}).save(run_dir)
+    document = write_report(run_dir).read_text(encoding="utf-8")
+    headline = document.index(why)
+    assert headline < document.index("Run configuration") and headline < document.index("lie more than 2 standard")
+    assert why in document
+    for change in ("validation set", "--proxy", "--permutations"):
+        assert change in document[headline:headline + 1200]
+
+
+def test_the_report_of_a_directory_without_a_run_is_refused(tmp_path):
+    from shed_jax.errors import PipelineError
+
+    (tmp_path / "notes.txt").write_text("not a run")
+    with pytest.raises(PipelineError, match="not a shed run directory"):
+        write_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()
 
 
 def test_hundreds_of_clusters_are_drawn_as_a_ranked_band_not_error_bars(monkeypatch):

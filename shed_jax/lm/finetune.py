@@ -55,6 +55,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from shed_jax import interrupt
+from shed_jax._faults import fault_point
 from shed_jax.lm.prompts import TokenTable, bucket_for, length_buckets
 from shed_jax.lm.scoring import target_logprob_sums
 
@@ -272,13 +274,13 @@ class SlotTrainer:
                                             rng=coalition_rng(members, seed))
         return rows
 
-    def train(self, member_lists: Sequence[np.ndarray], seed: int) -> SlotState:
+    def train(self, member_lists: Sequence[np.ndarray], seed: int, *, on_step=None) -> SlotState:
         """Fine-tune ``len(member_lists) <= n_slots`` coalitions (player indices) from the initial adapter.
 
         Returns the stacked state after ``recipe.steps`` steps: slot ``i`` holds coalition ``i``; an empty
         coalition (no members: the untuned model) and the slots past ``len(member_lists)`` hold the initial
         adapter. The returned arrays stay owned by the trainer until the next call (they are donated and refilled
-        in place then).
+        in place then). ``on_step(1)`` is called after each step is under way (for a progress bar).
         """
         if not 1 <= len(member_lists) <= self.n_slots:
             raise ValueError(f"member_lists: need 1..{self.n_slots} coalitions, got {len(member_lists)}")
@@ -293,10 +295,14 @@ class SlotTrainer:
         slots = self._refill(self._slots, self._fresh, jnp.ones(self.n_slots, bool))
         active_device = jnp.asarray(active)
         losses = []
-        for step, width in enumerate(widths):  # one dispatch per step for all slots; no host sync
+        for step, width in enumerate(widths):  # one dispatch per step for all slots
             slots, loss = self._step(self.base_state, slots, self._data, rows[:, step], active_device,
                                      width=width)
             losses.append(loss)
+            self._slots = slots  # the previous state was donated: keep the live one if a Ctrl-C stops here
+            _after_step(losses)
+            if on_step is not None:
+                on_step(1)
         self._slots = slots
         self.last_losses = jnp.stack(losses) if losses else None
         return slots
@@ -332,6 +338,18 @@ class SlotTrainer:
         names = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                  "alias_size_in_bytes", "generated_code_size_in_bytes")
         return {name: int(getattr(analysis, name, 0) or 0) for name in names}
+
+
+def _after_step(losses: list) -> None:
+    """Keep at most two steps queued (wait for the step before last; the device stays busy) and stop between
+    steps on Ctrl-C (:func:`shed_jax.interrupt.check`: the step in flight finishes first), not after the whole
+    queue of a fine-tune."""
+    if len(losses) >= 2:
+        losses[-2].block_until_ready()
+    fault_point("lm_step")  # testing hook (shed_jax._faults)
+    if interrupt.requested():
+        losses[-1].block_until_ready()
+        interrupt.check()
 
 
 @jax.jit

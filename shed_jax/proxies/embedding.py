@@ -444,11 +444,22 @@ def check_validation(validation_set, config: EmbeddingProxyConfig) -> None:
                         path=getattr(validation_set, "path", None))
 
 
+def _embed_labelled(embed, texts, progress: bool, label: str):
+    """``embed(texts)`` with a progress bar saying what it embeds (when ``embed`` takes a label)."""
+    from shed_jax.proxies._validation import _accepts_label
+
+    return embed(texts, progress=progress, **({"label": label} if _accepts_label(embed) else {}))
+
+
 def build_embedding_proxy(inputs: ProxyInputs, config: EmbeddingProxyConfig) -> EmbeddingProxyUtility:
     """The registry factory: embeds the players' prompts and responses and the validation set with the run's
     cached encoder (``inputs.embed``) and builds an :class:`EmbeddingProxyUtility` seeded with ``inputs.seed``."""
-    prompt_emb = np.asarray(inputs.embed(list(inputs.prompts), progress=False), np.float32)
-    response_emb = np.asarray(inputs.embed(list(inputs.responses), progress=False), np.float32)
+    progress = bool(getattr(inputs, "progress", False))
+    n = len(inputs.prompts)
+    prompt_emb = np.asarray(_embed_labelled(inputs.embed, list(inputs.prompts), progress,
+                                            f"embedding the {n:,} players' prompts"), np.float32)
+    response_emb = np.asarray(_embed_labelled(inputs.embed, list(inputs.responses), progress,
+                                              f"embedding the {n:,} players' responses"), np.float32)
     validation = embed_validation(inputs.validation, embed=inputs.embed, progress=inputs.progress)
     return EmbeddingProxyUtility.from_arrays(prompt_emb, response_emb, validation, config=config, seed=inputs.seed)
 

@@ -46,11 +46,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from shed_jax import interrupt
 from shed_jax.errors import UserError
 from shed_jax.lm import prompts as prompt_lib
 from shed_jax.lm.finetune import FinetuneRecipe, SlotTrainer
+from shed_jax.lm.prompts import bucket_for
 from shed_jax.lm.model import LORA_TARGETS, init_lora
 from shed_jax.lm.scoring import StackScorer, full_choice_metric, letter_metric, loss_metric
+from shed_jax.progress import format_duration
 from shed_jax.proxies.base import as_mask_batch
 
 __all__ = ["LMProxyConfig", "LMProxyUtility", "build_lm_proxy", "check_validation", "default_slots",
@@ -112,7 +115,9 @@ class LMProxyConfig:
     metric: str = _field("auto", "mc_prob, mc_accuracy, mc_full_choice, loss, or auto (mc_prob for multiple "
                                  "choice, loss for instruction validation).")
     choice_score: str = _field("sum", "mc_full_choice: sum or mean log-likelihood of a choice's tokens.")
-    max_validation: int | None = _field(None, "Score at most this many validation items (a seeded subset).")
+    max_validation: int | None = _field(200, "Score at most this many validation items (a seeded subset; none: all). "
+                                             "200 keeps 2 standard errors of a mean probability within +-0.07 "
+                                             "while every round scores at most 200 items.")
     dtype: str = _field("auto", "Compute dtype of the base model (adapters and optimiser are float32); auto: "
                                "float32 on a CPU (faster there), bfloat16 on GPUs and TPUs.")
     eval_batch_size: int = _field(16, "Validation sequences per scoring chunk (per slot).")
@@ -456,33 +461,202 @@ class LMProxyUtility:
         return values.astype(np.float32)
 
     def estimate_seconds(self, n_evaluations: int) -> float:
-        """Estimated seconds for ``n_evaluations`` fine-tunes on this machine: one round of ``n_slots`` fine-tunes
-        of seeded random coalitions is timed (compilation included, so it errs long) and scaled by the number of
-        rounds. The value stage calls this before it starts and prints the estimate."""
+        """Estimated seconds for ``n_evaluations`` fine-tunes (and their scoring) on this machine, compilation
+        included: :meth:`estimate_cost`'s per-round time times ``ceil(n_evaluations / n_slots)`` rounds, plus the
+        compilation of every width. Measured once per utility (seconds, not a round of fine-tunes); the value
+        stage calls this before it starts and prints the estimate."""
+        cost = self.estimate_cost()
+        rounds = -(-int(n_evaluations) // self.n_slots)
+        return rounds * cost["seconds_per_round"] + cost["seconds_compile"]
+
+    def estimate_cost(self, *, n_sample_rounds: int = 32, max_timed_widths: int = 2) -> dict[str, Any]:
+        """Time one optimiser step per training width and one scoring chunk per validation width that a run will
+        use, and scale (the result is kept; later calls are free).
+
+        The training widths come from the minibatch schedules of seeded random coalitions (sizes uniform in
+        ``1..n_players``, as the prefixes of Monte Carlo permutations are; host work only); each step of a round
+        is padded to the widest sequence among its slots. At most ``max_timed_widths`` training widths (the
+        narrowest and widest used) and as many scoring widths are timed; the others are interpolated linearly in
+        the width. Each timed function is called twice: the first call compiles (the same jit caches as the run
+        uses, so the run does not compile those widths again), the second is the step time. Compilation is
+        reported apart (``seconds_compile``: the mean measured compile time times the widths the run compiles).
+
+        Returns a dict: ``seconds_per_round``, ``seconds_compile``, ``seconds_step`` (width -> s, timed or
+        interpolated), ``step_width_share`` (width -> share of the steps), ``seconds_scoring_round``,
+        ``timed`` (what was timed), ``seconds_measuring`` (the cost of this estimate).
+        """
+        if getattr(self, "_cost", None) is not None:
+            return self._cost
+        from shed_jax.progress import bar as progress_bar
+
+        begin = time.perf_counter()
+        trainer, scorer, recipe = self.trainer, self.scorer, self.trainer.recipe
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0xE57]))
-        members = [np.flatnonzero(rng.random(self.n_players) < 0.5) for _ in range(self.n_slots)]
-        members = [m if m.size else np.zeros(1, np.int64) for m in members]
-        start = time.perf_counter()
-        self._round(members)
-        seconds_per_round = time.perf_counter() - start
-        return seconds_per_round * -(-int(n_evaluations) // self.n_slots)
+        widths: list[int] = []
+        sample_rows = None
+        for _ in range(n_sample_rounds):  # host: schedules of random coalitions -> the width of every step
+            members = [np.sort(rng.permutation(self.n_players)[: rng.integers(1, self.n_players + 1)])
+                       for _ in range(self.n_slots)]
+            rows = trainer.schedules(members, self.seed)
+            sample_rows = rows if sample_rows is None else sample_rows
+            longest = trainer._lengths_host[rows].max(axis=(0, 2))
+            widths.extend(bucket_for(int(w), trainer.buckets) for w in longest)
+        used, counts = np.unique(np.asarray(widths), return_counts=True)
+        share = {int(w): float(c) / len(widths) for w, c in zip(used, counts)}
+        train_timed = sorted({int(used[0]), int(used[-1])})[:max_timed_widths]
+        groups = sorted(scorer.groups, key=lambda g: g.width)
+        score_timed = sorted({groups[0].width, groups[-1].width})[:max_timed_widths]
+        _logger.info("LM proxy: estimating the cost of the valuation: timing one optimiser step of %d fine-tunes at "
+                     "training width%s %s and one scoring chunk at validation width%s %s (each compiled first)",
+                     self.n_slots, "s" if len(train_timed) > 1 else "", "/".join(map(str, train_timed)),
+                     "s" if len(score_timed) > 1 else "", "/".join(map(str, score_timed)))
+        timings = progress_bar(len(train_timed) + len(score_timed),
+                               f"estimating the LM proxy's cost: {len(train_timed)} training and "
+                               f"{len(score_timed)} scoring widths", unit="width", enabled=self.progress)
+        compile_times, step_times, chunk_times = [], {}, {}
+        with interrupt.cooperative():
+            slots = jax.tree_util.tree_map(jnp.copy, trainer._fresh)  # _step donates its state
+            active = jnp.ones(self.n_slots, bool)
+            for width in train_timed:
+                row = jnp.asarray(sample_rows[:, 0])
+                seconds = []
+                for _ in range(2):
+                    start = time.perf_counter()
+                    slots, loss = trainer._step(trainer.base_state, slots, trainer._data, row, active, width=width)
+                    loss.block_until_ready()
+                    seconds.append(time.perf_counter() - start)
+                    interrupt.check()
+                compile_times.append(max(seconds[0] - seconds[1], 0.0))
+                step_times[width] = seconds[1]
+                timings.update()
+            lora = trainer._fresh.lora
+            for group in groups:
+                if group.width not in score_timed:
+                    continue
+                rows = jnp.asarray(group.rows[:1])
+                seconds = []
+                for _ in range(2):
+                    start = time.perf_counter()
+                    jax.block_until_ready(scorer._score_group(scorer.base_state, lora, scorer._data, rows,
+                                                              width=group.width))
+                    seconds.append(time.perf_counter() - start)
+                    interrupt.check()
+                compile_times.append(max(seconds[0] - seconds[1], 0.0))
+                chunk_times[group.width] = seconds[1]
+                timings.update()
+        timings.close()
+
+        def interpolate(table: dict[int, float], width: int) -> float:
+            xs = sorted(table)
+            return float(np.interp(width, xs, [table[x] for x in xs])) if len(xs) > 1 else table[xs[0]] * 1.0
+
+        step_seconds = {w: interpolate(step_times, w) for w in share}
+        train_round = recipe.steps * sum(share[w] * step_seconds[w] for w in share)
+        score_round = sum(len(g.rows) * interpolate(chunk_times, g.width) for g in groups)
+        n_compiles = len(share) + len(groups)
+        compile_mean = float(np.mean(compile_times)) if compile_times else 0.0
+        self._cost = {
+            "seconds_per_round": train_round + score_round, "seconds_training_round": train_round,
+            "seconds_scoring_round": score_round, "seconds_compile": compile_mean * n_compiles,
+            "seconds_step": step_seconds, "step_width_share": share,
+            "timed": {"train_widths": train_timed, "score_widths": score_timed,
+                      "seconds_compile_each": compile_times},
+            "n_slots": self.n_slots, "steps": recipe.steps, "n_score_chunks": int(sum(len(g.rows) for g in groups)),
+            "seconds_measuring": time.perf_counter() - begin,
+        }
+        _logger.info("LM proxy estimate: a round of %d fine-tunes (%d steps, widths %s) and their scoring "
+                     "(%d chunks) takes about %s (training %s, scoring %s); compiling %d widths about %s "
+                     "(measured in %s)", self.n_slots, recipe.steps, "/".join(map(str, sorted(share))),
+                     self._cost["n_score_chunks"], format_duration(train_round + score_round),
+                     format_duration(train_round), format_duration(score_round), n_compiles,
+                     format_duration(self._cost["seconds_compile"]), format_duration(self._cost["seconds_measuring"]))
+        return self._cost
+
+    def cheaper_options(self, n_evaluations: int, n_permutations: int, budget_seconds: float
+                        ) -> list[tuple[str, float]]:
+        """Settings that would bring the value stage within ``budget_seconds``, each with its estimated seconds
+        (from :meth:`estimate_cost`'s model: rounds x (steps x step time + scoring chunks x chunk time) +
+        compilation): fewer permutations, fewer ``steps``, a shorter ``max_length`` (step time interpolated in
+        the width), fewer validation items (``max_validation``), and several of them at once when no single one
+        fits. Returns ``[]`` when the run already fits."""
+        cost = self.estimate_cost()
+        cfg = self.config
+        compile_s, train, score = cost["seconds_compile"], cost["seconds_training_round"], cost["seconds_scoring_round"]
+        share, step_s = cost["step_width_share"], cost["seconds_step"]
+        per_permutation = max(int(n_evaluations) - 2, 1) / max(int(n_permutations), 1)
+
+        def total(permutations=n_permutations, steps=cfg.steps, width=None, items=None) -> float:
+            rounds = -(-int(per_permutation * permutations + 2) // self.n_slots)
+            train_round = train * steps / cfg.steps
+            if width is not None:  # every step at most `width` wide: step time interpolated (linear) in the width
+                xs = sorted(step_s)
+                scale = sum(share[w] * (np.interp(min(w, width), xs, [step_s[x] for x in xs]) if len(xs) > 1
+                                        else step_s[w] * min(w, width) / w) for w in share)
+                train_round *= scale / max(sum(share[w] * step_s[w] for w in share), 1e-12)
+            score_round = score * (min(items, self.validation.n_items) / self.validation.n_items if items else 1.0)
+            return rounds * (train_round + score_round) + compile_s
+
+        if total() <= budget_seconds:
+            return []
+        options: list[tuple[str, float]] = []
+        fits = lambda seconds: seconds <= budget_seconds  # noqa: E731
+        for p in range(int(n_permutations) - 1, 0, -1):
+            if fits(total(permutations=p)):
+                options.append((f"--permutations {p}", total(permutations=p)))
+                break
+        for steps in sorted({max(1, cfg.steps // d) for d in (2, 4, 10)} - {cfg.steps}, reverse=True):
+            if fits(total(steps=steps)):
+                options.append((f"--proxy-option steps={steps}", total(steps=steps)))
+                break
+        widths = [w for w in sorted(share, reverse=True) if w < max(share)] + [64]
+        for width in dict.fromkeys(widths):
+            if width >= 16 and fits(total(width=width)):
+                options.append((f"--proxy-option max_length={width}", total(width=width)))
+                break
+        n_items = self.validation.n_items
+        for items in (n_items // 2, n_items // 4, 50, 20):
+            if 1 <= items < n_items and fits(total(items=items)):
+                options.append((f"--proxy-option max_validation={items}", total(items=items)))
+                break
+        if not options:  # nothing alone: the cheapest combination that is still a valuation
+            for p in range(int(n_permutations), 0, -1):
+                seconds = total(permutations=p, steps=max(1, cfg.steps // 4), width=64, items=min(n_items, 50))
+                if fits(seconds):
+                    options.append((f"--permutations {p} --proxy-option steps={max(1, cfg.steps // 4)} "
+                                    f"--proxy-option max_length=64 --proxy-option max_validation={min(n_items, 50)}",
+                                    seconds))
+                    break
+        return options
 
     def _round(self, members: list[np.ndarray]) -> np.ndarray:
         """Fine-tune and score up to ``n_slots`` coalitions (an empty one is the untuned model);
         ``(len(members),)`` float64. Diverged fine-tunes follow the policy of :class:`LMProxyConfig`."""
-        values, diverged = self._train_and_score(self.trainer, members)
-        self.n_fine_tunes += sum(len(m) > 0 for m in members)
-        if diverged.any():
-            self._retry_diverged(members, values, diverged)
+        with interrupt.cooperative():  # Ctrl-C stops after the step in flight (shed_jax.interrupt)
+            values, diverged = self._train_and_score(self.trainer, members)
+            self.n_fine_tunes += sum(len(m) > 0 for m in members)
+            if diverged.any():
+                self._retry_diverged(members, values, diverged)
         return values
 
     def _train_and_score(self, trainer: SlotTrainer, members: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``(values (M,) float64, diverged (M,) bool)`` of one round of ``M = len(members)`` fine-tunes."""
+        from shed_jax.progress import bar as progress_bar
+
         start = time.perf_counter()
-        slots = trainer.train(members, self.seed)
-        diverged = trainer.diverged(slots)[: len(members)]  # one host sync (the round's block_until_ready)
-        middle = time.perf_counter()
-        rows = np.asarray(self.scorer(slots.lora))
+        n_tuned = sum(len(m) > 0 for m in members)
+        steps = trainer.recipe.steps
+        round_bar = progress_bar(steps + 1, f"LM round: {n_tuned} fine-tune{'s' if n_tuned != 1 else ''} of {steps} "
+                                            f"steps, then scoring {self.validation.n_items:,} validation items",
+                                 unit="step", enabled=self.progress)
+        try:
+            slots = trainer.train(members, self.seed, on_step=round_bar.update)
+            diverged = trainer.diverged(slots)[: len(members)]  # one host sync (the round's block_until_ready)
+            middle = time.perf_counter()
+            interrupt.check()
+            rows = np.asarray(self.scorer(slots.lora))
+            round_bar.update()
+        finally:
+            round_bar.close()
         self.seconds_training += middle - start
         self.seconds_scoring += time.perf_counter() - middle
         values = np.array(self.validation.value(rows, self.config.choice_score)[: len(members)], np.float64)

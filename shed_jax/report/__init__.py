@@ -28,7 +28,20 @@ from shed_jax.io import atomic_write_text
 from shed_jax.report._html import _render
 from shed_jax.report._load import load_run
 
-__all__ = ["write_report"]
+__all__ = ["refresh", "require_run_dir", "write_report"]
+
+
+RUN_FILES = ("config.json", "run.json", "clusters.npz", "values.json")
+
+
+def require_run_dir(run_dir: str | os.PathLike, command: str = "shed report") -> None:
+    """Raise :class:`~shed_jax.errors.PipelineError` (exit 2) unless ``run_dir`` holds a run: one of
+    ``config.json``, ``run.json``, ``clusters.npz`` or ``values.json``."""
+    from shed_jax.errors import PipelineError
+
+    if not any((Path(run_dir) / name).is_file() for name in RUN_FILES):
+        raise PipelineError(f"not a shed run directory (none of {', '.join(RUN_FILES)}); {command} needs the "
+                            "directory a `shed refine`, `shed cluster` or `shed value` wrote", path=run_dir)
 
 
 def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
@@ -46,10 +59,12 @@ def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = 
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a directory.
+        PipelineError: ``run_dir`` holds no run (see :func:`require_run_dir`).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run directory not found")
+    require_run_dir(run_dir)
     from shed_jax.report._plots import font_context
 
     with font_context():  # CJK-capable fallback fonts in the plots, when installed
@@ -57,3 +72,26 @@ def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = 
     out_path = Path(out) if out is not None else run_dir / "report.html"
     atomic_write_text(out_path, document)
     return out_path
+
+
+def refresh(run_dir: str | os.PathLike, log=None) -> Path | None:
+    """Rewrite ``RUN_DIR/report.html`` if there is one (after a command changed what it shows: the clusters, the
+    values or the run's selection), so that it never describes outputs that no longer exist. A failure is logged,
+    never raised (the command's own work is done); then the stale report is removed rather than left standing."""
+    path = Path(run_dir) / "report.html"
+    if not path.is_file():
+        return None
+    try:
+        written = write_report(run_dir)
+    except Exception as exc:  # the command's outputs are written; a report must not undo that
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        if log is not None:
+            log(f"report: could not be rewritten ({type(exc).__name__}: {exc}); the stale report.html was removed "
+                f"(`shed report {run_dir}` writes it)")
+        return None
+    if log is not None:
+        log(f"report: rewritten ({written})")
+    return written

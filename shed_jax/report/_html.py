@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from shed_jax.progress import format_duration
-from shed_jax.report import _mixed
+from shed_jax.report import _mixed, _verdict
 from shed_jax.report._load import ReportData
 from shed_jax.report._plots import (
     _MAX_ERRORBARS,
@@ -245,21 +245,24 @@ def _values_section(run: ReportData) -> str:
 
 
 def _noise_note(run: ReportData) -> str:
-    """How many cluster values are distinguishable from zero (|value| > 2 s.e.); a plain warning when most
-    are not, because a ranking read into noise selects at random."""
-    known = np.isfinite(run.stderr)
-    if not known.any():
-        return ('<p class="note">The values have no standard errors (too few permutations): their ranking '
-                "cannot be told apart from noise.</p>")
-    beyond = np.abs(run.values[known]) > 2 * run.stderr[known]
-    share = float(beyond.mean())
-    text = (f"{int(beyond.sum()):,} of {int(known.sum()):,} cluster values ({100 * share:.0f}%) lie more than 2 "
-            "standard errors from zero.")
-    if share < 0.5:
-        return (f'<p class="note">{_esc(text)} Most values are within noise: the ranking, and the selection '
-                "built on it, is largely chance. More permutations (or a utility that moves more) would "
-                "sharpen it.</p>")
-    return f'<p class="caption">{_esc(text)}</p>'
+    """U(full) - U(empty) with its interval, and how many cluster values are distinguishable from zero (stated
+    only with enough permutations; see :mod:`shed_jax.report._verdict`)."""
+    found = _verdict.verdict(run.values_meta, run.values, run.stderr)
+    parts = []
+    if found.delta_text:
+        parts.append(f'<p class="caption">{_esc(found.delta_text)}.</p>')
+    # a warning (note) when most values are within noise; otherwise, or when too few permutations to say, a caption
+    klass = "note" if found.significance_stated and found.n_significant * 2 < (found.n_known or 1) else "caption"
+    parts.append(f'<p class="{klass}">{_esc(found.significance_text)}</p>')
+    return "".join(parts)
+
+
+def _headline(run: ReportData) -> str:
+    """First in the report: the utility does not move (plain words, what to change), when that is so."""
+    found = _verdict.verdict(run.values_meta, run.values, run.stderr)
+    if not found.headline:
+        return ""
+    return f'<section id="verdict"><p class="note"><strong>{_esc(found.headline)}</strong></p></section>'
 
 
 def _convergence_section(run: ReportData) -> str:
@@ -370,7 +373,7 @@ def _tables_section(run: ReportData) -> str:
 def _render(run: ReportData) -> str:
     title = f"SHED report · {run.run_dir.name}"
     parts = []
-    for name, section in (("configuration", _header), ("summary", _cards), ("cluster values", _values_section),
+    for name, section in (("verdict", _headline), ("configuration", _header), ("summary", _cards), ("cluster values", _values_section),
                           ("mixed clusters", _mixed.mixed_section),
                           ("convergence", _convergence_section), ("cluster sizes", _size_section),
                           ("composition", _composition_section), ("cluster tables", _tables_section)):

@@ -298,7 +298,7 @@ class Selection:
     def summary(self) -> dict:
         return {"sampler": self.sampler, "budget": int(self.budget), "n_candidates": self.n_candidates}
 
-    def save(self, run_dir) -> None:
+    def to_json(self) -> dict:
         payload = {"sampler": self.sampler, "budget": int(self.budget), "beta": float(self.beta), "seed": self.seed,
                    "ratio": self.ratio, "size": self.size}
         if self.values is not None:
@@ -306,7 +306,10 @@ class Selection:
         if self.n_candidates is not None:
             payload["n_candidates"] = int(self.n_candidates)
         payload["indices"] = [int(i) for i in self.indices]
-        atomic_write_json(_dir(run_dir) / self.FILENAME, payload)
+        return payload
+
+    def save(self, run_dir) -> None:
+        atomic_write_json(_dir(run_dir) / self.FILENAME, self.to_json())
 
     @classmethod
     def load(cls, run_dir) -> "Selection":

@@ -74,8 +74,10 @@ def score_rows(dataset, clusters: Clusters, cluster_values: np.ndarray, stderr: 
     return rows
 
 
-def select_from(run: Run, clusters: Clusters, values: Values, *, values_source: str | None = None) -> Selection:
-    """Choose the budget with the run's sampler and write ``selection.json`` and ``scores.jsonl``."""
+def select_from(run: Run, clusters: Clusters, values: Values, *, values_source: str | None = None,
+                name: str | None = None) -> Selection:
+    """Choose the budget with the run's sampler and write ``selection.json`` and ``scores.jsonl`` (with ``name``:
+    ``selection-NAME.json`` and ``scores-NAME.jsonl``, leaving the run's own selection as it is)."""
     cfg = run.config
     n_labelled = int((clusters.labels >= 0).sum())
     budget = run.inputs.budget(n_labelled, path=str(run.run_dir / Clusters.FILENAME))
@@ -84,10 +86,67 @@ def select_from(run: Run, clusters: Clusters, values: Values, *, values_source: 
     run.log(f"select: {budget:,} of {n_labelled:,} candidate records with {cfg.sampler}")
     selection = Selection(indices, cfg.sampler, budget, float(cfg.beta), cfg.seed, cfg.ratio, cfg.size, values_source,
                           n_labelled)
-    selection.save(run.dir)
-    write_jsonl(run.run_dir / SCORES_FILE,
-                score_rows(run.inputs.dataset, clusters, values.cluster_values, values.stderr, indices))
+    if name is None:
+        selection.save(run.dir)
+        scores_path = run.run_dir / SCORES_FILE
+    else:
+        from shed_jax.io import atomic_write_json
+
+        atomic_write_json(run.run_dir / f"selection-{name}.json", selection.to_json())
+        scores_path = run.run_dir / f"scores-{name}.jsonl"
+    write_jsonl(scores_path, score_rows(run.inputs.dataset, clusters, values.cluster_values, values.stderr, indices))
     return selection
+
+
+# ------------------------------------------------------------------------------ selections with other settings
+def settings(config, values_source: str | None) -> dict:
+    """What makes a selection: sampler, budget (ratio or size), beta (qwcs), seed and the values it read."""
+    return {"sampler": config.sampler, "ratio": config.ratio, "size": config.size,
+            "beta": float(config.beta) if config.sampler == "qwcs" else None, "seed": config.seed,
+            "values": values_source}
+
+
+def stored_settings(run_dir) -> dict | None:
+    """:func:`settings` of the run directory's own ``selection.json`` (None when there is none, or it is
+    unreadable)."""
+    try:
+        stored = Selection.load(run_dir)
+    except (FileNotFoundError, DataError, ValueError, TypeError):
+        return None
+    return {"sampler": stored.sampler, "ratio": stored.ratio, "size": stored.size,
+            "beta": float(stored.beta) if stored.sampler == "qwcs" else None, "seed": stored.seed,
+            "values": stored.values}
+
+
+def differences(wanted: dict, stored: dict) -> list[str]:
+    """``["sampler random (the run's: qocs)", ...]``: the settings in which ``wanted`` differs from ``stored``."""
+    out = []
+    for key in ("sampler", "ratio", "size", "beta", "seed", "values"):
+        if wanted.get(key) != stored.get(key) and not (key == "beta" and None in (wanted.get(key), stored.get(key))):
+            theirs = stored.get(key) if stored.get(key) is not None else "its own values.json" if key == "values" \
+                else "none"
+            mine = wanted.get(key) if wanted.get(key) is not None else "the run's values.json" if key == "values" \
+                else "none"
+            out.append(f"{key} {mine} (the run's: {theirs})")
+    return out
+
+
+def selection_name(wanted: dict, stored: dict) -> str:
+    """A file-name tag for a selection with other settings than the run's: ``random-0.1``, ``qwcs-500-beta2``,
+    ``qocs-0.1-seed3``, ``qocs-0.1-values-other`` (letters, digits, '.', '-' only)."""
+    import re
+
+    budget = f"{wanted['ratio']:g}" if wanted.get("ratio") is not None else f"n{wanted['size']}"
+    parts = [wanted["sampler"], budget]
+    if wanted.get("beta") is not None:
+        parts.append(f"beta{wanted['beta']:g}")
+    if wanted.get("seed") != stored.get("seed"):
+        parts.append(f"seed{wanted['seed']}")
+    if wanted.get("values") != stored.get("values") and wanted.get("values"):
+        from pathlib import Path
+
+        parts.append("values-" + Path(wanted["values"]).stem)
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", "-".join(str(p) for p in parts))
 
 
 def run_stage(run: Run) -> StageResult:
@@ -124,3 +183,37 @@ def write_output(run: Run, output, clusters: Clusters, values: Values, selection
     indices = np.sort(selection.indices) if run.config.keep_order else selection.indices
     scores = score_rows(run.inputs.dataset, clusters, values.cluster_values, values.stderr, selection.indices)
     _data.write_selection(output, run.inputs.dataset, indices, scores=[scores[int(i)] for i in indices])
+
+
+def run_named_select(config, *, values_path, output=None, name: str, values_source: str | None = None,
+                     progress: bool = True, log=None) -> StageResult:
+    """``shed select`` with other settings than the run's own selection: writes ``selection-NAME.json``,
+    ``scores-NAME.jsonl`` (and ``output``) and leaves ``config.json``, the stage log, ``selection.json``,
+    ``scores.jsonl`` and ``report.html`` as they are. ``values_path``: the values to select from (the run's
+    ``values.json`` or a file given with ``--values``; ``values_source`` is recorded, None for the run's own)."""
+    from shed_jax.run.rundir import user_error_for_output
+
+    run = Run(config, progress=progress, log=log)
+    run.dir.require("shed select")
+    clusters_path = run.run_dir / Clusters.FILENAME
+    if not clusters_path.is_file():
+        raise PipelineError("not found; run `shed cluster` into this run directory first", path=clusters_path)
+    run.inputs.preflight(need_valid=False, need_budget=True)
+    if output is not None:
+        user_error_for_output(output, data=config.data, valid=config.valid)
+        run.inputs.check_output(output)
+    clusters = Clusters.load(run.dir)
+    if clusters.labels.shape[0] != len(run.inputs.dataset):
+        raise PipelineError(f"clustered {clusters.labels.shape[0]} records but {config.data} has "
+                            f"{len(run.inputs.dataset)}", path=clusters_path)
+    values = Values.from_file(values_path)
+    check_values_match(values, clusters, values_path)
+    run.dir.acquire_lock()
+    try:
+        start = time.perf_counter()
+        selection = select_from(run, clusters, values, values_source=values_source, name=name)
+        if output is not None:
+            write_output(run, output, clusters, values, selection)
+        return StageResult("select", selection, name, False, time.perf_counter() - start)
+    finally:
+        run.close()

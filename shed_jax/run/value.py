@@ -130,9 +130,14 @@ def _log_estimate(run: Run, utility, seconds: float | None, n_players: int, remo
         seconds = _estimate.time_shapley(utility, n_players, removal_step=removal_step, n_permutations=n_permutations,
                                          batch_size=run.config.shapley_batch_size, seed=int(run.config.seed))["seconds"]
     run.log(f"value: about {n_evaluations:,} utility evaluations, estimated {format_duration(seconds)} on this machine")
+    from shed_jax.budget_advice import over_budget_lines  # issue 21: settings that would fit the time budget
+
+    advice = over_budget_lines(utility, seconds, n_evaluations, n_permutations, run.config)
+    for line in advice:
+        run.log(line)
     import jax
 
-    if seconds > 3600 and jax.default_backend() == "cpu" and run.config.proxy != "embedding":
+    if not advice and seconds > 3600 and jax.default_backend() == "cpu" and run.config.proxy != "embedding":
         run.log("value: that is hours on a CPU; `--proxy embedding` values the same players in minutes, or use "
                 "fewer permutations (--permutations), a larger --removal-step, or a GPU")
 

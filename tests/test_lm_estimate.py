@@ -1,0 +1,117 @@
+"""The LM proxy's cost estimate (issue 21): it times one optimiser step per training width and one scoring chunk per
+validation width and scales, instead of fine-tuning a round of coalitions; compilation is reported apart.
+
+Timing ratios (estimate against the real value stage) are measured in bench/lm_estimate.py, not here."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from test_lm_finetune import tiny_config, tiny_tokenizer, tiny_weights
+from test_lm_proxy import MC_ITEMS, PLAYER_PROMPTS, PLAYER_RESPONSES, _write_jsonl, save_hf_checkpoint
+
+
+@pytest.fixture(scope="module")
+def utility(tmp_path_factory):
+    from shed_jax.data import read_validation
+    from shed_jax.proxies.lm import LMProxyConfig, build_lm_proxy
+
+    root = tmp_path_factory.mktemp("lm_estimate")
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(len(tokenizer))
+    save_hf_checkpoint(root, config, tiny_weights(config, seed=1), tokenizer)
+    validation = read_validation(_write_jsonl(root / "mc.jsonl", MC_ITEMS * 3))
+    inputs = types.SimpleNamespace(prompts=tuple(PLAYER_PROMPTS), responses=tuple(PLAYER_RESPONSES), records=(),
+                                   embeddings=None, validation=validation, seed=0, progress=False)
+    return build_lm_proxy(inputs, LMProxyConfig(model=str(root), steps=50, warmup_steps=0, batch_size=2,
+                                                max_length=64, slots=2, dtype="float32", eval_batch_size=4))
+
+
+def test_the_estimate_times_steps_not_a_round_of_fine_tunes(utility, monkeypatch):
+    calls = {"step": 0, "score": 0}
+    trainer, scorer = utility.trainer, utility.scorer
+    step, score = trainer._step, scorer._score_group
+
+    def counting_step(*args, **kwargs):
+        calls["step"] += 1
+        return step(*args, **kwargs)
+
+    def counting_score(*args, **kwargs):
+        calls["score"] += 1
+        return score(*args, **kwargs)
+
+    def no_fine_tunes(*args, **kwargs):
+        raise AssertionError("the estimate fine-tuned a round of coalitions")
+
+    monkeypatch.setattr(trainer, "_step", counting_step)
+    monkeypatch.setattr(scorer, "_score_group", counting_score)
+    monkeypatch.setattr(trainer, "train", no_fine_tunes)
+    seconds = utility.estimate_seconds(40)
+    cost = utility.estimate_cost()
+    timed = cost["timed"]
+    # one compiling call and one timed call per timed width: 2 optimiser steps each, not 50 steps x 2 slots
+    assert calls["step"] == 2 * len(timed["train_widths"]) and 1 <= len(timed["train_widths"]) <= 2
+    assert calls["score"] == 2 * len(timed["score_widths"])
+    assert utility.n_fine_tunes == 0
+    assert set(cost["step_width_share"]) <= set(trainer.buckets)
+    assert sum(cost["step_width_share"].values()) == pytest.approx(1.0)
+    assert cost["seconds_compile"] > 0 and cost["seconds_per_round"] > 0
+    # scaled: 40 evaluations are 20 rounds of 2 slots, plus the compilation of every width, once
+    assert seconds == pytest.approx(20 * cost["seconds_per_round"] + cost["seconds_compile"], rel=1e-9)
+    assert utility.estimate_seconds(80) - cost["seconds_compile"] == pytest.approx(
+        2 * (seconds - cost["seconds_compile"]), rel=1e-9)
+    assert calls["step"] == 2 * len(timed["train_widths"])  # measured once per utility
+
+
+def test_after_the_estimate_the_utility_gives_the_same_values(utility):
+    masks = np.zeros((3, len(PLAYER_PROMPTS)), bool)
+    masks[0, :2] = masks[1, 2:5] = masks[2, :] = True
+    values = utility.evaluate(masks)
+    assert np.all(np.isfinite(values))
+    again = utility.evaluate(masks)
+    np.testing.assert_allclose(values, again, rtol=0, atol=1e-6)
+
+
+def test_a_round_of_fine_tunes_shows_its_steps_and_scoring(utility, monkeypatch, capsys):
+    monkeypatch.setenv("SHED_PROGRESS", "plain")
+    monkeypatch.setenv("SHED_PROGRESS_SECONDS", "0")
+    monkeypatch.setattr(utility, "progress", True)
+    masks = np.zeros((2, len(PLAYER_PROMPTS)), bool)
+    masks[0, 1:4] = masks[1, 3:] = True
+    utility.evaluate(masks)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("LM round: ")]
+    # 50 steps + scoring = 51 units: a line at each new tenth that is reached before the end
+    assert lines and lines[0].startswith("LM round: 2 fine-tunes of 50 steps, then scoring 12 validation items: ")
+    assert len(lines) >= 5
+
+
+def test_over_the_time_budget_the_run_says_so_with_settings_that_fit(utility):
+    from shed_jax.budget_advice import over_budget_lines
+    from shed_jax.config import RefineConfig
+
+    n_evaluations, n_permutations = 42, 8                      # 8 permutations of 5 players, U(full), U(empty)
+    seconds = utility.estimate_seconds(n_evaluations)
+    compile_seconds = utility.estimate_cost()["seconds_compile"]
+    assert utility.cheaper_options(n_evaluations, n_permutations, seconds * 1.01) == []
+    budget = compile_seconds + 0.5 * (seconds - compile_seconds)  # half the work fits
+    options = utility.cheaper_options(n_evaluations, n_permutations, budget)
+    assert options and all(estimate <= budget for _, estimate in options)
+    flags = [flag for flag, _ in options]
+    assert any(flag.startswith("--permutations ") and int(flag.split()[1]) < n_permutations for flag in flags)
+    assert any(flag.startswith("--proxy-option steps=") for flag in flags)
+    config = RefineConfig(data="d.jsonl", proxy="lm", value_time_budget=budget, proxies_per_cluster=1)
+    lines = over_budget_lines(utility, seconds, n_evaluations, n_permutations, config)
+    assert "does not fit --value-time-budget" in lines[0] and "even with one proxy per cluster" in lines[0]
+    assert any("--proxy embedding" in line for line in lines)
+    assert all(any(flag in line for line in lines) for flag in flags)
+    assert over_budget_lines(utility, seconds, n_evaluations, n_permutations,
+                             RefineConfig(data="d.jsonl", proxy="lm", value_time_budget=2 * seconds)) == []
+
+
+def test_scoring_is_capped_by_default():
+    from shed_jax.proxies.lm import LMProxyConfig
+
+    assert LMProxyConfig().max_validation == 200
+    assert LMProxyConfig(max_validation=None).max_validation is None

@@ -9,11 +9,14 @@ physical mesh axis (the levanter / maxtext ``logical_axis_rules`` pattern). Logi
 Both map to the single physical mesh axis ``"coalitions"`` of the mesh built by :func:`make_mesh`, i.e. the
 batch is split over all devices. ``None`` means "replicated along this array axis".
 
-Multi-host: call ``jax.distributed.initialize()`` (with coordinator address, process count and process id,
-or with no arguments on TPU pods / SLURM where they are discovered) *before* any other JAX call in every
-process, then ``make_mesh(jax.devices())`` spans the devices of all hosts. The Monte Carlo engine itself only
-uses the local devices (``jax.local_devices()``) and is deterministic per seed, so independent per-host runs
-over disjoint permutation index ranges can be combined with :func:`shed_jax.shapley.merge`.
+**Sharded utility calls.** :func:`evaluate_sharded` runs a jittable utility under ``jax.shard_map`` over the
+``coalitions`` axis: each device receives its ``B / D`` rows of the ``(B, n)`` mask batch and evaluates only
+those (its own bucketing, chunking and fine-tunes), with the utility's data replicated. A utility's
+``preferred_batch_size`` is therefore *per device*: :func:`default_batch_size` multiplies it by the device
+count, and a proxy's memory budget (e.g. ``accelerator_memory_bytes``) applies to each device's chunk.
+
+Multi-host: see :mod:`shed_jax.distributed` (``jax.distributed.initialize`` before any other JAX call in every
+process; then :func:`make_mesh` over ``jax.devices()`` spans the devices of all hosts).
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = ["LOGICAL_AXIS_RULES", "MESH_AXIS", "default_batch_size", "evaluate_sharded", "logical_sharding",
+           "make_mesh", "shard_batch"]
 
 MESH_AXIS = "coalitions"
 """Name of the one physical mesh axis."""
@@ -84,3 +90,68 @@ def shard_batch(x, mesh: Mesh, axis: str = "coalitions") -> jax.Array:
         raise ValueError(f"shard_batch: leading dimension {x.shape[0]} is not a multiple of the "
                          f"{n_devices} devices of the mesh; pad it first")
     return jax.device_put(x, logical_sharding(mesh, axis, *([None] * (x.ndim - 1))))
+
+
+def _n_devices(mesh: Mesh | None) -> int:
+    return 1 if mesh is None else int(mesh.devices.size)
+
+
+def _is_jittable(utility) -> bool:
+    return getattr(utility, "jittable", True) is not False
+
+
+def default_batch_size(utility, devices: Sequence[jax.Device] | None, default: int) -> int:
+    """The engine's batch size when none is asked for: ``utility.preferred_batch_size`` per device.
+
+    A jittable utility is evaluated under :func:`evaluate_sharded`, so each of the ``D`` devices gets
+    ``B / D`` coalitions: the global batch is ``preferred_batch_size * D``. A host-orchestrated utility
+    (``jittable = False``) receives the whole batch in one call, so its preference is the global batch.
+    Without a preference, ``default`` (global; the engine rounds it up to a multiple of ``D``).
+    """
+    preferred = getattr(utility, "preferred_batch_size", None)
+    if not preferred:
+        return int(default)
+    n_devices = len(list(devices)) if devices is not None else jax.local_device_count()
+    return int(preferred) * (n_devices if _is_jittable(utility) else 1)
+
+
+def evaluate_sharded(utility, masks: jax.Array, mesh: Mesh | None) -> jax.Array:
+    """``utility(masks)`` with the coalition batch split over the devices of ``mesh`` (traceable).
+
+    On a mesh of ``D > 1`` devices the call runs under ``jax.shard_map``: device ``k`` receives rows
+    ``[k B/D, (k+1) B/D)`` of ``masks`` (``in_specs = P("coalitions", None)``), calls the utility on that
+    ``(B/D, n)`` block only -- so a proxy sorts, buckets and fine-tunes only its own coalitions -- and the
+    ``(B/D,)`` values are concatenated back in row order (``out_specs = P("coalitions")``). Arrays the
+    utility closes over (its data, the validation set) are replicated. The utility must value each row
+    independently of the other rows of its batch, which the :class:`~shed_jax.proxies.base.BatchedUtility`
+    contract asks for. With one device, or for a utility with ``jittable = False``, this is ``utility(masks)``.
+
+    Args:
+      utility: ``(b, n) bool -> (b,) float`` jittable function.
+      masks: ``(B, n)`` bool; ``B`` must be a multiple of ``D``.
+      mesh: mesh from :func:`make_mesh` (``None``: one device).
+
+    Raises:
+      ValueError: ``B`` not a multiple of ``D``, or the utility returns a shape other than ``(B/D,)`` for a
+        ``(B/D, n)`` block.
+    """
+    n_devices = _n_devices(mesh)
+    if n_devices == 1 or not _is_jittable(utility):
+        return utility(masks)
+    n_batch, n_players = masks.shape
+    if n_batch % n_devices:
+        raise ValueError(f"evaluate_sharded: batch of {n_batch} coalitions is not a multiple of the "
+                         f"{n_devices} devices of the mesh")
+    local_batch = n_batch // n_devices
+
+    def local(block):
+        values = utility(block)
+        if tuple(values.shape) != (local_batch,):
+            raise ValueError(f"utility must map masks of shape ({local_batch}, {n_players}) (one device's "
+                             f"share of a batch of {n_batch} over {n_devices} devices) to values of shape "
+                             f"({local_batch},), got {tuple(values.shape)}")
+        return values
+
+    spec = PartitionSpec(MESH_AXIS, None)
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=PartitionSpec(MESH_AXIS),
+                         check_vma=False)(masks)

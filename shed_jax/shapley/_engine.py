@@ -302,7 +302,7 @@ def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapsh
         if plan.n_inter > 0:
             def evaluate_batch(j):
                 masks = parts.masks(ranks, j)
-                values = get_utility()(masks)
+                values = _sharding.evaluate_sharded(get_utility(), masks, mesh)  # each device: its B/D rows
                 _check_values(values, masks.shape)
                 return values.astype(dtype)
 
@@ -367,7 +367,7 @@ def _evaluate_full_and_empty(utility, n, batch_size, mesh):
                 if multi:
                     masks = jax.lax.with_sharding_constraint(
                         masks, _sharding.logical_sharding(mesh, "coalitions", None))
-                return get_utility()(masks)
+                return _sharding.evaluate_sharded(get_utility(), masks, mesh)
             return jax.jit(call)
 
         jitted = _cached(utility, ("full_empty", n, batch_size, tuple(mesh.devices.flat)), build)
@@ -483,7 +483,7 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
     if permutations_per_chunk is not None:
         permutations_per_chunk = check_positive_int(permutations_per_chunk, "permutations_per_chunk")
     if batch_size is None:
-        batch_size = getattr(utility, "preferred_batch_size", None) or DEFAULT_BATCH_SIZE
+        batch_size = _sharding.default_batch_size(utility, devices, DEFAULT_BATCH_SIZE)  # preferred: per device
     batch_size = check_positive_int(batch_size, "batch_size")
 
     owner, n_groups = _check_groups(groups, n_groups, n_players)

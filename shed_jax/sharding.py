@@ -26,8 +26,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["LOGICAL_AXIS_RULES", "MESH_AXIS", "default_batch_size", "evaluate_sharded", "logical_sharding",
-           "make_mesh", "shard_batch"]
+__all__ = ["LOGICAL_AXIS_RULES", "MESH_AXIS", "default_batch_size", "evaluate_sharded", "global_array",
+           "logical_sharding", "make_mesh", "shard_batch", "to_host"]
 
 MESH_AXIS = "coalitions"
 """Name of the one physical mesh axis."""
@@ -155,3 +155,30 @@ def evaluate_sharded(utility, masks: jax.Array, mesh: Mesh | None) -> jax.Array:
     spec = PartitionSpec(MESH_AXIS, None)
     return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=PartitionSpec(MESH_AXIS),
                          check_vma=False)(masks)
+
+
+def global_array(host, mesh: Mesh, *logical_axes: str | None) -> jax.Array:
+    """A global ``jax.Array`` on ``mesh`` from a host array that every process holds in full.
+
+    ``logical_axes`` name the leading axes (``"coalitions"``, ``"data"`` or ``None``); the rest are
+    replicated. Works with one process and with several (``jax.distributed``): each process fills only its
+    addressable shards (``jax.make_array_from_callback``), so nothing crosses hosts.
+    """
+    host = np.asarray(host)
+    spec = list(logical_axes) + [None] * (host.ndim - len(logical_axes))
+    return jax.make_array_from_callback(host.shape, logical_sharding(mesh, *spec), lambda index: host[index])
+
+
+def to_host(x) -> np.ndarray:
+    """The whole value of a (possibly multi-process) ``jax.Array`` as numpy, on every process.
+
+    Fully addressable or fully replicated arrays are read locally; an array sharded across processes is
+    gathered with ``jax.experimental.multihost_utils.process_allgather`` (a collective: every process must
+    call it).
+    """
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -37,7 +37,7 @@ LOGICAL_AXIS_RULES: dict[str, str] = {"coalitions": MESH_AXIS, "data": MESH_AXIS
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: ``jax.local_devices()``) with axis name ``"coalitions"``.
+    """A 1-D mesh over ``devices`` (default: ``jax.devices()``, all processes') with axis name ``"coalitions"``.
 
     Args:
       devices: devices to span, in order. Must be non-empty.
@@ -46,7 +46,7 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
       ``Mesh`` of shape ``(len(devices),)`` and ``axis_names == ("coalitions",)``.
     """
     if devices is None:
-        devices = jax.local_devices()
+        devices = jax.devices()
     devices = list(devices)
     if not devices:
         raise ValueError("make_mesh: need at least one device")
@@ -182,3 +182,27 @@ def to_host(x) -> np.ndarray:
         return np.asarray(x.addressable_data(0))
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def across_processes(function, mesh: Mesh):
+    """``function`` (jitted, over ``mesh``) made callable from every process of a multi-controller run.
+
+    With one process this returns ``function`` unchanged. With several (``jax.process_count() > 1``) each
+    array argument -- which every process computed identically on the host or on its own devices -- becomes
+    a global array replicated over ``mesh`` (:func:`global_array`), and each array result comes back as the
+    same numpy array on every process (:func:`to_host`). Every process must make the same calls in the same
+    order (the deterministic host loop of the engine does).
+    """
+    if jax.process_count() == 1:
+        return function
+
+    def to_global(leaf):
+        if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+            return global_array(np.asarray(leaf) if not isinstance(leaf, jax.Array) else to_host(leaf), mesh)
+        return leaf
+
+    def call(*args):
+        outputs = function(*jax.tree_util.tree_map(to_global, args))
+        return jax.tree_util.tree_map(lambda leaf: to_host(leaf) if isinstance(leaf, jax.Array) else leaf, outputs)
+
+    return call

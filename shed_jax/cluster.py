@@ -433,17 +433,50 @@ def kmeans(
     )
 
 
-@jax.jit
-def _member_proxies(x, centroids, labels):
-    """(K,) int32: per cluster the member nearest its centroid (lowest index on ties); N where empty."""
-    n_rows = x.shape[0]
+def _member_proxies_impl(x, centroids, labels, n_real=None, axis=None):
+    """(K,) int32: per cluster the member nearest its centroid (lowest index on ties); N where empty.
+
+    Sharded (``axis``): a per-device ``segment_min`` of distances and of global row indices, met by ``pmin``
+    (padding rows have distance +inf and index N, so they never win)."""
+    n_local = x.shape[0]
+    n_rows = n_local if n_real is None else n_real
     n_clusters = centroids.shape[0]
+    row_ids = _row_offset(n_local, axis) + jnp.arange(n_local, dtype=jnp.int32)
     diff = x - centroids[labels]
-    sq_dist = jnp.sum(diff * diff, axis=1)
+    sq_dist = jnp.where(row_ids < n_rows, jnp.sum(diff * diff, axis=1), jnp.inf)
     best = jax.ops.segment_min(sq_dist, labels, num_segments=n_clusters)
-    candidates = jnp.where(sq_dist == best[labels], jnp.arange(n_rows, dtype=jnp.int32), n_rows)
+    if axis is not None:
+        best = lax.pmin(best, axis)
+    candidates = jnp.where((sq_dist == best[labels]) & (row_ids < n_rows), row_ids, n_rows)
     proxy = jax.ops.segment_min(candidates, labels, num_segments=n_clusters)
+    if axis is not None:
+        proxy = lax.pmin(proxy, axis)
     return jnp.minimum(proxy, n_rows)
+
+
+_member_proxies = jax.jit(_member_proxies_impl)
+
+
+def _member_proxies_sharded(x_host, centroids_host, labels_host, devices):
+    """:func:`_member_proxies` with the rows zero-padded to a multiple of D and split on the ``data`` axis."""
+    from jax.sharding import PartitionSpec as P
+    mesh = _sharding.make_mesh(devices)
+    n_devices = mesh.devices.size
+    n_rows = x_host.shape[0]
+    n_pad = -(-n_rows // n_devices) * n_devices
+    x_pad = np.zeros((n_pad, x_host.shape[1]), np.float32)
+    x_pad[:n_rows] = x_host
+    labels_pad = np.zeros((n_pad,), np.int32)
+    labels_pad[:n_rows] = labels_host
+    axis = _sharding.LOGICAL_AXIS_RULES["data"]
+    cache_key = ("proxies", tuple(mesh.devices.flat), n_rows)
+    if cache_key not in _SHARDED_CACHE:
+        _SHARDED_CACHE[cache_key] = jax.jit(jax.shard_map(
+            lambda x, c, lab: _member_proxies_impl(x, c, lab, n_rows, axis), mesh=mesh,
+            in_specs=(P(axis, None), P(), P(axis)), out_specs=P(), check_vma=False))
+    return _sharding.to_host(_SHARDED_CACHE[cache_key](
+        _sharding.global_array(x_pad, mesh, "data"), _sharding.global_array(centroids_host, mesh),
+        _sharding.global_array(labels_pad, mesh, "data")))
 
 
 def proxies(x, centroids, labels) -> np.ndarray:
@@ -485,9 +518,13 @@ def proxies(x, centroids, labels) -> np.ndarray:
     if labels_host.min() < 0 or labels_host.max() >= n_clusters:
         raise ValueError(f"labels must lie in [0, {n_clusters}), got range [{labels_host.min()}, {labels_host.max()}]")
 
-    proxy = np.asarray(
-        _member_proxies(jnp.asarray(x_host), jnp.asarray(centroids_host), jnp.asarray(labels_host, jnp.int32))
-    ).astype(np.int64)
+    devices = jax.devices()
+    if len(devices) > 1:  # a sharded argmin over the data axis
+        proxy = np.asarray(_member_proxies_sharded(x_host, centroids_host, labels_host.astype(np.int32), devices))
+    else:
+        proxy = np.asarray(_member_proxies(jax.device_put(x_host, devices[0]), jax.device_put(centroids_host, devices[0]),
+                                           jax.device_put(labels_host.astype(np.int32), devices[0])))
+    proxy = proxy.astype(np.int64)
     empty_clusters = np.flatnonzero(proxy >= n_rows)
     if empty_clusters.size:
         taken = np.zeros(n_rows, bool)

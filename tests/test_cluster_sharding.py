@@ -32,10 +32,16 @@ SCRIPT = textwrap.dedent("""
     r = cluster.kmeans(x, 7, init=init, max_iter=4, tol=0.0)
     out["empty"] = dict(labels=r.labels.tolist(), inertia=r.inertia, n_iter=r.n_iter,
                         centroids=r.centroids.tolist(), converged=r.converged)
+    # proxies by a sharded argmin; duplicated rows make ties (lowest index must win) and one cluster is empty
+    xp = np.concatenate([x[:200], x[:50]])
+    lab = r.labels[:200].tolist() + r.labels[:50].tolist()
+    lab = np.array([6 if v == 6 else v for v in lab], np.int32)
+    lab[lab == 3] = 2                          # cluster 3 has no member: the host fallback
+    out["proxies"] = cluster.proxies(xp, r.centroids, lab).tolist()
     # proof of the split: the compiled per-device Lloyd program takes a (N_pad / D, d) block of points
     shapes = []
     for key, fn in cluster._SHARDED_CACHE.items():
-        if key[0] != "lloyd":
+        if key[0] != "lloyd" or key[2] != 1003:
             continue
         n_pad = -(-1003 // n_devices) * n_devices
         text = fn.lower(jax.ShapeDtypeStruct((n_pad, 16), np.float32), jax.ShapeDtypeStruct((7, 16), np.float32),
@@ -83,6 +89,7 @@ def test_kmeans_same_labels_on_1_2_8_devices(tmp_path):
             assert got[case]["n_iter"] == ref[case]["n_iter"] and got[case]["converged"] == ref[case]["converged"]
             np.testing.assert_allclose(got[case]["centroids"], ref[case]["centroids"], rtol=0, atol=1e-5)
             np.testing.assert_allclose(got[case]["inertia"], ref[case]["inertia"], rtol=1e-6)
+        assert got["proxies"] == ref["proxies"]
         assert got["local_block_only"] and all(got["local_block_only"]), got["local_block_only"]
     # the empty-cluster case really relocated: cluster 5 (a copy of cluster 4's start) ends non-empty
     assert 5 in ref["empty"]["labels"]

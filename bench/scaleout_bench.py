@@ -9,6 +9,8 @@ Workloads (all synthetic, deterministic, no downloads):
   validation set of ``--n-val`` items, ``--perms`` permutations, ``--removal-step``. The batch size is the
   utility's preferred batch size per device (the engine's default). A warm-up run (same shapes, other seed)
   compiles first; the timed run is the value stage only.
+* ``value-2proc`` / ``kmeans-2proc``: the same on two processes on 127.0.0.1 (``jax.distributed``, gloo), each
+  with one fake device (``--devices`` is ignored for these; reported under the key ``"2x1"``).
 * ``kmeans``: ``shed_jax.cluster.kmeans`` on ``--kmeans-n`` x ``--dim`` random unit rows, ``--kmeans-k``
   clusters, ``--kmeans-iters`` Lloyd iterations, after a warm-up call.
 
@@ -43,6 +45,9 @@ def _unit(rng, shape):
 
 
 def worker(args) -> dict:
+    if args.process_id is not None:
+        from shed_jax import distributed
+        distributed.initialize(f"127.0.0.1:{args.port}", 2, args.process_id, initialization_timeout_s=120)
     import jax
     import numpy as np
     assert jax.device_count() == args.n_devices, (jax.device_count(), args.n_devices)
@@ -82,22 +87,54 @@ def worker(args) -> dict:
     return out
 
 
-def run_worker(args, workload: str, n_devices: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
-               XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count={n_devices}")
+def _worker_command(args, workload: str, n_devices: int) -> list[str]:
     cmd = [sys.executable, __file__, "--worker", workload, "--n-devices", str(n_devices)]
     for name in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n", "kmeans_k", "kmeans_iters"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    return cmd
+
+
+def _worker_env(n_local: int) -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+                XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count={n_local}")
+
+
+def run_worker(args, workload: str, n_devices: int) -> dict:
+    if workload.endswith("-2proc"):
+        return run_two_processes(args, workload[:-len("-2proc")])
+    proc = subprocess.run(_worker_command(args, workload, n_devices), env=_worker_env(n_devices),
+                          capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {workload} on {n_devices} devices failed:\n{proc.stderr[-3000:]}")
     return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
 
 
+def run_two_processes(args, workload: str) -> dict:
+    """Two processes x one fake device on 127.0.0.1; returns process 0's report. Always reaps both."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = [subprocess.Popen(_worker_command(args, workload, 2) + ["--process-id", str(i), "--port", str(port)],
+                              env=_worker_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        outs = [proc.communicate(timeout=args.timeout) for proc in procs]
+        for proc, (_, err) in zip(procs, outs):
+            if proc.returncode != 0:
+                raise RuntimeError(f"2-process worker {workload} failed:\n{err[-3000:]}")
+        return json.loads([ln for ln in outs[0][0].splitlines() if ln.startswith("{")][-1])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--workloads", nargs="+", default=["value"], choices=["value", "kmeans"])
+    parser.add_argument("--workloads", nargs="+", default=["value"], choices=["value", "kmeans", "value-2proc", "kmeans-2proc"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--k", type=int, default=300)
     parser.add_argument("--dim", type=int, default=384)
@@ -110,6 +147,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--worker", choices=["value", "kmeans"], help=argparse.SUPPRESS)
     parser.add_argument("--n-devices", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.workload = args.worker
@@ -120,17 +159,19 @@ def main() -> None:
                   k: getattr(args, k) for k in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n",
                                                 "kmeans_k", "kmeans_iters", "repeats")}, "workloads": {}}
     for workload in args.workloads:
-        runs = {n: [] for n in args.devices}
+        devices = [1, "2x1"] if workload.endswith("-2proc") else args.devices
+        runs = {n: [] for n in devices}
         for _ in range(args.repeats):
-            for n in args.devices:
-                runs[n].append(run_worker(args, workload, n))
+            for n in devices:
+                runs[n].append(run_worker(args, workload if n != 1 else workload.replace("-2proc", ""),
+                                          1 if n == 1 else 2))
                 print(f"{workload} D={n}: {runs[n][-1]['seconds']:.2f} s", file=sys.stderr)
-        best = {n: min(r["seconds"] for r in runs[n]) for n in args.devices}
-        base = best[args.devices[0]]
+        best = {n: min(r["seconds"] for r in runs[n]) for n in devices}
+        base = best[devices[0]]
         report["workloads"][workload] = {
-            "runs": {str(n): runs[n] for n in args.devices},
-            "min_seconds": {str(n): best[n] for n in args.devices},
-            "speedup_vs_first": {str(n): base / best[n] for n in args.devices}}
+            "runs": {str(n): runs[n] for n in devices},
+            "min_seconds": {str(n): best[n] for n in devices},
+            "speedup_vs_first": {str(n): base / best[n] for n in devices}}
     report["load_after"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

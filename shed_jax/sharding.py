@@ -184,7 +184,7 @@ def to_host(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def across_processes(function, mesh: Mesh):
+def across_processes(function, mesh: Mesh, jittable: bool = True):
     """``function`` (jitted, over ``mesh``) made callable from every process of a multi-controller run.
 
     With one process this returns ``function`` unchanged. With several (``jax.process_count() > 1``) each
@@ -192,9 +192,16 @@ def across_processes(function, mesh: Mesh):
     a global array replicated over ``mesh`` (:func:`global_array`), and each array result comes back as the
     same numpy array on every process (:func:`to_host`). Every process must make the same calls in the same
     order (the deterministic host loop of the engine does).
+
+    Raises:
+      ValueError: ``jittable=False`` (a host-orchestrated utility such as the LM proxy) with several processes:
+        not supported yet.
     """
     if jax.process_count() == 1:
         return function
+    if not jittable:
+        raise ValueError("a utility with jittable = False (e.g. the LM proxy) cannot run across several "
+                         f"processes yet ({jax.process_count()} processes); run it in one process per host")
 
     def to_global(leaf):
         if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):

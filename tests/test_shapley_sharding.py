@@ -175,3 +175,28 @@ def test_embedding_proxy_sharded_over_1_2_8_devices(tmp_path):
     assert set(map(tuple, ref["shapes"])) == {(16, K)}
     for n in (2, 8):
         assert set(map(tuple, out[n]["shapes"])) == {(16 // n, K)}, out[n]["shapes"]
+
+
+def test_across_processes_is_identity_in_one_process_and_refuses_host_utilities_in_several(monkeypatch):
+    mesh = sharding.make_mesh()
+    step = jax.jit(lambda a: a + 1)
+    assert sharding.across_processes(step, mesh) is step
+    assert sharding.across_processes(step, mesh, jittable=False) is step
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="jittable = False .* cannot run across several processes"):
+        sharding.across_processes(step, mesh, jittable=False)
+
+
+def test_default_batch_size_is_per_device():
+    class Jitted:
+        preferred_batch_size = 64
+
+    class Host:
+        preferred_batch_size = 16
+        jittable = False
+
+    devices = [object()] * 4
+    assert sharding.default_batch_size(Jitted(), devices, 1024) == 256
+    assert sharding.default_batch_size(Host(), devices, 1024) == 16
+    assert sharding.default_batch_size(object(), devices, 1024) == 1024
+    assert sharding.default_batch_size(Jitted(), None, 1024) == 64 * jax.local_device_count()

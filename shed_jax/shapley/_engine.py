@@ -520,7 +520,7 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
     make_step = _make_chunk_step if jittable else _make_host_chunk_step
     step = _cached(utility, static_key, lambda get: make_step(get, plan, truncation_tol, mesh,
                                                            history_every is not None, n_groups))
-    step = _sharding.across_processes(step, mesh) if jittable else step
+    step = _sharding.across_processes(step, mesh, jittable)
     group_args = None
     if owner is not None:
         sizes = np.bincount(owner, minlength=n_groups)

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from shed_jax import sharding as _sharding
 from shed_jax.config import check_positive_int
 from shed_jax.kernels import kmeans as _kernel
 
@@ -74,22 +75,61 @@ def _as_checked_matrix(x, name: str) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
+# ------------------------------------------------------------------------------------- data-axis helpers
+# Every function below runs either on one device (``axis=None``: no collectives, the arrays are the whole
+# data) or inside ``jax.shard_map`` over the mesh axis named ``axis``: then ``x`` is this device's block of
+# ``N_pad / D`` rows of the zero-padded points, rows at global index >= ``n_real`` are padding with weight 0,
+# and sums, counts, potentials and changed labels meet through ``psum``.
+
+
+def _psum(value, axis):
+    return value if axis is None else lax.psum(value, axis)
+
+
+def _row_offset(n_local: int, axis):
+    return 0 if axis is None else lax.axis_index(axis) * n_local
+
+
+def _real_rows(n_local: int, n_real: int, axis) -> jax.Array:
+    """(n_local,) bool: rows of this block that are data, not padding."""
+    return (_row_offset(n_local, axis) + jnp.arange(n_local, dtype=jnp.int32)) < n_real
+
+
 # ------------------------------------------------------------------------------------------------ seeding
 
 
-def _kmeans_plusplus_impl(key: jax.Array, x: jax.Array, n_clusters: int, n_local_trials: int) -> jax.Array:
-    """k-means++ seeding. x (N, d) float32 -> (K,) int32 indices of the chosen rows."""
-    n_rows = x.shape[0]
+def _kmeans_plusplus_impl(key: jax.Array, x: jax.Array, n_clusters: int, n_local_trials: int, n_real: int | None = None,
+                          axis: str | None = None) -> jax.Array:
+    """k-means++ seeding. x (N, d) float32 -> (K,) int32 global indices of the chosen rows (replicated).
+
+    Sharded (``axis`` given): the potential of every row lives on its device; one global draw per step
+    (same key everywhere), located by a ``psum`` of per-device ``searchsorted`` counts over the global
+    cumulative potential, and the drawn rows reach every device by a ``psum`` from their owner.
+    """
+    n_local = x.shape[0]
+    n_rows = n_local if n_real is None else n_real
+    offset = _row_offset(n_local, axis)
+    row_ids = offset + jnp.arange(n_local, dtype=jnp.int32)
+    real = row_ids < n_rows
     x_sq = jnp.sum(x * x, axis=1)
 
-    def sq_dist_to_rows(row_indices):  # (T,) -> (T, N), matmul form clipped at 0
-        rows = x[row_indices]
+    def sq_dist_to_rows(row_indices):  # global (T,) -> (T, n_local), matmul form clipped at 0
+        if axis is None:
+            rows, rows_sq = x[row_indices], x_sq[row_indices]
+        else:  # the owner contributes the row, the others zeros: exact
+            local = row_indices - offset
+            own = (local >= 0) & (local < n_local)
+            local = jnp.clip(local, 0, n_local - 1)
+            rows = lax.psum(jnp.where(own[:, None], x[local], 0.0), axis)
+            rows_sq = lax.psum(jnp.where(own, x_sq[local], 0.0), axis)
         cross = jnp.matmul(rows, x.T, precision=lax.Precision.HIGHEST)
-        return jnp.maximum(x_sq[row_indices][:, None] - 2.0 * cross + x_sq[None, :], 0.0)
+        dist = jnp.maximum(rows_sq[:, None] - 2.0 * cross + x_sq[None, :], 0.0)
+        # a chosen row has potential 0; padding rows have weight 0
+        return jnp.where((row_ids[None, :] == row_indices[:, None]) | ~real[None, :], 0.0, dist)
 
     key, first_key = jax.random.split(key)
     first = jax.random.randint(first_key, (), 0, n_rows, dtype=jnp.int32)
-    closest = sq_dist_to_rows(first[None])[0].at[first].set(0.0)
+    closest = sq_dist_to_rows(first[None])[0]
     chosen = jnp.zeros((n_clusters,), jnp.int32).at[0].set(first)
 
     def body(step, state):
@@ -97,15 +137,21 @@ def _kmeans_plusplus_impl(key: jax.Array, x: jax.Array, n_clusters: int, n_local
         key, draw_key = jax.random.split(key)
         draw_key, uniform_key = jax.random.split(draw_key)
         cumulative = jnp.cumsum(closest)
-        total = cumulative[-1]  # not jnp.sum: targets must stay below the last cumulative value
+        if axis is None:
+            total = cumulative[-1]  # not jnp.sum: targets must stay below the last cumulative value
+        else:
+            block_totals = lax.all_gather(cumulative[-1], axis)                 # (D,)
+            ends = jnp.cumsum(block_totals)
+            cumulative = (ends - block_totals)[lax.axis_index(axis)] + cumulative  # global cumulative, this block
+            total = ends[-1]
         targets = jax.random.uniform(draw_key, (n_local_trials,), jnp.float32) * total
-        weighted = jnp.searchsorted(cumulative, targets, side="right").astype(jnp.int32)
+        # global searchsorted(side="right") = number of cumulative values <= target, summed over the blocks
+        weighted = _psum(jnp.searchsorted(cumulative, targets, side="right").astype(jnp.int32), axis)
         # All remaining rows coincide with chosen centroids (total == 0): draw uniformly instead.
         uniform = jax.random.randint(uniform_key, (n_local_trials,), 0, n_rows, dtype=jnp.int32)
         candidates = jnp.where(total > 0, jnp.minimum(weighted, n_rows - 1), uniform)
         candidate_closest = jnp.minimum(closest[None, :], sq_dist_to_rows(candidates))
-        candidate_closest = candidate_closest.at[jnp.arange(n_local_trials), candidates].set(0.0)
-        best = jnp.argmin(jnp.sum(candidate_closest, axis=1))
+        best = jnp.argmin(_psum(jnp.sum(candidate_closest, axis=1), axis))
         return chosen.at[step].set(candidates[best]), candidate_closest[best], key
 
     chosen, _, _ = lax.fori_loop(1, n_clusters, body, (chosen, closest, key))
@@ -118,29 +164,47 @@ _kmeans_plusplus = jax.jit(_kmeans_plusplus_impl, static_argnames=("n_clusters",
 # ------------------------------------------------------------------------------------------------- Lloyd
 
 
-def _update_centroids(x, labels, centroids_old, n_clusters):
-    """M-step with empty-cluster re-seeding. Returns new (K, d) centroids.
+def _update_centroids(x, labels, centroids_old, n_clusters, n_real=None, axis=None):
+    """M-step with empty-cluster re-seeding. Returns new (K, d) centroids (replicated when sharded).
 
     Empty clusters (no row labelled k) take the rows farthest from their own (old) centroid, in descending
     distance order, one per empty cluster in increasing cluster index; each moved row leaves its old
-    cluster's sum. A cluster whose count drops to 0 keeps its old centroid.
+    cluster's sum. A cluster whose count drops to 0 keeps its old centroid. Sharded: the farthest rows are
+    a global top-k (each block's top-k, gathered in device order, then the top-k of those; ties go to the
+    lowest global index as on one device).
     """
-    sums = jax.ops.segment_sum(x, labels, num_segments=n_clusters)
-    counts = jax.ops.segment_sum(jnp.ones_like(labels, dtype=x.dtype), labels, num_segments=n_clusters)
+    n_local = x.shape[0]
+    n_rows = n_local if n_real is None else n_real
+    if axis is None:
+        weight = jnp.ones((n_local,), x.dtype)
+        sums = jax.ops.segment_sum(x, labels, num_segments=n_clusters)
+    else:
+        weight = _real_rows(n_local, n_rows, axis).astype(x.dtype)
+        sums = lax.psum(jax.ops.segment_sum(x * weight[:, None], labels, num_segments=n_clusters), axis)
+    counts = _psum(jax.ops.segment_sum(weight, labels, num_segments=n_clusters), axis)
     is_empty = counts == 0
 
     def relocate(operand):
         sums, counts = operand
-        n_rows = x.shape[0]
         n_moves = min(n_clusters, n_rows)
         diff = x - centroids_old[labels]
-        sq_dist = jnp.sum(diff * diff, axis=1)
-        _, farthest = lax.top_k(sq_dist, n_moves)  # (M,) row indices, descending distance
+        sq_dist = jnp.where(weight > 0, jnp.sum(diff * diff, axis=1), -1.0)
+        if axis is None:
+            _, farthest = lax.top_k(sq_dist, n_moves)  # (M,) row indices, descending distance
+            far_rows, source = x[farthest], labels[farthest]
+            max_sq_dist = jnp.max(sq_dist)
+        else:
+            local_dist, local_far = lax.top_k(sq_dist, min(n_moves, n_local))
+            all_dist = lax.all_gather(local_dist, axis).reshape(-1)               # device order
+            all_rows = lax.all_gather(x[local_far], axis).reshape(-1, x.shape[1])
+            all_source = lax.all_gather(labels[local_far], axis).reshape(-1)
+            _, pick = lax.top_k(all_dist, n_moves)
+            far_rows, source = all_rows[pick], all_source[pick]
+            max_sq_dist = lax.pmax(jnp.max(sq_dist), axis)
         empty_ids = jnp.nonzero(is_empty, size=n_moves, fill_value=0)[0]  # (M,) increasing cluster index
         n_empty = jnp.sum(is_empty)
         valid = (jnp.arange(n_moves) < n_empty).astype(x.dtype)  # (M,)
-        moved_rows = x[farthest] * valid[:, None]  # (M, d)
-        source = labels[farthest]
+        moved_rows = far_rows * valid[:, None]  # (M, d)
         sums = sums.at[source].add(-moved_rows)
         counts = counts.at[source].add(-valid)
         # Valid slots have distinct empty targets; invalid slots point out of range and are dropped.
@@ -148,7 +212,7 @@ def _update_centroids(x, labels, centroids_old, n_clusters):
         sums = sums.at[target].set(moved_rows, mode="drop")
         counts = counts.at[target].set(valid, mode="drop")
         # If every row sits exactly on its centroid, relocating cannot help (duplicates): keep as is.
-        nothing_to_move = jnp.max(sq_dist) == 0
+        nothing_to_move = max_sq_dist == 0
         return lax.cond(nothing_to_move, lambda: operand, lambda: (sums, counts))
 
     sums, counts = lax.cond(jnp.any(is_empty), relocate, lambda operand: operand, (sums, counts))
@@ -156,15 +220,26 @@ def _update_centroids(x, labels, centroids_old, n_clusters):
     return jnp.where((counts > 0)[:, None], sums / safe_counts[:, None], centroids_old)
 
 
-def _lloyd_impl(x, init_centroids, max_iter, tol, *, chunk_size):
+def _mean_feature_variance(x, n_real, axis):
+    if axis is None:
+        return jnp.mean(jnp.var(x, axis=0))
+    weight = _real_rows(x.shape[0], n_real, axis).astype(x.dtype)[:, None]
+    mean = lax.psum(jnp.sum(x * weight, axis=0), axis) / n_real
+    return jnp.mean(lax.psum(jnp.sum(jnp.square(x - mean) * weight, axis=0), axis) / n_real)
+
+
+def _lloyd_impl(x, init_centroids, max_iter, tol, *, chunk_size, n_real=None, axis=None):
     """Lloyd iterations in one while_loop. Returns (centroids, labels, inertia, n_iter, converged).
 
     x (N, d) float32, init_centroids (K, d) float32, max_iter int32 scalar, tol float32 scalar (relative).
+    Sharded (``axis``): ``x`` and ``labels`` are this device's block; every other output is replicated.
     """
-    n_rows = x.shape[0]
+    n_local = x.shape[0]
+    n_real = n_local if n_real is None else n_real
     n_clusters = init_centroids.shape[0]
     # scikit-learn's absolute tolerance: tol * mean per-feature variance (skipped when tol == 0).
-    tol_abs = lax.cond(tol > 0, lambda: tol * jnp.mean(jnp.var(x, axis=0)), lambda: jnp.zeros((), x.dtype))
+    tol_abs = lax.cond(tol > 0, lambda: tol * _mean_feature_variance(x, n_real, axis),
+                       lambda: jnp.zeros((), x.dtype))
 
     def cond(state):
         iteration, _, _, done, _ = state
@@ -173,16 +248,19 @@ def _lloyd_impl(x, init_centroids, max_iter, tol, *, chunk_size):
     def body(state):
         iteration, centroids, labels_old, _, _ = state
         labels = _kernel.assign_labels(x, centroids, chunk_size=chunk_size)
-        new_centroids = _update_centroids(x, labels, centroids, n_clusters)
+        new_centroids = _update_centroids(x, labels, centroids, n_clusters, n_real, axis)
         shift = jnp.sum(jnp.square(new_centroids - centroids))
-        strict = jnp.all(labels == labels_old)
+        if axis is None:
+            strict = jnp.all(labels == labels_old)
+        else:
+            strict = lax.psum(jnp.sum(labels != labels_old, dtype=jnp.int32), axis) == 0
         done = jnp.logical_or(strict, shift <= tol_abs)
         return iteration + 1, new_centroids, labels, done, strict
 
     initial = (
         jnp.zeros((), jnp.int32),
         init_centroids,
-        jnp.full((n_rows,), -1, jnp.int32),
+        jnp.full((n_local,), -1, jnp.int32),
         jnp.zeros((), bool),
         jnp.zeros((), bool),
     )
@@ -196,10 +274,60 @@ def _lloyd_impl(x, init_centroids, max_iter, tol, *, chunk_size):
     labels, sq_dist = lax.cond(
         strict, exact_distances, lambda labels: _kernel.assign(x, centroids, chunk_size=chunk_size), labels
     )
-    return centroids, labels, jnp.sum(sq_dist), n_iter, done
+    if axis is None:
+        inertia = jnp.sum(sq_dist)
+    else:
+        inertia = lax.psum(jnp.sum(jnp.where(_real_rows(n_local, n_real, axis), sq_dist, 0.0)), axis)
+    return centroids, labels, inertia, n_iter, done
 
 
 _lloyd = jax.jit(_lloyd_impl, static_argnames=("chunk_size",))
+
+
+_SHARDED_CACHE: dict = {}
+
+
+def _sharded_functions(mesh, n_real: int, n_clusters: int, n_local_trials: int, chunk_size: int):
+    """Jitted ``shard_map`` versions of k-means++ and Lloyd over the ``data`` axis of ``mesh`` (cached)."""
+    from jax.sharding import PartitionSpec as P
+    axis = _sharding.LOGICAL_AXIS_RULES["data"]
+    rows, replicated = P(axis, None), P()
+    devices = tuple(mesh.devices.flat)
+    seed_key = ("seed", devices, n_real, n_clusters, n_local_trials)
+    if seed_key not in _SHARDED_CACHE:
+        _SHARDED_CACHE[seed_key] = jax.jit(jax.shard_map(
+            lambda seed, x: _kmeans_plusplus_impl(jax.random.key(seed), x, n_clusters, n_local_trials, n_real, axis),
+            mesh=mesh, in_specs=(replicated, rows), out_specs=replicated, check_vma=False))
+    lloyd_key = ("lloyd", devices, n_real, chunk_size)  # K comes from the shape of the initial centroids
+    if lloyd_key not in _SHARDED_CACHE:
+        _SHARDED_CACHE[lloyd_key] = jax.jit(jax.shard_map(
+            lambda x, init, max_iter, tol: _lloyd_impl(x, init, max_iter, tol, chunk_size=chunk_size,
+                                                       n_real=n_real, axis=axis),
+            mesh=mesh, in_specs=(rows, replicated, replicated, replicated),
+            out_specs=(replicated, P(axis), replicated, replicated, replicated), check_vma=False))
+    return _SHARDED_CACHE[seed_key], _SHARDED_CACHE[lloyd_key]
+
+
+def _kmeans_sharded(x_host, n_clusters, seed, max_iter, tol, init_host, chunk_size, n_local_trials, devices):
+    """k-means with the points zero-padded to a multiple of D and split over the ``data`` axis."""
+    mesh = _sharding.make_mesh(devices)
+    n_devices = mesh.devices.size
+    n_rows = x_host.shape[0]
+    n_pad = -(-n_rows // n_devices) * n_devices
+    padded = np.zeros((n_pad, x_host.shape[1]), np.float32)
+    padded[:n_rows] = x_host
+    x_global = _sharding.global_array(padded, mesh, "data")
+    # a row chunk larger than one device's block would only be clamped to it
+    seed_fn, lloyd_fn = _sharded_functions(mesh, n_rows, n_clusters, n_local_trials,
+                                           min(chunk_size, n_pad // n_devices))
+    if init_host is None:
+        chosen = _sharding.to_host(seed_fn(np.int32(seed), x_global))
+        init_host = x_host[np.asarray(chosen)]
+    init_global = _sharding.global_array(np.asarray(init_host, np.float32), mesh)
+    centroids, labels, inertia, n_iter, converged = lloyd_fn(
+        x_global, init_global, np.int32(max_iter), np.float32(tol))
+    return (_sharding.to_host(centroids), _sharding.to_host(labels)[:n_rows], _sharding.to_host(inertia),
+            _sharding.to_host(n_iter), _sharding.to_host(converged))
 
 
 # ----------------------------------------------------------------------------------------------- public
@@ -215,6 +343,7 @@ def kmeans(
     *,
     chunk_size: int | None = None,
     n_local_trials: int = 1,
+    devices=None,
 ) -> KMeansResult:
     """Cluster the rows of ``x`` into ``n_clusters`` groups with k-means (Lloyd).
 
@@ -232,6 +361,13 @@ def kmeans(
         memory of the assignment is ``chunk_size * K`` floats, never ``N * K``.
       n_local_trials: candidates per k-means++ step; 1 is plain k-means++, ``2 + int(log K)`` is
         scikit-learn's greedy default.
+      devices: devices to split the points over (default ``jax.devices()``: all devices of all processes).
+        With ``D > 1`` the rows are zero-padded to a multiple of ``D`` (padding has weight 0) and sharded on
+        the ``data`` axis under ``jax.shard_map``: each device assigns its rows and sums them per cluster,
+        and sums, counts, inertia, changed labels and the k-means++ potential meet through ``psum``
+        (empty-cluster relocation and k-means++ draws are global). The result equals the one-device result
+        up to the float32 summation order of the cluster sums (the labels are the same unless a row is
+        equidistant from two centroids to float32 rounding).
 
     Returns:
       :class:`KMeansResult` (numpy arrays on the host).
@@ -262,19 +398,28 @@ def kmeans(
     if not math.isfinite(float(tol)):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
 
-    x_device = jnp.asarray(x_host)
-    if init is None:
-        key = jax.random.key(int(seed))
-        chosen = _kmeans_plusplus(key, x_device, n_clusters=n_clusters, n_local_trials=n_local_trials)
-        init_centroids = x_device[chosen]
-    else:
+    init_host = None
+    if init is not None:
         init_host = _as_checked_matrix(init, "init")
         if init_host.shape != (n_clusters, n_features):
             raise ValueError(
                 f"init must have shape (n_clusters, n_features) = ({n_clusters}, {n_features}), "
                 f"got {init_host.shape}"
             )
-        init_centroids = jnp.asarray(init_host)
+    devices = list(devices) if devices is not None else jax.devices()
+    if len(devices) > 1:
+        centroids, labels, inertia, n_iter, converged = _kmeans_sharded(
+            x_host, n_clusters, seed, max_iter, tol, init_host, chunk_size, n_local_trials, devices)
+        return KMeansResult(centroids=np.asarray(centroids, dtype=np.float32), labels=np.asarray(labels, np.int32),
+                            inertia=float(inertia), n_iter=int(n_iter), converged=bool(converged))
+
+    x_device = jax.device_put(x_host, devices[0])
+    if init_host is None:
+        key = jax.random.key(int(seed))
+        chosen = _kmeans_plusplus(key, x_device, n_clusters=n_clusters, n_local_trials=n_local_trials)
+        init_centroids = x_device[chosen]
+    else:
+        init_centroids = jax.device_put(init_host, devices[0])
 
     centroids, labels, inertia, n_iter, converged = _lloyd(
         x_device, init_centroids, jnp.int32(max_iter), jnp.float32(tol), chunk_size=chunk_size
@@ -288,17 +433,50 @@ def kmeans(
     )
 
 
-@jax.jit
-def _member_proxies(x, centroids, labels):
-    """(K,) int32: per cluster the member nearest its centroid (lowest index on ties); N where empty."""
-    n_rows = x.shape[0]
+def _member_proxies_impl(x, centroids, labels, n_real=None, axis=None):
+    """(K,) int32: per cluster the member nearest its centroid (lowest index on ties); N where empty.
+
+    Sharded (``axis``): a per-device ``segment_min`` of distances and of global row indices, met by ``pmin``
+    (padding rows have distance +inf and index N, so they never win)."""
+    n_local = x.shape[0]
+    n_rows = n_local if n_real is None else n_real
     n_clusters = centroids.shape[0]
+    row_ids = _row_offset(n_local, axis) + jnp.arange(n_local, dtype=jnp.int32)
     diff = x - centroids[labels]
-    sq_dist = jnp.sum(diff * diff, axis=1)
+    sq_dist = jnp.where(row_ids < n_rows, jnp.sum(diff * diff, axis=1), jnp.inf)
     best = jax.ops.segment_min(sq_dist, labels, num_segments=n_clusters)
-    candidates = jnp.where(sq_dist == best[labels], jnp.arange(n_rows, dtype=jnp.int32), n_rows)
+    if axis is not None:
+        best = lax.pmin(best, axis)
+    candidates = jnp.where((sq_dist == best[labels]) & (row_ids < n_rows), row_ids, n_rows)
     proxy = jax.ops.segment_min(candidates, labels, num_segments=n_clusters)
+    if axis is not None:
+        proxy = lax.pmin(proxy, axis)
     return jnp.minimum(proxy, n_rows)
+
+
+_member_proxies = jax.jit(_member_proxies_impl)
+
+
+def _member_proxies_sharded(x_host, centroids_host, labels_host, devices):
+    """:func:`_member_proxies` with the rows zero-padded to a multiple of D and split on the ``data`` axis."""
+    from jax.sharding import PartitionSpec as P
+    mesh = _sharding.make_mesh(devices)
+    n_devices = mesh.devices.size
+    n_rows = x_host.shape[0]
+    n_pad = -(-n_rows // n_devices) * n_devices
+    x_pad = np.zeros((n_pad, x_host.shape[1]), np.float32)
+    x_pad[:n_rows] = x_host
+    labels_pad = np.zeros((n_pad,), np.int32)
+    labels_pad[:n_rows] = labels_host
+    axis = _sharding.LOGICAL_AXIS_RULES["data"]
+    cache_key = ("proxies", tuple(mesh.devices.flat), n_rows)
+    if cache_key not in _SHARDED_CACHE:
+        _SHARDED_CACHE[cache_key] = jax.jit(jax.shard_map(
+            lambda x, c, lab: _member_proxies_impl(x, c, lab, n_rows, axis), mesh=mesh,
+            in_specs=(P(axis, None), P(), P(axis)), out_specs=P(), check_vma=False))
+    return _sharding.to_host(_SHARDED_CACHE[cache_key](
+        _sharding.global_array(x_pad, mesh, "data"), _sharding.global_array(centroids_host, mesh),
+        _sharding.global_array(labels_pad, mesh, "data")))
 
 
 def proxies(x, centroids, labels) -> np.ndarray:
@@ -340,9 +518,13 @@ def proxies(x, centroids, labels) -> np.ndarray:
     if labels_host.min() < 0 or labels_host.max() >= n_clusters:
         raise ValueError(f"labels must lie in [0, {n_clusters}), got range [{labels_host.min()}, {labels_host.max()}]")
 
-    proxy = np.asarray(
-        _member_proxies(jnp.asarray(x_host), jnp.asarray(centroids_host), jnp.asarray(labels_host, jnp.int32))
-    ).astype(np.int64)
+    devices = jax.devices()
+    if len(devices) > 1:  # a sharded argmin over the data axis
+        proxy = np.asarray(_member_proxies_sharded(x_host, centroids_host, labels_host.astype(np.int32), devices))
+    else:
+        proxy = np.asarray(_member_proxies(jax.device_put(x_host, devices[0]), jax.device_put(centroids_host, devices[0]),
+                                           jax.device_put(labels_host.astype(np.int32), devices[0])))
+    proxy = proxy.astype(np.int64)
     empty_clusters = np.flatnonzero(proxy >= n_rows)
     if empty_clusters.size:
         taken = np.zeros(n_rows, bool)

@@ -318,7 +318,7 @@ class RefineConfig:
     removal_step: int | None = option(None, "Proxies removed per step along a permutation.", minimum=1,
                                       default_text="max(1, P // 32) for P = K x proxies-per-cluster players")
     shapley_batch_size: int | None = option(None, "Coalitions per utility call.", minimum=1,
-                                            default_text="the utility's preferred size")
+                                            default_text="the utility's preferred size per device x devices")
     sampler: str = option("qocs", "qocs: best clusters whole; qwcs: clusters drawn with weight exp(beta * "
                                   "z-scored value); random: uniform baseline.", choices=SAMPLERS)
     beta: float = option(1.0, "QWCS inverse temperature on z-scored cluster values (0 = uniform over clusters).",

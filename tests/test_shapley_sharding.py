@@ -101,3 +101,102 @@ def test_mesh_and_logical_shardings_single_process():
         sharding.shard_batch(jnp.float32(1), mesh)
     with pytest.raises(ValueError, match="at least one device"):
         sharding.make_mesh([])
+
+
+# --------------------------------------------------------------------------------------------------------
+# The embedding proxy under shard_map: same values on 1, 2 and 8 devices, and each device traces B/D rows
+# --------------------------------------------------------------------------------------------------------
+PROXY_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    n_expected = int(sys.argv[1])
+    assert jax.device_count() == n_expected, (jax.device_count(), n_expected)
+    from shed_jax import shapley, sharding
+    from shed_jax.proxies import base
+    from shed_jax.proxies._bilinear import _coalition_value
+    from shed_jax.proxies.embedding import EmbeddingProxyConfig, EmbeddingProxyUtility, ValidationEmbeddings
+    rng = np.random.default_rng(7)
+    unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+    K, d = 24, 16
+    val = ValidationEmbeddings.instruction(unit(rng.normal(size=(12, d))), unit(rng.normal(size=(12, d))))
+    config = EmbeddingProxyConfig(steps=6, n_distractors=3, min_bucket=8)
+    utility = EmbeddingProxyUtility.from_arrays(unit(rng.normal(size=(K, d))), unit(rng.normal(size=(K, d))),
+                                                val, config, seed=3)
+    assert utility.chunk_size == 1
+    masks = rng.random((16, K)) < rng.random((16, 1))
+    mesh = sharding.make_mesh()
+    direct = jax.jit(lambda m: sharding.evaluate_sharded(utility, m, mesh))(
+        sharding.shard_batch(masks, mesh))
+    result = shapley.monte_carlo(utility, K, n_permutations=6, removal_step=3, seed=5, batch_size=16)
+    shapes = base.traced_mask_shapes(_coalition_value, config, utility.buckets, utility.chunk_size)
+    print("RESULT" + json.dumps({"direct": np.asarray(direct).tolist(), "values": result.values.tolist(),
+                                 "stderr": result.stderr.tolist(), "shapes": shapes,
+                                 "n_evaluations": result.n_evaluations}))
+""")
+
+
+def _run_on_devices(tmp_path, script_text, device_counts, *args, timeout=300):
+    """Runs ``script_text`` once per device count, in parallel subprocesses (each with its own fake CPU
+    devices, Eigen threads off); returns ``{n_devices: the JSON after RESULT}``. Always reaps the children."""
+    procs = {}
+    try:
+        for n in device_counts:
+            script = tmp_path / f"script_{n}.py"
+            script.write_text(script_text)
+            env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+                       XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count={n}")
+            procs[n] = subprocess.Popen([sys.executable, str(script), str(n), *args], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out = {}
+        for n, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, stderr.decode()[-3000:]
+            line = [ln for ln in stdout.decode().splitlines() if ln.startswith("RESULT")][-1]
+            out[n] = json.loads(line[len("RESULT"):])
+        return out
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_embedding_proxy_sharded_over_1_2_8_devices(tmp_path):
+    out = _run_on_devices(tmp_path, PROXY_SCRIPT, (1, 2, 8))
+    ref = out[1]
+    for n in (2, 8):
+        # each coalition is evaluated alone (chunk 1 on a CPU), so the split leaves every value unchanged
+        np.testing.assert_allclose(out[n]["direct"], ref["direct"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(out[n]["values"], ref["values"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(out[n]["stderr"], ref["stderr"], rtol=0, atol=1e-6)
+        assert out[n]["n_evaluations"] == ref["n_evaluations"]
+    # proof that the work is split: the batched evaluator is traced with one device's block only
+    K = 24
+    assert set(map(tuple, ref["shapes"])) == {(16, K)}
+    for n in (2, 8):
+        assert set(map(tuple, out[n]["shapes"])) == {(16 // n, K)}, out[n]["shapes"]
+
+
+def test_across_processes_is_identity_in_one_process_and_refuses_host_utilities_in_several(monkeypatch):
+    mesh = sharding.make_mesh()
+    step = jax.jit(lambda a: a + 1)
+    assert sharding.across_processes(step, mesh) is step
+    assert sharding.across_processes(step, mesh, jittable=False) is step
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="jittable = False .* cannot run across several processes"):
+        sharding.across_processes(step, mesh, jittable=False)
+
+
+def test_default_batch_size_is_per_device():
+    class Jitted:
+        preferred_batch_size = 64
+
+    class Host:
+        preferred_batch_size = 16
+        jittable = False
+
+    devices = [object()] * 4
+    assert sharding.default_batch_size(Jitted(), devices, 1024) == 256
+    assert sharding.default_batch_size(Host(), devices, 1024) == 16
+    assert sharding.default_batch_size(object(), devices, 1024) == 1024
+    assert sharding.default_batch_size(Jitted(), None, 1024) == 64 * jax.local_device_count()

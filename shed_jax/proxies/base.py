@@ -16,6 +16,11 @@ directory). A proxy that trains one small model per coalition can leave the batc
 :func:`evaluate_coalitions`: it supplies ``coalition_value(data, mask, *, n_bucket, config) -> ()`` for one
 coalition padded to ``n_bucket`` members, and gets size buckets, chunks sized by a memory budget,
 ``lax.map`` over chunks, ``lax.switch`` on the bucket and ``vmap`` inside a chunk.
+
+**Several devices.** The engine calls a jittable utility under ``jax.shard_map`` over the ``coalitions`` mesh
+axis (:func:`shed_jax.sharding.evaluate_sharded`): on ``D`` devices each call sees one device's ``(B / D, n)``
+block of masks, so ``preferred_batch_size`` and a memory budget are *per device*, and a utility must value
+each row independently of the other rows in its batch.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["BatchedUtility", "ProxyInputs", "as_mask_batch", "bucket_sizes", "chunk_size_for",
-           "evaluate_coalitions", "trace_count"]
+           "evaluate_coalitions", "trace_count", "traced_mask_shapes"]
 
 
 @runtime_checkable
@@ -183,11 +188,13 @@ def _evaluate(coalition_value, data, masks, *, config, buckets: tuple[int, ...],
 
 
 _TRACE_COUNTS: dict[tuple, int] = {}  # diagnostics only: traces of the batched function per static setting
+_TRACE_SHAPES: dict[tuple, list] = {}  # diagnostics only: the mask shapes it was traced with (local shards)
 
 
 def _evaluate_counted(coalition_value, data, masks, *, config, buckets, chunk_size):
     key = (coalition_value, config, buckets, chunk_size)
     _TRACE_COUNTS[key] = _TRACE_COUNTS.get(key, 0) + 1  # runs at trace time only
+    _TRACE_SHAPES.setdefault(key, []).append(tuple(int(x) for x in masks.shape))
     return _evaluate(coalition_value, data, masks, config=config, buckets=buckets, chunk_size=chunk_size)
 
 
@@ -223,3 +230,12 @@ def evaluate_coalitions(coalition_value: Callable[..., jax.Array], data: Any, ma
 def trace_count(coalition_value, config, buckets, chunk_size) -> int:
     """How many times :func:`evaluate_coalitions` was traced for this static setting (retrace tests)."""
     return _TRACE_COUNTS.get((coalition_value, config, tuple(buckets), int(chunk_size)), 0)
+
+
+def traced_mask_shapes(coalition_value, config, buckets, chunk_size) -> list[tuple[int, int]]:
+    """The ``(b, n)`` mask shapes :func:`evaluate_coalitions` was traced with for this static setting, in order.
+
+    Under :func:`shed_jax.sharding.evaluate_sharded` on ``D`` devices the utility is traced with one device's
+    block, ``(B / D, n)``: the evidence that each device evaluates only its share of the batch.
+    """
+    return list(_TRACE_SHAPES.get((coalition_value, config, tuple(buckets), int(chunk_size)), []))

@@ -302,7 +302,7 @@ def _make_chunk_step(get_utility, plan: _Plan, truncation_tol, mesh, with_snapsh
         if plan.n_inter > 0:
             def evaluate_batch(j):
                 masks = parts.masks(ranks, j)
-                values = get_utility()(masks)
+                values = _sharding.evaluate_sharded(get_utility(), masks, mesh)  # each device: its B/D rows
                 _check_values(values, masks.shape)
                 return values.astype(dtype)
 
@@ -367,10 +367,11 @@ def _evaluate_full_and_empty(utility, n, batch_size, mesh):
                 if multi:
                     masks = jax.lax.with_sharding_constraint(
                         masks, _sharding.logical_sharding(mesh, "coalitions", None))
-                return get_utility()(masks)
+                return _sharding.evaluate_sharded(get_utility(), masks, mesh)
             return jax.jit(call)
 
-        jitted = _cached(utility, ("full_empty", n, batch_size, tuple(mesh.devices.flat)), build)
+        jitted = _sharding.across_processes(
+            _cached(utility, ("full_empty", n, batch_size, tuple(mesh.devices.flat)), build), mesh)
 
         def call(masks):
             return _first_trace(jitted, masks)
@@ -440,7 +441,8 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
       history_every: record ``(values, stderr)`` each time another ``history_every`` permutations are done
         (and at the end) into ``result.history``.
       permutations_per_chunk: permutations per jitted step (default: about 16 utility batches' worth).
-      devices: devices to shard the batch over (default ``jax.local_devices()``).
+      devices: devices to shard the batch over (default ``jax.devices()``: with ``jax.distributed``, every
+        process's devices; each process then runs the same host loop and gets the same result).
       groups: optional ``(n_players,)`` int owner of each player in ``[0, n_groups)`` (every group non-empty);
         the result then also carries ``group_values`` / ``group_stderr`` ``(n_groups,)``: the per-sample mean
         marginal of each group's members, averaged over samples, and its exact standard error (see the module
@@ -483,12 +485,12 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
     if permutations_per_chunk is not None:
         permutations_per_chunk = check_positive_int(permutations_per_chunk, "permutations_per_chunk")
     if batch_size is None:
-        batch_size = getattr(utility, "preferred_batch_size", None) or DEFAULT_BATCH_SIZE
+        batch_size = _sharding.default_batch_size(utility, devices, DEFAULT_BATCH_SIZE)  # preferred: per device
     batch_size = check_positive_int(batch_size, "batch_size")
 
     owner, n_groups = _check_groups(groups, n_groups, n_players)
 
-    devices = list(devices) if devices is not None else jax.local_devices()
+    devices = list(devices) if devices is not None else jax.devices()  # all processes' devices (jax.distributed)
     mesh = _sharding.make_mesh(devices)
     perms_per_sample = 2 if antithetic else 1
     total_samples = None if n_permutations is None else -(-n_permutations // perms_per_sample)
@@ -518,6 +520,7 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
     make_step = _make_chunk_step if jittable else _make_host_chunk_step
     step = _cached(utility, static_key, lambda get: make_step(get, plan, truncation_tol, mesh,
                                                            history_every is not None, n_groups))
+    step = _sharding.across_processes(step, mesh, jittable)
     group_args = None
     if owner is not None:
         sizes = np.bincount(owner, minlength=n_groups)

@@ -1,0 +1,183 @@
+"""Benchmark: scale-out over devices. Value stage of the embedding proxy (and k-means) on 1, 2, ... fake CPU
+devices, each device count in its own subprocess with ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
+--xla_force_host_platform_device_count=D"`` (one Eigen thread per device, so D devices can use D cores).
+
+Workloads (all synthetic, deterministic, no downloads):
+
+* ``value``: ``shapley.monte_carlo`` with the default embedding proxy (InfoNCE, 40 SGD steps, metric prob) on
+  ``--k`` proxies with random unit ``--dim``-dimensional prompt/response embeddings and an instruction-format
+  validation set of ``--n-val`` items, ``--perms`` permutations, ``--removal-step``. The batch size is the
+  utility's preferred batch size per device (the engine's default). A warm-up run (same shapes, other seed)
+  compiles first; the timed run is the value stage only.
+* ``value-2proc`` / ``kmeans-2proc``: the same on two processes on 127.0.0.1 (``jax.distributed``, gloo), each
+  with one fake device (``--devices`` is ignored for these; reported under the key ``"2x1"``).
+* ``kmeans``: ``shed_jax.cluster.kmeans`` on ``--kmeans-n`` x ``--dim`` random unit rows, ``--kmeans-k``
+  clusters, ``--kmeans-iters`` Lloyd iterations, after a warm-up call.
+
+Rounds alternate the device counts (1, 2, 1, 2, ...) ``--repeats`` times so that load from other processes
+hits all alike; the JSON reports every time, the min per device count and the speed-up of the min over the
+1-device min. This machine has 2 cores: more than 2 devices cannot beat 2x and show overhead.
+
+    python bench/scaleout_bench.py                       # value stage, K=300, 1 and 2 devices
+    python bench/scaleout_bench.py --devices 1 2 4 8 --workloads value kmeans
+
+Prints one JSON object and writes it to bench/results/scaleout.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "scaleout.json"
+
+
+def _unit(rng, shape):
+    import numpy as np
+    x = rng.normal(size=shape)
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def worker(args) -> dict:
+    if args.process_id is not None:
+        from shed_jax import distributed
+        distributed.initialize(f"127.0.0.1:{args.port}", 2, args.process_id, initialization_timeout_s=120)
+    import jax
+    import numpy as np
+    assert jax.device_count() == args.n_devices, (jax.device_count(), args.n_devices)
+    out = {"n_devices": jax.device_count()}
+    if args.workload == "value":
+        from shed_jax import shapley
+        from shed_jax.proxies.embedding import EmbeddingProxyConfig, EmbeddingProxyUtility, ValidationEmbeddings
+        rng = np.random.default_rng(0)
+        val = ValidationEmbeddings.instruction(_unit(rng, (args.n_val, args.dim)), _unit(rng, (args.n_val, args.dim)))
+        utility = EmbeddingProxyUtility.from_arrays(_unit(rng, (args.k, args.dim)), _unit(rng, (args.k, args.dim)),
+                                                    val, EmbeddingProxyConfig(), seed=0)
+        kwargs = dict(removal_step=args.removal_step, n_permutations=args.perms)
+        t0 = time.perf_counter()
+        shapley.monte_carlo(utility, args.k, seed=1, **kwargs)           # compile + warm-up
+        out["warmup_seconds"] = time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = shapley.monte_carlo(utility, args.k, seed=0, **kwargs)
+        out["seconds"] = time.perf_counter() - t0
+        out["cpu_seconds"] = time.process_time() - c0
+        out["n_evaluations"] = int(result.n_evaluations)
+        out["values_head"] = [float(v) for v in result.values[:5]]
+    else:
+        from shed_jax.cluster import kmeans
+        rng = np.random.default_rng(0)
+        x = _unit(rng, (args.kmeans_n, args.dim))
+        kw = dict(seed=0, max_iter=args.kmeans_iters)
+        t0 = time.perf_counter()
+        kmeans(x, args.kmeans_k, **kw)
+        out["warmup_seconds"] = time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = kmeans(x, args.kmeans_k, **kw)
+        out["seconds"] = time.perf_counter() - t0
+        out["cpu_seconds"] = time.process_time() - c0
+        out["inertia"] = float(result.inertia)
+        labels = np.asarray(result.labels)
+        out["labels_digest"] = int((labels.astype(np.int64) * np.arange(1, labels.size + 1)).sum() % (2 ** 61 - 1))
+    return out
+
+
+def _worker_command(args, workload: str, n_devices: int) -> list[str]:
+    cmd = [sys.executable, __file__, "--worker", workload, "--n-devices", str(n_devices)]
+    for name in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n", "kmeans_k", "kmeans_iters"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return cmd
+
+
+def _worker_env(n_local: int) -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+                XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count={n_local}")
+
+
+def run_worker(args, workload: str, n_devices: int) -> dict:
+    if workload.endswith("-2proc"):
+        return run_two_processes(args, workload[:-len("-2proc")])
+    proc = subprocess.run(_worker_command(args, workload, n_devices), env=_worker_env(n_devices),
+                          capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {workload} on {n_devices} devices failed:\n{proc.stderr[-3000:]}")
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def run_two_processes(args, workload: str) -> dict:
+    """Two processes x one fake device on 127.0.0.1; returns process 0's report. Always reaps both."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = [subprocess.Popen(_worker_command(args, workload, 2) + ["--process-id", str(i), "--port", str(port)],
+                              env=_worker_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        outs = [proc.communicate(timeout=args.timeout) for proc in procs]
+        for proc, (_, err) in zip(procs, outs):
+            if proc.returncode != 0:
+                raise RuntimeError(f"2-process worker {workload} failed:\n{err[-3000:]}")
+        return json.loads([ln for ln in outs[0][0].splitlines() if ln.startswith("{")][-1])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workloads", nargs="+", default=["value"], choices=["value", "kmeans", "value-2proc", "kmeans-2proc"])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--k", type=int, default=300)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--n-val", type=int, default=200)
+    parser.add_argument("--perms", type=int, default=8)
+    parser.add_argument("--removal-step", type=int, default=10)
+    parser.add_argument("--kmeans-n", type=int, default=50_000)
+    parser.add_argument("--kmeans-k", type=int, default=1000)
+    parser.add_argument("--kmeans-iters", type=int, default=10)
+    parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--worker", choices=["value", "kmeans"], help=argparse.SUPPRESS)
+    parser.add_argument("--n-devices", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.workload = args.worker
+        print(json.dumps(worker(args)))
+        return
+    report = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "platform": platform.platform(),
+              "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "settings": {
+                  k: getattr(args, k) for k in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n",
+                                                "kmeans_k", "kmeans_iters", "repeats")}, "workloads": {}}
+    for workload in args.workloads:
+        devices = [1, "2x1"] if workload.endswith("-2proc") else args.devices
+        runs = {n: [] for n in devices}
+        for _ in range(args.repeats):
+            for n in devices:
+                runs[n].append(run_worker(args, workload if n != 1 else workload.replace("-2proc", ""),
+                                          1 if n == 1 else 2))
+                print(f"{workload} D={n}: {runs[n][-1]['seconds']:.2f} s", file=sys.stderr)
+        best = {n: min(r["seconds"] for r in runs[n]) for n in devices}
+        base = best[devices[0]]
+        report["workloads"][workload] = {
+            "runs": {str(n): runs[n] for n in devices},
+            "min_seconds": {str(n): best[n] for n in devices},
+            "speedup_vs_first": {str(n): base / best[n] for n in devices}}
+    report["load_after"] = os.getloadavg()
+    text = json.dumps(report, indent=2)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""k-means over the ``data`` axis: the same labels on 1, 2 and 8 fake CPU devices, and each device holds N/D rows.
+
+Each device count runs in its own subprocess (``XLA_FLAGS`` with ``--xla_force_host_platform_device_count``;
+the script asserts ``jax.device_count()`` first, since a bad flag silently drops the count).
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    n_devices = int(sys.argv[1])
+    assert jax.device_count() == n_devices, (jax.device_count(), n_devices)
+    from shed_jax import cluster
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1003, 16)).astype(np.float32)     # 1003: padding on 2 and 8 devices
+    out = {}
+    for name, kwargs in [("greedy", dict(n_local_trials=3)), ("plain", dict(max_iter=4, tol=0.0))]:
+        r = cluster.kmeans(x, 7, seed=1, **kwargs)
+        out[name] = dict(labels=r.labels.tolist(), inertia=r.inertia, n_iter=r.n_iter,
+                         centroids=r.centroids.tolist(), converged=r.converged)
+    init = x[:7].copy()
+    init[5] = init[4]                      # cluster 5 starts empty: global relocation
+    r = cluster.kmeans(x, 7, init=init, max_iter=4, tol=0.0)
+    out["empty"] = dict(labels=r.labels.tolist(), inertia=r.inertia, n_iter=r.n_iter,
+                        centroids=r.centroids.tolist(), converged=r.converged)
+    # proxies by a sharded argmin; duplicated rows make ties (lowest index must win) and one cluster is empty
+    xp = np.concatenate([x[:200], x[:50]])
+    lab = r.labels[:200].tolist() + r.labels[:50].tolist()
+    lab = np.array([6 if v == 6 else v for v in lab], np.int32)
+    lab[lab == 3] = 2                          # cluster 3 has no member: the host fallback
+    out["proxies"] = cluster.proxies(xp, r.centroids, lab).tolist()
+    # proof of the split: the compiled per-device Lloyd program takes a (N_pad / D, d) block of points
+    shapes = []
+    for key, fn in cluster._SHARDED_CACHE.items():
+        if key[0] != "lloyd" or key[2] != 1003:
+            continue
+        n_pad = -(-1003 // n_devices) * n_devices
+        text = fn.lower(jax.ShapeDtypeStruct((n_pad, 16), np.float32), jax.ShapeDtypeStruct((7, 16), np.float32),
+                        np.int32(1), np.float32(0)).compile().as_text()
+        shapes.append(f"f32[{n_pad // n_devices},16]" in text and f"f32[{n_pad},16]" not in text)
+    out["local_block_only"] = shapes
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def _run(tmp_path, device_counts, timeout=300):
+    procs = {}
+    try:
+        for n in device_counts:
+            script = tmp_path / f"kmeans_{n}.py"
+            script.write_text(SCRIPT)
+            env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+                       XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count={n}")
+            procs[n] = subprocess.Popen([sys.executable, str(script), str(n)], env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+        out = {}
+        for n, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, stderr.decode()[-3000:]
+            line = [ln for ln in stdout.decode().splitlines() if ln.startswith("RESULT")][-1]
+            out[n] = json.loads(line[len("RESULT"):])
+        return out
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_kmeans_same_labels_on_1_2_8_devices(tmp_path):
+    out = _run(tmp_path, (1, 2, 8))
+    ref = out[1]
+    assert ref["local_block_only"] == []          # one device: the unsharded path, no shard_map
+    for n in (2, 8):
+        got = out[n]
+        for case in ("plain", "greedy", "empty"):
+            # same k-means++ draws, same partition; centroids and inertia differ only by the float32 order of
+            # the per-device cluster sums
+            assert got[case]["labels"] == ref[case]["labels"], (n, case)
+            assert got[case]["n_iter"] == ref[case]["n_iter"] and got[case]["converged"] == ref[case]["converged"]
+            np.testing.assert_allclose(got[case]["centroids"], ref[case]["centroids"], rtol=0, atol=1e-5)
+            np.testing.assert_allclose(got[case]["inertia"], ref[case]["inertia"], rtol=1e-6)
+        assert got["proxies"] == ref["proxies"]
+        assert got["local_block_only"] and all(got["local_block_only"]), got["local_block_only"]
+    # the empty-cluster case really relocated: cluster 5 (a copy of cluster 4's start) ends non-empty
+    assert 5 in ref["empty"]["labels"]

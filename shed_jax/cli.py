@@ -478,5 +478,8 @@ def cache_clear(yes, as_json, quiet, verbose):
                "path": info["path"]}, [f"deleted {info['entries']} entries from {info['path']}"])
 
 
+cli.add_command(__import__("shed_jax.cli_compare", fromlist=["compare"]).compare)  # issue 19: `shed compare`
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -236,3 +236,37 @@ def test_bad_sets_are_user_errors_before_any_work(tiny):
         compare([TrainingSet("x", [], [])], tiny.evals, tiny.config, loaded=tiny.loaded)
     with pytest.raises(UserError, match="distinct"):
         compare([tiny.sets[0], tiny.sets[0]], tiny.evals, tiny.config, loaded=tiny.loaded)
+
+
+def test_choice_accuracy_matches_a_direct_computation(tiny, batched):
+    """mc_choice_accuracy of the untuned model: each choice's summed log-likelihood from full logits."""
+    from shed_jax.compare.evals import prepare_metrics
+
+    model = tiny.loaded.model
+    (_, choices) = prepare_metrics(tiny.evals[0], tiny.loaded.tokenizer, prompt_format="alpaca", max_length=48)
+    v = choices.validation
+    scores = np.full((len(tiny.evals[0]), 4), -np.inf)
+    for row in range(len(v.table)):
+        n = int(v.table.lengths[row])
+        logits = model.unembed(model(jnp.asarray(v.table.ids[row:row + 1, :n])))
+        logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64), -1))[0]
+        picked = np.take_along_axis(logp, v.table.targets[row, :n, None], -1)[:, 0]
+        scores[v.question_index[row], v.choice_position[row]] = float(np.sum(v.table.target_weights[row, :n] * picked))
+    expected = np.mean(np.argmax(scores, axis=1) == tiny.evals[0].answers)
+    untuned = {e["metric"]: e["rows"][-1] for e in batched["evals"]}
+    assert untuned["mc_choice_accuracy"]["mean"] == pytest.approx(expected)
+
+
+def test_shots_prefix_and_its_checks(tiny):
+    from shed_jax.compare.evals import shots_prefix
+
+    dev = EvalSet("dev", "dev.jsonl", "multiple_choice", ["one and one ?", "sky colour ?", "grass colour ?"],
+                  choices=[["one", "two"], ["blue", "red"], ["red", "green"]], answers=np.array([1, 0, 1]))
+    text = shots_prefix(dev, 2, seed=0)
+    assert text.count("\nAnswer: ") == 2 and text.endswith("\n\n") and "A. " in text and "B. " in text
+    assert shots_prefix(dev, 2, seed=0) == text                     # seeded
+    assert "one and one ?\nA. one\nB. two\nAnswer: B" in shots_prefix(dev, 3, seed=0)
+    with pytest.raises(UserError, match="--shots 4"):
+        shots_prefix(dev, 4, seed=0)
+    with pytest.raises(UserError, match="--shots-from"):
+        compare(tiny.sets, tiny.evals, CompareConfig(shots=1), loaded=tiny.loaded)

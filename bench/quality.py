@@ -35,10 +35,10 @@ import junk_mix  # noqa: E402
 
 SIZES = {
     # steps, seeds, batch, max_length, held-out dolly items, MMLU items (0: none), cost steps
-    "small": dict(steps=10, seeds=2, batch_size=4, max_length=128, heldout=50, mmlu=0, cost_steps=3,
-                  clean_records="sample"),
+    "small": dict(steps=10, seeds=2, batch_size=4, max_length=128, heldout=50, mmlu=0, cost_steps=2, cost_seeds=1,
+                  cost_items=10, clean_records="sample"),
     "full": dict(steps=None, seeds=3, batch_size=8, max_length=512, heldout=300, mmlu=400, cost_steps=20,
-                 clean_records="all"),
+                 cost_seeds=3, cost_items=100, clean_records="all"),
 }
 
 
@@ -119,12 +119,13 @@ def cost(run_dir: Path, heldout: Path, size: dict, model: str | None) -> dict:
 
     sets, _ = sets_from_run(run_dir, ("full", "random", "shed"))
     evals = [read_eval(str(heldout))]
-    config = CompareConfig(model=model, steps=size["cost_steps"], seeds=size["seeds"], batch_size=size["batch_size"],
-                           max_length=size["max_length"], max_eval=min(size["heldout"], 20), bootstrap=200)
+    config = CompareConfig(model=model, steps=size["cost_steps"], seeds=size["cost_seeds"],
+                           batch_size=size["batch_size"], max_length=size["max_length"], max_eval=size["cost_items"],
+                           bootstrap=200)
     loaded, source = load_model(model, "auto")
     out = {"recipe": {"steps": config.steps, "seeds": config.seeds, "sets": 3, "batch_size": config.batch_size,
                       "max_length": config.max_length, "eval_items": config.max_eval, "model": source}}
-    for label, slots in (("batched", None), ("one_after_another", 1), ("batched_again", None)):
+    for label, slots in (("batched", None), ("one_after_another", 1)):
         before = load()
         start = time.perf_counter()
         payload = compare(sets, evals, dataclasses.replace(config, slots=slots), loaded=loaded, source=source)
@@ -133,7 +134,7 @@ def cost(run_dir: Path, heldout: Path, size: dict, model: str | None) -> dict:
                       "load_before": before, "load_after": load()}
         print(f"cost {label}: {out[label]}", file=sys.stderr, flush=True)
     seq = out["one_after_another"]["seconds"]
-    bat = min(out["batched"]["seconds"], out["batched_again"]["seconds"])
+    bat = out["batched"]["seconds"]
     out["batched_over_sequential"] = bat / seq
     return out
 
@@ -158,7 +159,7 @@ def markdown(results: dict) -> str:
         if part == "cost" or "compare" not in result:
             continue
         recipe = result["compare"]["recipe"]
-        lines.append(f"\n### {part}: {result.get('description', '')}\n")
+        lines.append(f"\n#### {part}: {result.get('description', '')}\n")
         lines.append(f"recipe: {recipe['model']}, {recipe['seeds']} seeds, steps {recipe['steps_per_set']}, "
                      f"batch {recipe['batch_size']} x {recipe['max_length']} tokens, LoRA rank {recipe['rank']}, "
                      f"lr {recipe['learning_rate']}; load {result.get('load')}; {result.get('seconds', 0):.0f} s\n")
@@ -174,11 +175,11 @@ def markdown(results: dict) -> str:
             lines.append("")
     if "cost" in results:
         c = results["cost"]
-        lines.append("\n### cost\n")
+        lines.append("\n#### cost\n")
         lines.append(f"recipe: {c['recipe']}\n")
         lines.append("| run | seconds | fine-tune s | scoring s | rounds | load before / after |")
         lines.append("| --- | ---: | ---: | ---: | ---: | --- |")
-        for label in ("batched", "one_after_another", "batched_again"):
+        for label in ("batched", "one_after_another"):
             r = c[label]
             lines.append(f"| {label} | {r['seconds']:.1f} | {r['train_seconds']:.1f} | {r['score_seconds']:.1f} | "
                          f"{r['rounds']} | {r['load_before'][0]} / {r['load_after'][0]} |")
@@ -235,9 +236,12 @@ def main() -> None:
             raise SystemExit(f"unknown part {part!r}")
         results[part]["seconds"] = time.perf_counter() - start
         results[part]["load"] = {"before": before, "after": load()}
-        results_path.write_text(json.dumps(results, indent=1))
+        merged = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        merged[part] = results[part]  # other parts may have been written by another process meanwhile
+        results_path.write_text(json.dumps(merged, indent=1))
+        results = merged
         print(f"{part}: done in {results[part]['seconds']:.0f} s", file=sys.stderr, flush=True)
-    print(markdown(results))
+    print(markdown(json.loads(results_path.read_text()) if results_path.is_file() else results))
 
 
 if __name__ == "__main__":

@@ -274,7 +274,7 @@ def compare(sets: Sequence[TrainingSet], evals: Sequence[EvalSet], config: Compa
     payload = {"recipe": recipe, "sets": [s.summary() for s in sets], "evals": out_evals,
                "timing": {"seconds": total, "train_seconds": result["train_seconds"],
                           "score_seconds": result["score_seconds"], "rounds": result["rounds"],
-                          "slots_per_round": config.slots or len(slots), "backend": jax.default_backend()}}
+                          "slots_per_round": config.slots or len(slots) - 1, "backend": jax.default_backend()}}
     if keep_adapters:
         payload["_adapters"] = result["adapters"]
         payload["_slots"] = slots

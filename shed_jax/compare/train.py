@@ -74,9 +74,17 @@ def train_and_score(graphdef, base_state, table, slots: Sequence[Slot], *, lora_
         "rounds", "n_traces", "adapters" (when asked)}``.
     """
     log = log or (lambda message: None)
+    import jax.numpy as jnp
+
+    from shed_jax.lm.finetune import stack_adapters
+
     by_recipe: dict[FinetuneRecipe, list[int]] = {}
+    empty = [index for index, slot in enumerate(slots) if len(slot.members) == 0]
     for index, slot in enumerate(slots):
-        by_recipe.setdefault(slot.recipe, []).append(index)
+        if len(slot.members) > 0:
+            by_recipe.setdefault(slot.recipe, []).append(index)
+    if not by_recipe:
+        raise ValueError("slots: nothing to fine-tune")
     out = {name: [None] * len(slots) for name in scorers}
     adapters = [None] * len(slots)
     train_seconds = score_seconds = 0.0
@@ -96,15 +104,27 @@ def train_and_score(graphdef, base_state, table, slots: Sequence[Slot], *, lora_
             log(f"compare: fine-tuned {len(chunk)} slot(s) x {recipe.steps} steps in "
                 f"{time.perf_counter() - begin:.1f} s")
             begin = time.perf_counter()
+            # the untuned model (empty slots) is scored with the first round: its adapter is appended to the
+            # stack instead of occupying a training slot, whose steps would compute for nothing
+            scored_slots, stack = list(chunk), jax.tree_util.tree_map(lambda x: x[: len(chunk)], state.lora)
+            if empty:
+                scored_slots += empty
+                stack = jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y]), stack,
+                                               stack_adapters(lora_init, len(empty)))
+                empty_done, empty = empty, []
+            else:
+                empty_done = []
             for name, scorer in scorers.items():
-                scored = np.asarray(scorer(state.lora))
-                for position, i in enumerate(chunk):
+                scored = np.asarray(scorer(stack))
+                for position, i in enumerate(scored_slots):
                     out[name][i] = scored[position]
             score_seconds += time.perf_counter() - begin
             if keep_adapters:
                 host = jax.tree_util.tree_map(np.asarray, state.lora)
                 for position, i in enumerate(chunk):
                     adapters[i] = jax.tree_util.tree_map(lambda x, p=position: x[p], host)
+                for i in empty_done:
+                    adapters[i] = jax.tree_util.tree_map(np.asarray, lora_init)
         traces += trainer.n_traces
     result = {"scores": {name: np.stack(rows) for name, rows in out.items()}, "train_seconds": train_seconds,
               "score_seconds": score_seconds, "rounds": rounds, "train_traces": traces}

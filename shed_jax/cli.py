@@ -541,6 +541,9 @@ from shed_jax.terminal import proxies_command, show_command  # noqa: E402  (ligh
 
 cli.add_command(show_command)
 cli.add_command(proxies_command)
+from shed_jax.cli_compare import compare as compare_command  # noqa: E402
+
+cli.add_command(compare_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from shed_jax.progress import format_duration
-from shed_jax.report import _mixed, _verdict
+from shed_jax.report import _compare, _mixed, _verdict
 from shed_jax.report._load import ReportData
 from shed_jax.report._plots import (
     _MAX_ERRORBARS,
@@ -376,7 +376,8 @@ def _render(run: ReportData) -> str:
     for name, section in (("verdict", _headline), ("configuration", _header), ("summary", _cards), ("cluster values", _values_section),
                           ("mixed clusters", _mixed.mixed_section),
                           ("convergence", _convergence_section), ("cluster sizes", _size_section),
-                          ("composition", _composition_section), ("cluster tables", _tables_section)):
+                          ("composition", _composition_section), ("cluster tables", _tables_section),
+                          ("comparison", _compare.compare_section)):  # issue 19
         try:
             parts.append(section(run))
         except Exception as exc:  # one malformed input must not cost the rest of the report

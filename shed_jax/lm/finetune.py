@@ -259,6 +259,7 @@ class SlotTrainer:
         self._fresh = SlotState(lora_stack, jax.vmap(self.optimizer.init)(lora_stack))
         self._store = {"slots": jax.tree_util.tree_map(jnp.copy, self._fresh)}  # shared with with_learning_rate
         self.lr_scale = 1.0
+        self._compiled_learning_rate = float(recipe.learning_rate)  # the rate the compiled steps' schedule has
         self.n_traces = 0
         self.last_losses = None
         self._step = jax.jit(self._step_impl, static_argnames=("width",), donate_argnums=(1,))
@@ -406,7 +407,8 @@ class SlotTrainer:
         step as the scale :attr:`lr_scale`, so nothing recompiles. The two trainers share their slot storage:
         a :meth:`train` of either reuses (donates) the state the other returned last."""
         other = copy.copy(self)
-        other.lr_scale = float(learning_rate) / float(self.recipe.learning_rate)
+        other.lr_scale = float(learning_rate) / self._compiled_learning_rate
+        other.recipe = dataclasses.replace(self.recipe, learning_rate=float(learning_rate))
         other.last_losses = None
         return other
 

@@ -11,9 +11,12 @@ NeurIPS 2024). Here the model is a frozen :class:`~shed_jax.lm.model.Decoder` pl
 * one optimiser step of all slots is one jitted call: ``jax.vmap`` over slots of (gather the slot's minibatch
   rows from the token table on the device, forward with ``remat`` per block, loss over chunks of positions,
   ``value_and_grad``, ``optax`` update). Inactive slots compute but keep their state (``jnp.where``);
-* shapes are fixed: ``n_slots`` is fixed, and a step's sequence width is the smallest bucket of a fixed
-  ladder (:func:`shed_jax.lm.prompts.length_buckets`) that holds the longest row any slot draws at that step.
-  Each width compiles once; new coalitions never retrace (tested by counting traces);
+* shapes are fixed: ``n_slots`` is fixed; by default (``recipe.pack``) each slot's minibatch at a step is packed
+  into rows of the widest bucket with segment ids (:mod:`shed_jax.lm.packing`), and the step's row count is the
+  smallest of :func:`shed_jax.lm.packing.row_buckets` that holds the most rows any slot needs; unpacked, a step's
+  sequence width is the smallest bucket of a fixed ladder (:func:`shed_jax.lm.prompts.length_buckets`) that holds
+  the longest row any slot draws at that step.
+  Each width (row count) compiles once; new coalitions never retrace (tested by counting traces);
 * slots are refilled in place: the stacked state is donated to a jitted ``where(reset, fresh, current)``.
 
 One fine-tune is a fixed recipe (:class:`FinetuneRecipe`): ``steps`` AdamW steps (linear warm-up over

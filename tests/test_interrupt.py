@@ -117,13 +117,14 @@ def lm_utility(tmp_path_factory):
 def test_ctrl_c_stops_a_fine_tune_after_the_step_in_flight(lm_utility, monkeypatch):
     steps = []
     trainer = lm_utility.trainer
-    original = trainer._step
+    step_name = "_packed_step" if trainer.packing else "_step"  # packed slot-steps are the default (issue 18)
+    original = getattr(trainer, step_name)
 
     def counting(*args, **kwargs):
         steps.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_step", counting)
+    monkeypatch.setattr(trainer, step_name, counting)
     monkeypatch.setenv("SHED_INTERRUPT_GRACE", "120")
     masks = np.zeros((4, 6), bool)
     masks[:, :3] = True

@@ -32,7 +32,8 @@ def utility(tmp_path_factory):
 def test_the_estimate_times_steps_not_a_round_of_fine_tunes(utility, monkeypatch):
     calls = {"step": 0, "score": 0}
     trainer, scorer = utility.trainer, utility.scorer
-    step, score = trainer._step, scorer._score_group
+    step_name = "_packed_step" if trainer.packing else "_step"  # packed slot-steps are the default (issue 18)
+    step, score = getattr(trainer, step_name), scorer._score_group
 
     def counting_step(*args, **kwargs):
         calls["step"] += 1
@@ -45,7 +46,7 @@ def test_the_estimate_times_steps_not_a_round_of_fine_tunes(utility, monkeypatch
     def no_fine_tunes(*args, **kwargs):
         raise AssertionError("the estimate fine-tuned a round of coalitions")
 
-    monkeypatch.setattr(trainer, "_step", counting_step)
+    monkeypatch.setattr(trainer, step_name, counting_step)
     monkeypatch.setattr(scorer, "_score_group", counting_score)
     monkeypatch.setattr(trainer, "train", no_fine_tunes)
     seconds = utility.estimate_seconds(40)
@@ -55,7 +56,8 @@ def test_the_estimate_times_steps_not_a_round_of_fine_tunes(utility, monkeypatch
     assert calls["step"] == 2 * len(timed["train_widths"]) and 1 <= len(timed["train_widths"]) <= 2
     assert calls["score"] == 2 * len(timed["score_widths"])
     assert utility.n_fine_tunes == 0
-    assert set(cost["step_width_share"]) <= set(trainer.buckets)
+    # widths: packed rows per step (packing) or padded sequence widths
+    assert set(cost["step_width_share"]) <= set(trainer.row_buckets if trainer.packing else trainer.buckets)
     assert sum(cost["step_width_share"].values()) == pytest.approx(1.0)
     assert cost["seconds_compile"] > 0 and cost["seconds_per_round"] > 0
     # scaled: 40 evaluations are 20 rounds of 2 slots, plus the compilation of every width, once

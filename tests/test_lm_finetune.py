@@ -5,6 +5,7 @@ offline. The batched trainer is checked against a plain, unvmapped, unbucketed r
 """
 from __future__ import annotations
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -148,9 +149,9 @@ COALITIONS = [np.array([0, 1, 2]), np.array([3]), np.array([1, 4, 5, 6, 7])]
 
 @pytest.fixture(scope="module")
 def trainer(setup):
-    # one width bucket: every step compiles to the same program (the default ladder is tested elsewhere)
+    # packed (the default) into rows of twice the table's width, so that rows hold 2-3 sequences; one width
     return SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=3,
-                       lora_init=setup["lora0"], buckets=(setup["table"].width,))
+                       lora_init=setup["lora0"], buckets=(2 * setup["table"].width,))
 
 
 def _travel_rel_diff(got, expected, start):
@@ -202,6 +203,64 @@ def test_stacked_gradient_equals_single_gradient(setup):
     for i, adapter in enumerate(adapters):
         expected = setup["grad_jit"](adapter, *_batch(table, rows[i]))
         assert _max_rel_diff(_slot(stacked_grads, i), expected) < 1e-5
+
+
+def test_packed_and_padded_finetunes_agree(setup, trainer):
+    """The default (packed) trainer and a padded one fine-tune the same coalitions to the same adapters and losses
+    (float32; losses to rtol 1e-5, adapters to 1e-3 of the distance travelled, as the batched-vs-single test)."""
+    assert trainer.packing
+    padded = SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=3,
+                         lora_init=setup["lora0"], buckets=(setup["table"].width,), packing=False)
+    packed_lora = jax.tree_util.tree_map(np.asarray, trainer.train(COALITIONS, seed=7).lora)
+    packed_losses = np.asarray(trainer.last_losses)
+    padded_lora = padded.train(COALITIONS, seed=7).lora
+    np.testing.assert_allclose(packed_losses, np.asarray(padded.last_losses), rtol=1e-5)
+    for slot in range(len(COALITIONS)):
+        assert _travel_rel_diff(_slot(packed_lora, slot), _slot(padded_lora, slot), setup["lora0"]) < 1e-3
+    # packing did pack: several sequences share a row at every step
+    rows = trainer.schedules(COALITIONS, seed=7)
+    plan = trainer.packed_plan(rows, np.ones(3, bool))
+    assert max(source.shape[1] for source, _ in plan) < RECIPE.batch_size
+    assert all(segment.max() >= 2 for _, segment in plan)
+
+
+def test_packed_loss_equals_padded_loss(setup):
+    """One batch's loss from packed rows (segment ids, restarted positions) equals the padded batch's loss."""
+    from shed_jax.lm.packing import first_fit_decreasing, packed_layout
+
+    table, lora = setup["table"], setup["lora0"]
+    rows = np.array([[1, 3, 6, 0]])
+    width = table.width
+    lengths = table.lengths[rows]
+    placement = first_fit_decreasing(lengths, 2 * width)
+    source, segment = packed_layout(rows, lengths, placement, n_rows=int(placement.n_rows[0]), width=2 * width,
+                                    table_width=width, pad_index=table.ids.size)
+    assert source.shape[1] < rows.shape[1]
+
+    def flat(a):
+        return jnp.asarray(np.concatenate([a.reshape(-1), np.zeros(1, a.dtype)]))[source[0]]
+
+    columns = np.broadcast_to(np.arange(width, dtype=np.int32), table.ids.shape)
+    packed = sequence_loss(lora, setup["graphdef"], setup["state"], flat(table.ids), None, flat(table.targets),
+                           flat(table.target_weights), lora_scale=2.0, logits_chunk=8,
+                           positions=flat(columns), segment_ids=jnp.asarray(segment[0]))
+    padded = setup["loss_jit"](lora, *_batch(table, rows[0]))
+    np.testing.assert_allclose(float(packed), float(padded), rtol=1e-5)
+
+
+def test_retry_at_a_lower_rate_reuses_the_compiled_step(setup, trainer):
+    """``with_learning_rate`` compiles nothing and equals a trainer whose recipe has that rate."""
+    trainer.train(COALITIONS, seed=7)
+    traces = trainer.n_traces
+    retry = trainer.with_learning_rate(RECIPE.learning_rate / 10)
+    slow = jax.tree_util.tree_map(np.asarray, retry.train(COALITIONS, seed=7).lora)
+    assert trainer.n_traces == traces and retry.n_traces == traces
+    reference = reference_finetune(setup, COALITIONS[2], seed=7,
+                                   recipe=dataclasses.replace(RECIPE, learning_rate=RECIPE.learning_rate / 10))
+    assert _travel_rel_diff(_slot(slow, 2), reference, setup["lora0"]) < 1e-3
+    # the original trainer still trains at its own rate afterwards (shared slot storage)
+    again = trainer.train(COALITIONS, seed=7).lora
+    assert _travel_rel_diff(_slot(again, 2), reference, setup["lora0"]) > 0.1
 
 
 def test_padding_does_not_change_loss(setup):

@@ -147,12 +147,37 @@ def test_logits_are_jitted_once_per_shape(llama_checkpoint):
     assert load_module._logits._cache_size() == before
 
 
-def test_default_dtypes_are_bfloat16(llama_checkpoint):
-    """(bf16 logits vs float32 are checked in test_lm_model.py.)"""
-    directory, _, _, _ = llama_checkpoint
+def test_default_dtype_is_auto_and_matches_transformers(llama_checkpoint):
+    """``load(path)`` with no dtype: float32 compute on a CPU (``dtype="auto"``), the checkpoint's own weight dtype,
+    and logits within the README's parity claim (~1e-6 measured; checked at TOL) of transformers' float32 logits."""
+    directory, _, ids, expected = llama_checkpoint
     loaded = lm.load(directory)
-    assert loaded.model.dtype == jnp.bfloat16
+    assert jax.default_backend() == "cpu"
+    assert loaded.model.dtype == jnp.float32
+    assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(loaded.model))} == {jnp.dtype(jnp.float32)}
+    np.testing.assert_allclose(np.asarray(loaded.logits(ids)), expected, **TOL)
+    bf16 = lm.load(directory, dtype="bfloat16", param_dtype="bfloat16")
+    assert bf16.model.dtype == jnp.bfloat16
+    assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(bf16.model))} == {jnp.dtype(jnp.bfloat16)}
+    # bfloat16 is measurably further from the float32 reference (the reason auto is float32 on a CPU)
+    assert np.max(np.abs(np.asarray(bf16.logits(ids)) - expected)) > 10 * np.max(
+        np.abs(np.asarray(loaded.logits(ids)) - expected))
+
+
+def test_default_keeps_a_bfloat16_checkpoint_in_bfloat16(tmp_path):
+    model = _torch_model("llama_tied").to(torch.bfloat16)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = lm.load(tmp_path)
+    assert loaded.model.dtype == jnp.float32                 # computes in float32 on a CPU
     assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(loaded.model))} == {jnp.dtype(jnp.bfloat16)}
+    ids = _ids((2, 12), seed=2)
+    reference = _torch_model("llama_tied").to(torch.bfloat16).float()   # the same rounded weights, in float32
+    np.testing.assert_allclose(np.asarray(loaded.logits(ids)), _torch_logits(reference, ids), **TOL)
+
+
+def test_unknown_dtype_names_are_refused(llama_checkpoint):
+    with pytest.raises(ValueError, match="dtype: unknown 'fp8'"):
+        lm.load(llama_checkpoint[0], dtype="fp8")
 
 
 def test_tokenizer_files_are_loaded(llama_checkpoint, tmp_path):

@@ -301,3 +301,106 @@ def test_decoder_from_weights_checks_names_and_shapes():
     missing = {k: v for k, v in weights.items() if k != "norm"}
     with pytest.raises(ValueError, match="missing"):
         decoder_from_weights(TINY, missing, **F32)
+
+
+# ------------------------------------------------------------------------------------ packing
+
+
+@jax.jit
+def _jit_packed_logits(graphdef, state, ids, positions, segment_ids, lora):
+    model = nnx.merge(graphdef, state)
+    return model.unembed(model(ids, positions=positions, segment_ids=segment_ids, lora=lora))
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_packed_rows_match_each_sequence_alone(window):
+    """Sequences packed into rows (segment ids, positions restarting per segment) give each sequence's own
+    logits (float32, rtol = atol = 1e-5): attention never crosses a segment, RoPE restarts at 0."""
+    config = dataclasses.replace(TINY, sliding_window=window)
+    model = _model(config)
+    lora = _randomize_lora(init_lora(config, rank=2, key=jax.random.key(1)), seed=2)
+    lengths = [[5, 3, 4], [9]]                      # two rows of width 12; the first ends in 0 padding tokens
+    width = 12
+    ids = np.full((2, width), 7, np.int32)
+    positions = np.zeros((2, width), np.int32)
+    segments = np.zeros((2, width), np.int32)
+    rows = {}
+    for r, row_lengths in enumerate(lengths):
+        start = 0
+        for s, n in enumerate(row_lengths):
+            seq = np.asarray(_ids((1, n), seed=10 * r + s))[0]
+            ids[r, start:start + n] = seq
+            positions[r, start:start + n] = np.arange(n)
+            segments[r, start:start + n] = s + 1
+            rows[(r, s)] = (seq, start)
+            start += n
+    graphdef, state = nnx.split(model)
+    packed = _jit_packed_logits(graphdef, state, jnp.asarray(ids), jnp.asarray(positions),
+                                jnp.asarray(segments), lora)
+    assert bool(jnp.all(jnp.isfinite(packed)))
+    for (r, s), (seq, start) in rows.items():
+        alone = _logits(model, jnp.asarray(seq)[None], lora=lora)[0]
+        np.testing.assert_allclose(packed[r, start:start + len(seq)], alone, rtol=1e-5, atol=1e-5)
+    # the segments matter: without them, the third sequence of row 0 sees the first two
+    merged = _jit_packed_logits(graphdef, state, jnp.asarray(ids), jnp.asarray(positions),
+                                jnp.asarray((segments > 0).astype(np.int32)), lora)
+    assert float(jnp.max(jnp.abs(merged[0, 8:12] - packed[0, 8:12]))) > 1e-3
+
+
+def test_attention_mask_and_segment_ids_exclude_each_other():
+    model = _model()
+    ids = _ids((1, 4))
+    with pytest.raises(ValueError, match="attention_mask and segment_ids"):
+        model(ids, attention_mask=jnp.ones((1, 4), bool), segment_ids=jnp.ones((1, 4), jnp.int32))
+
+
+@pytest.mark.parametrize("remat", ["none", "block", "dots_saveable"])
+def test_remat_policies_give_the_same_gradient(remat):
+    model = _model()
+    graphdef, state = nnx.split(model)
+    lora = _randomize_lora(init_lora(TINY, rank=2, key=jax.random.key(3)), seed=4)
+    ids = _ids((2, 6), seed=5)
+
+    @jax.jit
+    def grad(lora, state):
+        def loss(lora, policy):
+            m = nnx.merge(graphdef, state)
+            return jnp.sum(m.unembed(m(ids, lora=lora, remat=policy)) ** 2) * 1e-3
+        return jax.grad(loss)(lora, remat), jax.grad(loss)(lora, False)
+
+    ours, reference = grad(lora, state)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_remat_policy_is_refused():
+    with pytest.raises(ValueError, match="remat: unknown 'everything'"):
+        _model()(_ids((1, 3)), remat="everything")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU (none here)")
+def test_cudnn_packed_attention_under_vmap_scan_and_remat_matches_xla():
+    """bf16, packed rows, vmapped over adapters, scanned layers, remat: gradients of cuDNN vs XLA attention."""
+    config = dataclasses.replace(TINY, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16)
+    xla = _model(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    graphdef_x, state = nnx.split(xla)
+    cudnn = _model(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, attention_impl="cudnn")
+    graphdef_c, _ = nnx.split(cudnn)
+    lora = _randomize_lora(init_lora(config, rank=2, key=jax.random.key(0)), seed=1)
+    stack = jax.tree.map(lambda x: jnp.stack([x, 0.5 * x]), lora)
+    ids = _ids((2, 64), seed=2, vocab=config.vocab_size)
+    segments = jnp.asarray(np.repeat([[1] * 20 + [2] * 30 + [3] * 10 + [0] * 4], 2, axis=0), jnp.int32)
+    positions = jnp.asarray(np.repeat([list(range(20)) + list(range(30)) + list(range(10)) + [0] * 4], 2, 0),
+                            jnp.int32)
+
+    def grads(graphdef):
+        def loss(lora):
+            m = nnx.merge(graphdef, state)
+            hidden = m(ids, lora=lora, positions=positions, segment_ids=segments, remat="block")
+            return jnp.mean(hidden[:, :60] ** 2)
+        return jax.jit(jax.vmap(jax.value_and_grad(loss)))(stack)
+
+    (loss_c, grad_c), (loss_x, grad_x) = grads(graphdef_c), grads(graphdef_x)
+    np.testing.assert_allclose(np.asarray(loss_c, np.float32), np.asarray(loss_x, np.float32), rtol=2e-2)
+    for a, b in zip(jax.tree.leaves(grad_c), jax.tree.leaves(grad_x)):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=5e-2, atol=5e-3)

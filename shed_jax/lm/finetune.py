@@ -11,9 +11,12 @@ NeurIPS 2024). Here the model is a frozen :class:`~shed_jax.lm.model.Decoder` pl
 * one optimiser step of all slots is one jitted call: ``jax.vmap`` over slots of (gather the slot's minibatch
   rows from the token table on the device, forward with ``remat`` per block, loss over chunks of positions,
   ``value_and_grad``, ``optax`` update). Inactive slots compute but keep their state (``jnp.where``);
-* shapes are fixed: ``n_slots`` is fixed, and a step's sequence width is the smallest bucket of a fixed
-  ladder (:func:`shed_jax.lm.prompts.length_buckets`) that holds the longest row any slot draws at that step.
-  Each width compiles once; new coalitions never retrace (tested by counting traces);
+* shapes are fixed: ``n_slots`` is fixed; by default (``recipe.pack``) each slot's minibatch at a step is packed
+  into rows of the widest bucket with segment ids (:mod:`shed_jax.lm.packing`), and the step's row count is the
+  smallest of :func:`shed_jax.lm.packing.row_buckets` that holds the most rows any slot needs; unpacked, a step's
+  sequence width is the smallest bucket of a fixed ladder (:func:`shed_jax.lm.prompts.length_buckets`) that holds
+  the longest row any slot draws at that step.
+  Each width (row count) compiles once; new coalitions never retrace (tested by counting traces);
 * slots are refilled in place: the stacked state is donated to a jitted ``where(reset, fresh, current)``.
 
 One fine-tune is a fixed recipe (:class:`FinetuneRecipe`): ``steps`` AdamW steps (linear warm-up over
@@ -57,6 +60,8 @@ from flax import nnx
 
 from shed_jax import interrupt
 from shed_jax._faults import fault_point
+from shed_jax.lm.model import REMAT_POLICIES
+from shed_jax.lm.packing import first_fit_decreasing, packed_layout, row_buckets
 from shed_jax.lm.prompts import TokenTable, bucket_for, length_buckets
 from shed_jax.lm.scoring import target_logprob_sums
 
@@ -89,7 +94,11 @@ class FinetuneRecipe:
         max_grad_norm: clip each adapter's gradient to this global norm (None: no clipping).
         lora_scale: the adapter's multiplier (peft's ``alpha / rank``).
         logits_chunk: positions per chunk of full-vocabulary logits in the loss.
-        remat: recompute each block in the backward pass.
+        remat: what the backward pass recomputes: ``"none"``, ``"block"`` (True) or ``"dots_saveable"``
+            (:func:`shed_jax.lm.model.remat_body`).
+        pack: pack each slot-step's sequences into rows of the widest bucket with segment ids (block-diagonal
+            attention, positions restarting per sequence; :mod:`shed_jax.lm.packing`) instead of padding them all
+            to the longest one's width. The loss is the same token mean over the same tokens.
     """
 
     steps: int = 20
@@ -101,7 +110,8 @@ class FinetuneRecipe:
     max_grad_norm: float | None = 1.0
     lora_scale: float = 2.0
     logits_chunk: int = 16
-    remat: bool = True
+    remat: bool | str = True
+    pack: bool = True
 
     def __post_init__(self):
         if not (isinstance(self.steps, int) and self.steps >= 1):
@@ -114,6 +124,8 @@ class FinetuneRecipe:
             raise ValueError(f"lr_schedule: unknown {self.lr_schedule!r}, allowed {', '.join(LR_SCHEDULES)}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate!r}")
+        if not (isinstance(self.remat, bool) or self.remat in REMAT_POLICIES):
+            raise ValueError(f"remat: unknown {self.remat!r}, allowed {', '.join(REMAT_POLICIES)}")
 
 
 def learning_rate_schedule(recipe: FinetuneRecipe) -> optax.Schedule:
@@ -142,7 +154,7 @@ def make_optimizer(recipe: FinetuneRecipe) -> optax.GradientTransformation:
 
 
 def sequence_loss(lora, graphdef, base_state, ids, lengths, targets, weights, *, lora_scale: float,
-                  logits_chunk: int = 16, remat: bool = False) -> jax.Array:
+                  logits_chunk: int = 16, remat: bool | str = False, positions=None, segment_ids=None) -> jax.Array:
     """Token-mean next-token loss of a batch under base model + adapter: scalar float32.
 
     Args:
@@ -150,13 +162,19 @@ def sequence_loss(lora, graphdef, base_state, ids, lengths, targets, weights, *,
         graphdef, base_state: ``nnx.split`` of the decoder.
         ids, targets: ``(B, T)`` int32; ``lengths``: ``(B,)`` int32 real tokens per row (right padding).
         weights: ``(B, T)`` float32 per-target weights.
+        positions, segment_ids: packed rows instead (``lengths`` None): ``(B, T)`` int32 RoPE positions and
+            segment ids (see :class:`~shed_jax.lm.model.Decoder`).
 
     Returns:
         ``- sum(weights * log p(targets)) / max(sum(weights), 1)``.
     """
     model = nnx.merge(graphdef, base_state)
-    mask = jnp.arange(ids.shape[1])[None, :] < lengths[:, None]
-    hidden = model(ids, attention_mask=mask, lora=lora, lora_scale=lora_scale, remat=remat)
+    if segment_ids is None:
+        mask = jnp.arange(ids.shape[1])[None, :] < lengths[:, None]
+        hidden = model(ids, attention_mask=mask, lora=lora, lora_scale=lora_scale, remat=remat)
+    else:
+        hidden = model(ids, positions=positions, segment_ids=segment_ids, lora=lora, lora_scale=lora_scale,
+                       remat=remat)
     total = jnp.sum(target_logprob_sums(model, hidden, targets, weights, logits_chunk=logits_chunk))
     return -total / jnp.maximum(jnp.sum(weights), 1.0)
 
@@ -208,15 +226,20 @@ class SlotTrainer:
         lora_init: the initial adapter (one, unstacked), the same for every coalition.
         max_length: the widest sequence bucket (default: the table's width).
         buckets: the sequence widths to pad a step to (default :func:`~shed_jax.lm.prompts.length_buckets` up to
-            ``max_length``); each one used compiles the step once.
+            ``max_length``); each one used compiles the step once. With packing, rows are the widest bucket and
+            a step's row count is padded to :func:`~shed_jax.lm.packing.row_buckets` of ``batch_size``.
+        packing: override ``recipe.pack`` (None: the recipe's).
 
     Attributes:
-        n_traces: times the step function was traced (one per sequence-width bucket used).
+        n_traces: times the step function was traced (one per sequence-width or row-count bucket used).
+        lr_scale: multiplier of the learning rate, an argument of the compiled step (a retry at a lower rate
+            reuses the compiled step; see :meth:`with_learning_rate`).
         last_losses: ``(steps, n_slots)`` float32 training losses of the last :meth:`train` (device array).
     """
 
     def __init__(self, graphdef, base_state, table: TokenTable, recipe: FinetuneRecipe, *, n_slots: int,
-                 lora_init, max_length: int | None = None, buckets: Sequence[int] | None = None):
+                 lora_init, max_length: int | None = None, buckets: Sequence[int] | None = None,
+                 packing: bool | None = None):
         if n_slots < 1:
             raise ValueError(f"n_slots: must be >= 1, got {n_slots}")
         self.graphdef, self.base_state = graphdef, base_state
@@ -227,40 +250,109 @@ class SlotTrainer:
         top = self.buckets[-1]
         pad = max(top - table.width, 0)
         self._lengths_host = np.minimum(table.lengths, top)
-        self._data = tuple(jnp.asarray(np.pad(a, ((0, 0), (0, pad)))[:, :top])
-                           for a in (table.ids, table.targets, table.target_weights)) + (
-            jnp.asarray(self._lengths_host),)
+        self.packing = bool(recipe.pack if packing is None else packing)
+        self.row_buckets = row_buckets(recipe.batch_size)
+        padded = [np.pad(a, ((0, 0), (0, pad)))[:, :top] for a in (table.ids, table.targets, table.target_weights)]
+        if self.packing:  # flat tables, one padding token (weight 0) appended at index N * top
+            self._pad_index = len(table) * top
+            columns = np.broadcast_to(np.arange(top, dtype=np.int32), (len(table), top))
+            self._data = tuple(jnp.asarray(np.concatenate([a.reshape(-1), np.zeros(1, a.dtype)]))
+                               for a in (padded[0], padded[1], padded[2], columns))
+        else:
+            self._data = tuple(jnp.asarray(a) for a in padded) + (jnp.asarray(self._lengths_host),)
         lora_stack = stack_adapters(lora_init, self.n_slots)
         self._fresh = SlotState(lora_stack, jax.vmap(self.optimizer.init)(lora_stack))
-        self._slots = jax.tree_util.tree_map(jnp.copy, self._fresh)
+        self._store = {"slots": jax.tree_util.tree_map(jnp.copy, self._fresh)}  # shared with with_learning_rate
+        self.lr_scale = 1.0
+        self._compiled_learning_rate = float(recipe.learning_rate)  # the rate the compiled steps' schedule has
         self.n_traces = 0
         self.last_losses = None
         self._step = jax.jit(self._step_impl, static_argnames=("width",), donate_argnums=(1,))
+        self._packed_step = jax.jit(self._packed_step_impl, static_argnames=("n_rows",), donate_argnums=(1,))
         self._refill = jax.jit(_refill, donate_argnums=(0,))
 
-    def _step_impl(self, base_state, slots: SlotState, data, rows, active, *, width: int):
+    @property
+    def _slots(self) -> SlotState:
+        return self._store["slots"]
+
+    @_slots.setter
+    def _slots(self, value: SlotState) -> None:
+        self._store["slots"] = value
+
+    def _update(self, loss_fn, lora, opt_state, is_active, lr_scale):
+        """One AdamW step of one slot on ``loss_fn(lora)``; the update is scaled by ``lr_scale`` (exactly a
+        learning rate times ``lr_scale``: AdamW's update, weight decay included, is linear in the rate)."""
+        loss, grads = jax.value_and_grad(loss_fn)(lora)
+        updates, new_opt_state = self.optimizer.update(grads, opt_state, lora)
+        updates = jax.tree_util.tree_map(lambda u: u * lr_scale.astype(u.dtype), updates)
+        new_lora = optax.apply_updates(lora, updates)
+
+        def keep(new, old):
+            return jnp.where(is_active, new, old)
+
+        return (jax.tree_util.tree_map(keep, new_lora, lora),
+                jax.tree_util.tree_map(keep, new_opt_state, opt_state), loss)
+
+    def _step_impl(self, base_state, slots: SlotState, data, rows, active, lr_scale, *, width: int):
         self.n_traces += 1  # trace-time only
-        graphdef, recipe, optimizer = self.graphdef, self.recipe, self.optimizer
+        graphdef, recipe = self.graphdef, self.recipe
         ids_all, targets_all, weights_all, lengths_all = data
 
         def one_slot(state, lora, opt_state, slot_rows, is_active):
             ids, targets = ids_all[slot_rows, :width], targets_all[slot_rows, :width]
             weights, lengths = weights_all[slot_rows, :width], lengths_all[slot_rows]
-            loss, grads = jax.value_and_grad(sequence_loss)(
-                lora, graphdef, state, ids, lengths, targets, weights, lora_scale=recipe.lora_scale,
-                logits_chunk=recipe.logits_chunk, remat=recipe.remat)
-            updates, new_opt_state = optimizer.update(grads, opt_state, lora)
-            new_lora = optax.apply_updates(lora, updates)
 
-            def keep(new, old):
-                return jnp.where(is_active, new, old)
+            def loss_fn(lora):
+                return sequence_loss(lora, graphdef, state, ids, lengths, targets, weights,
+                                     lora_scale=recipe.lora_scale, logits_chunk=recipe.logits_chunk,
+                                     remat=recipe.remat)
 
-            return (jax.tree_util.tree_map(keep, new_lora, lora),
-                    jax.tree_util.tree_map(keep, new_opt_state, opt_state), loss)
+            return self._update(loss_fn, lora, opt_state, is_active, lr_scale)
 
         lora, opt_state, losses = jax.vmap(one_slot, in_axes=(None, 0, 0, 0, 0))(
             base_state, slots.lora, slots.opt_state, rows, active)
         return SlotState(lora, opt_state), losses
+
+    def _packed_step_impl(self, base_state, slots: SlotState, data, source, segment, active, lr_scale, *,
+                          n_rows: int):
+        self.n_traces += 1  # trace-time only
+        graphdef, recipe = self.graphdef, self.recipe
+        ids_flat, targets_flat, weights_flat, columns_flat = data
+
+        def one_slot(state, lora, opt_state, slot_source, slot_segment, is_active):
+            ids, targets = ids_flat[slot_source], targets_flat[slot_source]              # (n_rows, T)
+            weights, positions = weights_flat[slot_source], columns_flat[slot_source]
+
+            def loss_fn(lora):
+                return sequence_loss(lora, graphdef, state, ids, None, targets, weights,
+                                     lora_scale=recipe.lora_scale, logits_chunk=recipe.logits_chunk,
+                                     remat=recipe.remat, positions=positions, segment_ids=slot_segment)
+
+            return self._update(loss_fn, lora, opt_state, is_active, lr_scale)
+
+        lora, opt_state, losses = jax.vmap(one_slot, in_axes=(None, 0, 0, 0, 0, 0))(
+            base_state, slots.lora, slots.opt_state, source, segment, active)
+        return SlotState(lora, opt_state), losses
+
+    def packed_plan(self, rows: np.ndarray, active: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per step, ``(source, segment)`` ``(n_slots, n_rows, T)`` int32 of the packed minibatches ``rows``
+        ``(n_slots, steps, batch_size)``; ``n_rows`` is the row bucket of the most rows an active slot needs at
+        that step (inactive slots pack too; their rows are cut, which is harmless: they do not update)."""
+        n_slots, steps, batch = rows.shape
+        top = self.buckets[-1]
+        lengths = self._lengths_host[rows].reshape(n_slots * steps, batch)
+        placement = first_fit_decreasing(lengths, top)
+        need = placement.n_rows.reshape(n_slots, steps)
+        need = np.where(active[:, None], need, 1).max(axis=0)                                     # (steps,)
+        source, segment = packed_layout(rows.reshape(n_slots * steps, batch), lengths, placement, n_rows=batch,
+                                        width=top, table_width=top, pad_index=self._pad_index)
+        source = source.reshape(n_slots, steps, batch, top)
+        segment = segment.reshape(n_slots, steps, batch, top)
+        plan = []
+        for step in range(steps):
+            n_rows = bucket_for(int(need[step]), self.row_buckets)
+            plan.append((source[:, step, :n_rows], segment[:, step, :n_rows]))
+        return plan
 
     def schedules(self, member_lists: Sequence[np.ndarray], seed: int) -> np.ndarray:
         """``(n_slots, steps, batch_size)`` int32 rows: each coalition's minibatches; empty coalitions and padding
@@ -287,22 +379,30 @@ class SlotTrainer:
         rows = self.schedules(member_lists, seed)
         active = np.zeros(self.n_slots, bool)
         active[: len(member_lists)] = [len(m) > 0 for m in member_lists]
-        if active.any():
-            longest = self._lengths_host[rows[active]].max(axis=(0, 2))               # (steps,)
-            widths = [bucket_for(int(w), self.buckets) for w in longest]
-        else:
-            widths = []
         slots = self._refill(self._slots, self._fresh, jnp.ones(self.n_slots, bool))
         active_device = jnp.asarray(active)
+        lr_scale = jnp.float32(self.lr_scale)
         losses = []
-        for step, width in enumerate(widths):  # one dispatch per step for all slots
-            slots, loss = self._step(self.base_state, slots, self._data, rows[:, step], active_device,
-                                     width=width)
+        def after_step(slots, loss):
             losses.append(loss)
             self._slots = slots  # the previous state was donated: keep the live one if a Ctrl-C stops here
             _after_step(losses)
             if on_step is not None:
                 on_step(1)
+
+        if not active.any():
+            pass
+        elif self.packing:
+            for source, segment in self.packed_plan(rows, active):  # one dispatch per step; no host sync
+                slots, loss = self._packed_step(self.base_state, slots, self._data, source, segment, active_device,
+                                                lr_scale, n_rows=source.shape[1])
+                after_step(slots, loss)
+        else:
+            longest = self._lengths_host[rows[active]].max(axis=(0, 2))               # (steps,)
+            for step, longest_row in enumerate(longest):  # one dispatch per step for all slots; no host sync
+                slots, loss = self._step(self.base_state, slots, self._data, rows[:, step], active_device,
+                                         lr_scale, width=bucket_for(int(longest_row), self.buckets))
+                after_step(slots, loss)
         self._slots = slots
         self.last_losses = jnp.stack(losses) if losses else None
         return slots
@@ -314,27 +414,36 @@ class SlotTrainer:
         return np.asarray(_non_finite_slots(slots.lora, losses))
 
     def with_learning_rate(self, learning_rate: float) -> "SlotTrainer":
-        """A trainer with the same base weights, data and initial adapter and ``learning_rate`` in its recipe
-        (for retrying diverged fine-tunes); its step compiles on first use."""
+        """A trainer with the same base weights, data, initial adapter and compiled steps whose updates follow
+        ``learning_rate`` instead of the recipe's (for retrying diverged fine-tunes): the rate enters the compiled
+        step as the scale :attr:`lr_scale`, so nothing recompiles. The two trainers share their slot storage:
+        a :meth:`train` of either reuses (donates) the state the other returned last."""
         other = copy.copy(self)
+        other.lr_scale = float(learning_rate) / self._compiled_learning_rate
         other.recipe = dataclasses.replace(self.recipe, learning_rate=float(learning_rate))
-        other.optimizer = make_optimizer(other.recipe)
-        lora_stack = self._fresh.lora
-        other._fresh = SlotState(lora_stack, jax.vmap(other.optimizer.init)(lora_stack))
-        other._slots = jax.tree_util.tree_map(jnp.copy, other._fresh)
-        other.n_traces, other.last_losses = 0, None
-        other._step = jax.jit(other._step_impl, static_argnames=("width",), donate_argnums=(1,))
-        other._refill = jax.jit(_refill, donate_argnums=(0,))
+        other.last_losses = None
         return other
 
-    def compiled_memory(self, width: int | None = None) -> dict[str, int]:
-        """XLA's memory analysis of the step at ``width`` (default the widest bucket): bytes of arguments,
-        outputs, temporaries, and generated code, as reported by the compiled executable."""
+    def compiled_step(self, *, width: int | None = None, n_rows: int | None = None):
+        """The compiled step (``jax.stages.Compiled``) at sequence ``width`` (padded trainer; default the widest
+        bucket) or at ``n_rows`` packed rows (packing; default ``batch_size``), e.g. for its
+        ``memory_analysis()``; compiling it also fills the jit cache when the shapes match a later call."""
+        lr_scale = jnp.float32(1.0)
+        active = jnp.ones(self.n_slots, bool)
+        if self.packing:
+            n_rows = self.recipe.batch_size if n_rows is None else int(n_rows)
+            shape = jax.ShapeDtypeStruct((self.n_slots, n_rows, self.buckets[-1]), jnp.int32)
+            return self._packed_step.lower(self.base_state, self._fresh, self._data, shape, shape, active,
+                                           lr_scale, n_rows=n_rows).compile()
         width = self.buckets[-1] if width is None else width
         rows = jnp.zeros((self.n_slots, self.recipe.batch_size), jnp.int32)
-        compiled = self._step.lower(self.base_state, self._fresh, self._data, rows,
-                                    jnp.ones(self.n_slots, bool), width=width).compile()
-        analysis = compiled.memory_analysis()
+        return self._step.lower(self.base_state, self._fresh, self._data, rows, active, lr_scale,
+                                width=width).compile()
+
+    def compiled_memory(self, width: int | None = None, n_rows: int | None = None) -> dict[str, int]:
+        """XLA's memory analysis of the step (see :meth:`compiled_step`): bytes of arguments, outputs,
+        temporaries, aliased buffers and generated code, as reported by the compiled executable."""
+        analysis = self.compiled_step(width=width, n_rows=n_rows).memory_analysis()
         names = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                  "alias_size_in_bytes", "generated_code_size_in_bytes")
         return {name: int(getattr(analysis, name, 0) or 0) for name in names}

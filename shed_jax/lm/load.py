@@ -250,14 +250,18 @@ def _hf_cache_dir() -> str:
 # -------------------------------------------------------------------------------- entry point
 
 
-def load(path_or_name: str | os.PathLike, *, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
+def load(path_or_name: str | os.PathLike, *, dtype="auto", param_dtype=None,
          attention_impl: str | None = None) -> LanguageModel:
     """Load a llama / mistral / qwen2 causal LM.
 
     Args:
       path_or_name: a local HF checkpoint directory (``config.json`` + safetensors), a ``.gguf``
         file, or a Hugging Face hub name (resolved through the local cache when offline).
-      dtype: compute dtype of the decoder; param_dtype: storage dtype of its weights.
+      dtype: compute dtype of the decoder: ``"auto"`` (the default: float32 on a CPU, bfloat16 on
+        GPUs and TPUs, as the LM proxy does), ``"float32"``, ``"bfloat16"`` or a jnp dtype. With the
+        default on a CPU, ``load(path).logits(ids)`` matches transformers' float32 logits to ~1e-6.
+      param_dtype: storage dtype of the weights; None (the default) keeps the checkpoint's own dtype
+        (the dtype of its embedding matrix; float32 for a GGUF file, whose weights are dequantised).
       attention_impl: None (XLA) or "cudnn"; see :class:`Decoder`.
 
     Returns:
@@ -267,6 +271,8 @@ def load(path_or_name: str | os.PathLike, *, dtype=jnp.bfloat16, param_dtype=jnp
       ModelNotFoundError: nothing loadable at ``path_or_name``.
       ValueError: an unsupported architecture or feature (see ``DecoderConfig.from_hf``).
     """
+    dtype = resolve_dtype(dtype)
+    param_dtype = None if param_dtype is None else resolve_dtype(param_dtype)
     text = os.fspath(path_or_name)
     path = Path(text).expanduser()
     if text.endswith(".gguf"):
@@ -284,6 +290,30 @@ def load(path_or_name: str | os.PathLike, *, dtype=jnp.bfloat16, param_dtype=jnp
     return _load_hf_dir(directory, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
 
 
+def resolve_dtype(dtype, backend: str | None = None):
+    """A jnp dtype from ``"auto"`` (float32 on a CPU, bfloat16 on GPUs and TPUs), a dtype name or a dtype.
+
+    >>> resolve_dtype("auto", "cpu"), resolve_dtype("auto", "gpu"), resolve_dtype("bfloat16")
+    (dtype('float32'), dtype(bfloat16), dtype(bfloat16))
+
+    Raises:
+      ValueError: a name other than auto, float32, bfloat16, float16.
+    """
+    if isinstance(dtype, str):
+        if dtype == "auto":
+            dtype = "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype: unknown {dtype!r}, allowed auto, float32, bfloat16, float16")
+    return jnp.dtype(dtype)
+
+
+def _checkpoint_dtype(weights: dict):
+    """The storage dtype of a checkpoint: its embedding matrix's (float32 for non-float storage)."""
+    embed = weights["embed_tokens"]
+    kind = np.dtype(embed.dtype)
+    return jnp.dtype(kind) if jnp.issubdtype(kind, jnp.floating) else jnp.dtype(jnp.float32)
+
+
 def _looks_like_hub_name(text: str) -> bool:
     parts = text.split("/")
     return 1 <= len(parts) <= 2 and all(parts) and not text.startswith((".", "~"))
@@ -296,6 +326,7 @@ def _load_hf_dir(directory: Path, *, dtype, param_dtype, attention_impl) -> Lang
     safetensors_files(directory)  # refuse pickle-only checkpoints before anything else
     config = DecoderConfig.from_hf(json.loads(config_path.read_text()))
     weights = read_hf_weights(directory, config)
+    param_dtype = _checkpoint_dtype(weights) if param_dtype is None else param_dtype
     model = decoder_from_weights(config, weights, dtype=dtype, param_dtype=param_dtype,
                                  attention_impl=attention_impl)
     return LanguageModel(model=model, tokenizer=_load_tokenizer(directory), source=str(directory))
@@ -305,6 +336,7 @@ def _load_gguf(path: Path, *, dtype, param_dtype, attention_impl) -> LanguageMod
     from shed_jax.lm.gguf import gguf_tokenizer, has_tokenizer, read_gguf_with_metadata
 
     config, weights, metadata = read_gguf_with_metadata(path)
+    param_dtype = _checkpoint_dtype(weights) if param_dtype is None else param_dtype
     model = decoder_from_weights(config, weights, dtype=dtype, param_dtype=param_dtype,
                                  attention_impl=attention_impl)
     tokenizer = gguf_tokenizer(path) if has_tokenizer(metadata) else None

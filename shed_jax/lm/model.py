@@ -247,11 +247,14 @@ def rope_inv_freq(config: DecoderConfig) -> np.ndarray:
     return np.where(is_medium, smoothed, inv_freq_llama).astype(np.float32)
 
 
-def rope_cos_sin(config: DecoderConfig, seq_len: int) -> tuple[jax.Array, jax.Array]:
-    """cos and sin tables, float32 ``(seq_len, head_dim)``, for positions ``0..seq_len-1``."""
+def rope_cos_sin(config: DecoderConfig, seq_len: int, positions: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+    """cos and sin tables, float32: ``(seq_len, head_dim)`` for positions ``0..seq_len-1``, or
+    ``(B, T, head_dim)`` for explicit int ``positions`` ``(B, T)`` (packed rows: each segment restarts at 0)."""
     inv_freq = jnp.asarray(rope_inv_freq(config))
-    positions = jnp.arange(seq_len, dtype=jnp.float32)
-    freqs = positions[:, None] * inv_freq[None, :]
+    if positions is None:
+        positions = jnp.arange(seq_len)
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq.reshape((1,) * positions.ndim + inv_freq.shape)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 
@@ -262,9 +265,11 @@ def _rotate_half(x: jax.Array) -> jax.Array:
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate ``x`` (B, T, N, D) by the tables ``cos``/``sin`` (T, D), in x's dtype (HF convention)."""
-    cos = cos.astype(x.dtype)[None, :, None, :]
-    sin = sin.astype(x.dtype)[None, :, None, :]
+    """Rotate ``x`` (B, T, N, D) by the tables ``cos``/``sin`` (T, D) or (B, T, D), in x's dtype (HF convention)."""
+    if cos.ndim == 2:
+        cos, sin = cos[None], sin[None]
+    cos = cos.astype(x.dtype)[:, :, None, :]
+    sin = sin.astype(x.dtype)[:, :, None, :]
     return x * cos + _rotate_half(x) * sin
 
 
@@ -296,7 +301,29 @@ def _project(x, weight, bias, adapter, lora_scale, dtype):
     return y
 
 
-def _block(config, dtype, attention_impl, hidden, layer, adapters, cos, sin, kv_lengths, lora_scale):
+def _attention(config, attention_impl, q, k, v, kv_lengths, segment_ids):
+    """Causal (grouped-query) attention of q (B, T, N, D), k/v (B, T, K, D); ``segment_ids`` (B, T) int32 or None:
+    a query attends only to keys of its own segment (block-diagonal causal; segment 0 is padding and attends only
+    to padding, which keeps its rows finite)."""
+    window = None if config.sliding_window is None else (config.sliding_window - 1, 0)
+    if segment_ids is not None and attention_impl == "cudnn":
+        from shed_jax.lm._cudnn import packed_cudnn_attention
+
+        return packed_cudnn_attention(q, k, v, segment_ids, window=window)
+    mask = None
+    if segment_ids is not None:
+        mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]          # (B, 1, T, T)
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask,
+        is_causal=True,
+        key_value_seq_lengths=kv_lengths,
+        local_window_size=window,
+        implementation=attention_impl,
+    )
+
+
+def _block(config, dtype, attention_impl, hidden, layer, adapters, cos, sin, kv_lengths, lora_scale,
+           segment_ids=None):
     """One pre-norm decoder block on ``hidden`` (B, T, H) in ``dtype``; ``layer``: one layer's arrays."""
     batch, seq_len, _ = hidden.shape
 
@@ -311,14 +338,7 @@ def _block(config, dtype, attention_impl, hidden, layer, adapters, cos, sin, kv_
     k = k.reshape(batch, seq_len, config.num_kv_heads, config.head_dim)
     v = v.reshape(batch, seq_len, config.num_kv_heads, config.head_dim)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    window = None if config.sliding_window is None else (config.sliding_window - 1, 0)
-    attn = jax.nn.dot_product_attention(
-        q, k, v,
-        is_causal=True,
-        key_value_seq_lengths=kv_lengths,
-        local_window_size=window,
-        implementation=attention_impl,
-    )
+    attn = _attention(config, attention_impl, q, k, v, kv_lengths, segment_ids)
     attn = attn.reshape(batch, seq_len, config.num_heads * config.head_dim)
     hidden = hidden + _project(attn, layer["o_proj"], layer.get("o_bias"), adapter("o_proj"), lora_scale, dtype)
 
@@ -330,6 +350,25 @@ def _block(config, dtype, attention_impl, hidden, layer, adapters, cos, sin, kv_
 
 
 # ------------------------------------------------------------------------------------- modules
+
+REMAT_POLICIES = ("none", "block", "dots_saveable")
+
+
+def remat_body(body, remat: bool | str):
+    """``body`` wrapped for the backward pass: ``"none"``/False: as is (every activation kept, 4N FLOPs per token
+    and step with a frozen base); ``"block"``/True: ``jax.checkpoint`` (only each block's input kept, the block
+    recomputed: 6N); ``"dots_saveable"``: ``jax.checkpoint`` with the ``dots_with_no_batch_dims_saveable``
+    policy (matmul outputs kept, element-wise work recomputed: about 4N FLOPs, less memory than none)."""
+    policy = {False: "none", True: "block"}.get(remat, remat) if isinstance(remat, bool) else remat
+    if policy == "none":
+        return body
+    if policy == "block":
+        return jax.checkpoint(body, prevent_cse=False)
+    if policy == "dots_saveable":
+        return jax.checkpoint(body, prevent_cse=False,
+                              policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    raise ValueError(f"remat: unknown {remat!r}, allowed {', '.join(REMAT_POLICIES)} (or a bool)")
+
 
 
 def weight_shapes(config: DecoderConfig) -> dict:
@@ -429,7 +468,8 @@ class Decoder(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, *, attention_mask: jax.Array | None = None,
                  lora: Mapping[str, Mapping[str, jax.Array]] | None = None,
-                 lora_scale: float | jax.Array = 1.0, remat: bool = False) -> jax.Array:
+                 lora_scale: float | jax.Array = 1.0, remat: bool | str = False,
+                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
         """Final-norm hidden states, float32 ``(B, T, hidden_size)``.
 
         Args:
@@ -440,13 +480,22 @@ class Decoder(nnx.Module):
           lora: optional adapters ``{target: {"a": (L, d_in, r), "b": (L, r, d_out)}}`` for any
             subset of :data:`LORA_TARGETS` (see :func:`init_lora`).
           lora_scale: multiplier of every adapter's update (peft's ``alpha / r``).
-          remat: recompute each block in the backward pass (``jax.checkpoint``) to save memory.
+          remat: what the backward pass recomputes (see :data:`REMAT_POLICIES`): ``"none"`` / False (keep every
+            activation), ``"block"`` / True (recompute each block from its input), ``"dots_saveable"`` (keep
+            the matmul outputs, recompute the cheap element-wise work).
+          positions: optional int32 ``(B, T)`` RoPE positions (default ``0..T-1`` in every row). Packed rows
+            restart them at 0 in each segment.
+          segment_ids: optional int32 ``(B, T)``: packed rows, several sequences per row; a token attends only
+            to earlier tokens of its own segment (block-diagonal causal attention). Segments are contiguous
+            and numbered from 1; 0 marks padding (at the end of a row). Excludes ``attention_mask``.
         """
         config, dtype = self.config, self.dtype
         seq_len = input_ids.shape[1]
         hidden = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
-        cos, sin = rope_cos_sin(config, seq_len)
+        cos, sin = rope_cos_sin(config, seq_len, positions)
         kv_lengths = None
+        if attention_mask is not None and segment_ids is not None:
+            raise ValueError("attention_mask and segment_ids: give one (segment 0 is padding)")
         if attention_mask is not None:
             kv_lengths = jnp.sum(attention_mask.astype(jnp.int32), axis=-1, dtype=jnp.int32)
         adapters = None if lora is None else {name: lora[name] for name in lora}
@@ -454,11 +503,10 @@ class Decoder(nnx.Module):
         def body(carry, layer_and_adapters):
             layer, layer_adapters = layer_and_adapters
             out = _block(config, dtype, self.attention_impl, carry, layer, layer_adapters,
-                         cos, sin, kv_lengths, lora_scale)
+                         cos, sin, kv_lengths, lora_scale, segment_ids)
             return out, None
 
-        if remat:
-            body = jax.checkpoint(body, prevent_cse=False)
+        body = remat_body(body, remat)
         hidden, _ = jax.lax.scan(body, hidden, (self.blocks.arrays(), adapters))
         return rms_norm(hidden, self.norm[...], config.rms_norm_eps, jnp.float32)
 

@@ -475,7 +475,7 @@ class LMProxyUtility:
 
         The training widths come from the minibatch schedules of seeded random coalitions (sizes uniform in
         ``1..n_players``, as the prefixes of Monte Carlo permutations are; host work only); each step of a round
-        is padded to the widest sequence among its slots. At most ``max_timed_widths`` training widths (the
+        is padded to the widest sequence among its slots (packed steps: its width is its number of packed rows). At most ``max_timed_widths`` training widths (the
         narrowest and widest used) and as many scoring widths are timed; the others are interpolated linearly in
         the width. Each timed function is called twice: the first call compiles (the same jit caches as the run
         uses, so the run does not compile those widths again), the second is the step time. Compilation is
@@ -493,14 +493,19 @@ class LMProxyUtility:
         trainer, scorer, recipe = self.trainer, self.scorer, self.trainer.recipe
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0xE57]))
         widths: list[int] = []
-        sample_rows = None
+        sample_rows = sample_plans = None
         for _ in range(n_sample_rounds):  # host: schedules of random coalitions -> the width of every step
             members = [np.sort(rng.permutation(self.n_players)[: rng.integers(1, self.n_players + 1)])
                        for _ in range(self.n_slots)]
             rows = trainer.schedules(members, self.seed)
             sample_rows = rows if sample_rows is None else sample_rows
-            longest = trainer._lengths_host[rows].max(axis=(0, 2))
-            widths.extend(bucket_for(int(w), trainer.buckets) for w in longest)
+            if trainer.packing:  # a packed step's cost follows its rows of max_length tokens (the "width" here)
+                plan = trainer.packed_plan(rows, np.ones(self.n_slots, bool))
+                widths.extend(int(source.shape[1]) for source, _ in plan)
+                sample_plans = plan if sample_plans is None else sample_plans
+            else:
+                longest = trainer._lengths_host[rows].max(axis=(0, 2))
+                widths.extend(bucket_for(int(w), trainer.buckets) for w in longest)
         used, counts = np.unique(np.asarray(widths), return_counts=True)
         share = {int(w): float(c) / len(widths) for w, c in zip(used, counts)}
         train_timed = sorted({int(used[0]), int(used[-1])})[:max_timed_widths]
@@ -517,12 +522,23 @@ class LMProxyUtility:
         with interrupt.cooperative():
             slots = jax.tree_util.tree_map(jnp.copy, trainer._fresh)  # _step donates its state
             active = jnp.ones(self.n_slots, bool)
+            lr_scale = jnp.float32(trainer.lr_scale)
             for width in train_timed:
-                row = jnp.asarray(sample_rows[:, 0])
+                if trainer.packing:  # a step of `width` packed rows, cut from the widest sampled plan
+                    source, segment = max(sample_plans, key=lambda step: step[0].shape[1])
+                    source = np.resize(source, (source.shape[0], width, source.shape[2]))
+                    segment = np.resize(segment, source.shape)
+                else:
+                    row = jnp.asarray(sample_rows[:, 0])
                 seconds = []
                 for _ in range(2):
                     start = time.perf_counter()
-                    slots, loss = trainer._step(trainer.base_state, slots, trainer._data, row, active, width=width)
+                    if trainer.packing:
+                        slots, loss = trainer._packed_step(trainer.base_state, slots, trainer._data, source, segment,
+                                                           active, lr_scale, n_rows=width)
+                    else:
+                        slots, loss = trainer._step(trainer.base_state, slots, trainer._data, row, active, lr_scale,
+                                                    width=width)
                     loss.block_until_ready()
                     seconds.append(time.perf_counter() - start)
                     interrupt.check()

@@ -59,7 +59,7 @@ def refine_argv(work: Path) -> list[str]:
 
 def value_argv(work: Path) -> list[str]:
     return ["value", "--run-dir", str(work / "run"), "--valid", str(work / "data" / "valid.jsonl"),
-            "--permutations", "48", "--shapley-batch-size", "5", "-q"]
+            "--permutations", "48", "--shapley-batch-size", "5", "--proxies-per-cluster", "1", "-q"]
 
 
 def cluster_argv(work: Path) -> list[str]:

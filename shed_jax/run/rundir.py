@@ -192,6 +192,15 @@ class RunDir:
         payload = _read_json(path)
         return payload.get("resolved", {}) if isinstance(payload, dict) else {}
 
+    def stored_data(self) -> str | None:
+        """The data path recorded in ``config.json`` (None if absent or unreadable)."""
+        path = self.path / "config.json"
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            return str(payload["config"]["data"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            return None
+
     # -- errors ---------------------------------------------------------------------------------------
     def write_error_log(self, exc: BaseException) -> Path | None:
         """Append the traceback of ``exc`` to ``logs/errors.log``; returns its path (None if not writable)."""
@@ -274,6 +283,13 @@ class StageLog:
 
     def skipped(self, stage: str, fingerprint: str):
         self._event(stage, "skipped", fingerprint=fingerprint)
+        self._save()
+
+    def discard_all(self):
+        """Forget every stage (``--restart`` on a run directory of other data); the event list keeps the history."""
+        for stage in list(self.state["stages"]):
+            self._event(stage, "discarded")
+        self.state["stages"] = {}
         self._save()
 
     def invalidate(self, stage: str):

@@ -488,3 +488,21 @@ def test_proxies_per_cluster_values_members_and_averages(demo_data, tmp_path, fa
     assert fp(single)["cluster"] == fp(config)["cluster"] and fp(single)["value"] != fp(config)["value"]
     with pytest.raises(pipeline.PipelineError, match="--proxies-per-cluster: must be >= 1"):
         make_config(demo_data, tmp_path, proxies_per_cluster=0)
+
+
+@pytest.mark.slow
+def test_refine_keeps_out_junk_with_the_default_auto_m(tmp_path):
+    """The junk test above with the default `--proxies-per-cluster auto` (what users get): data seed 0, the first
+    by number, fixed before measuring, against the same bound (selected junk rate <= input rate / 4)."""
+    demo = synthetic.make_demo(tmp_path / "data", n_examples=320, n_topics=16, n_validation=80, seed=0)
+    config = pipeline.RefineConfig(data=str(demo.train), valid=str(demo.valid), output=str(tmp_path / "o.jsonl"),
+                                   run_dir=str(tmp_path / "run"), n_clusters=32, n_permutations=20, ratio=0.2,
+                                   seed=0)
+    assert config.proxies_per_cluster == "auto"
+    result = pipeline.refine(config, progress=False, report=False)
+    values = json.loads((tmp_path / "run" / "values.json").read_text())
+    assert values["proxies_per_cluster"] > 1  # K=32, 320 records: auto values several players per cluster
+    junk = np.zeros(320, bool)
+    junk[demo.junk_indices] = True
+    selected_rate = junk[result.indices].mean()
+    assert selected_rate <= junk.mean() / 4, (selected_rate, values["proxies_per_cluster"])

@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -78,8 +77,6 @@ def counted(monkeypatch):
 
         kwargs["progress"] = progress
         kwargs["permutations_per_chunk"] = 2
-        from shed_jax.shapley import _checkpoint
-
         start = _checkpoint_count(kwargs.get("checkpoint_dir"))
         result = real(utility, n_players, **kwargs)
         computed.append(result.n_permutations - start)

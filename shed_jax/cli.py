@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from shed_jax.cli_options import BUDGET_FIELDS, DATA_FIELDS, VALUE_FIELDS, _abs, build_config, config_option, options
-from shed_jax.cli_support import OneLineGroup, _call, _Opts, _UsageError
+from shed_jax.cli_support import OneLineGroup, _call, _Opts, _UsageError, check_resume_restart, restart_option
 
 __all__ = ["main", "cli"]
 
@@ -136,9 +136,10 @@ def _run_dir_for(params: dict) -> str:
 @click.argument("data", metavar="DATA", type=click.Path(path_type=str))
 @options(*DATA_FIELDS, "run_dir")
 @config_option("seed", hidden=True, help="Deprecated: embedding uses no randomness; accepted and ignored.")
+@restart_option
 @common_options
 @click.pass_context
-def embed(ctx, as_json, quiet, verbose, **params):
+def embed(ctx, restart, as_json, quiet, verbose, **params):
     """Embed every record of DATA (into the shared embedding cache; see `shed cache info`).
 
     \b
@@ -154,7 +155,7 @@ def embed(ctx, as_json, quiet, verbose, **params):
         from shed_jax import run
 
         config = build_config(ctx, params, run_dir=run_dir)
-        return run.run_embed(config, progress=opts.progress, log=opts.log)
+        return run.run_embed(config, progress=opts.progress, log=opts.log, restart=restart)
 
     result = _call(opts, work, run_dir=run_dir)
     from shed_jax.embed import embedding_cache_dir
@@ -168,9 +169,10 @@ def embed(ctx, as_json, quiet, verbose, **params):
 @click.argument("data", metavar="DATA", type=click.Path(path_type=str))
 @options("n_clusters", "kmeans_max_iter", *DATA_FIELDS, "run_dir", "seed",
          seed={"help": "Seeds k-means++ (the same seed and data give the same clusters)."})
+@restart_option
 @common_options
 @click.pass_context
-def cluster(ctx, as_json, quiet, verbose, **params):
+def cluster(ctx, restart, as_json, quiet, verbose, **params):
     """Embed DATA (cached) and cluster it with k-means; writes RUN_DIR/clusters.npz.
 
     Each cluster's proxy is its real example nearest to the centroid. Dropped duplicates get label -1.
@@ -186,7 +188,8 @@ def cluster(ctx, as_json, quiet, verbose, **params):
     def work():
         from shed_jax import run
 
-        return run.run_cluster(build_config(ctx, params, run_dir=run_dir), progress=opts.progress, log=opts.log)
+        return run.run_cluster(build_config(ctx, params, run_dir=run_dir), progress=opts.progress, log=opts.log,
+                               restart=restart)
 
     result = _call(opts, work, run_dir=run_dir)
     _refresh_report(run_dir, result, opts)
@@ -205,19 +208,22 @@ def cluster(ctx, as_json, quiet, verbose, **params):
 @cli.command()
 @options("run_dir", *VALUE_FIELDS, run_dir={"required": True, "help": "Run directory written by `shed cluster` "
                                                                         "(or `shed refine`)."})
-@click.option("--resume", is_flag=True, help="Continue an interrupted valuation from RUN_DIR/shapley_ckpt.")
+@click.option("--resume", is_flag=True, help="Continue the valuation in RUN_DIR/shapley_ckpt, or extend a finished "
+                                              "one to a larger --permutations (the same values as a fresh run).")
+@restart_option
 @config_option("seed", default=None, show_default=False,
                help="Override the run's seed (re-clusters if it changes).")
 @click.option("--dry-run", is_flag=True, help=DRY_RUN_HELP)
 @common_options
 @click.pass_context
-def value(ctx, resume, dry_run, as_json, quiet, verbose, **params):
+def value(ctx, resume, restart, dry_run, as_json, quiet, verbose, **params):
     """Monte Carlo Shapley values of the cluster proxies; writes RUN_DIR/values.json.
 
     Reads the data and clustering options from RUN_DIR/config.json; options given here override them.
     Each permutation costs about K / removal-step utility evaluations; values.json holds per-cluster
     values and standard errors, convergence.npz their history. The estimator state is checkpointed in
-    RUN_DIR/shapley_ckpt, so an interrupted run continues with --resume. Each cluster is valued by its M
+    RUN_DIR/shapley_ckpt and never discarded without --restart: --resume continues an interrupted valuation or
+    extends a finished one to a larger --permutations; any other change is refused (exit 2). Each cluster is valued by its M
     members nearest the centroid (--proxies-per-cluster; auto, the default, picks the largest M in 1, 2, 4,
     8, 16 with K x M within --max-players, prints it and records it in values.json).
 
@@ -230,6 +236,7 @@ def value(ctx, resume, dry_run, as_json, quiet, verbose, **params):
       shed value --run-dir run/ --resume
     """
     opts = _Opts(quiet, verbose, as_json)
+    check_resume_restart(resume, restart)
     run_dir = _abs(params["run_dir"])
 
     def work():
@@ -241,7 +248,7 @@ def value(ctx, resume, dry_run, as_json, quiet, verbose, **params):
             raise PipelineError("no validation set: give --valid VALID", field="--valid")
         if dry_run:
             return _dry_run(config, opts, need_budget=False)
-        return run.run_value(config, progress=opts.progress, log=opts.log, resume=resume)
+        return run.run_value(config, progress=opts.progress, log=opts.log, resume=resume, restart=restart)
 
     result = _call(opts, work, resume_hint=f"shed value --run-dir {run_dir} --resume",
                    run_dir=None if dry_run else run_dir)
@@ -360,11 +367,13 @@ def _named_selection(config, directory: str, values_file: str, replace: bool, op
          "run_dir")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --run-dir: options come from its config.json (options given here "
-                   "override them), finished stages are loaded and an interrupted valuation continues.")
+                   "override them), finished stages are loaded, an interrupted valuation continues and a finished "
+                   "one extends to a larger --permutations.")
+@restart_option
 @click.option("--dry-run", is_flag=True, help=DRY_RUN_HELP)
 @common_options
 @click.pass_context
-def refine(ctx, resume, dry_run, as_json, quiet, verbose, **params):
+def refine(ctx, resume, restart, dry_run, as_json, quiet, verbose, **params):
     """The whole pipeline: embed -> cluster -> value -> select -> report.
 
     Writes the selected records of DATA, exactly as they are in DATA, to OUT (in DATA's format unless OUT's
@@ -381,6 +390,7 @@ def refine(ctx, resume, dry_run, as_json, quiet, verbose, **params):
       shed refine --resume --run-dir run/          # after Ctrl-C, or to finish a killed run
     """
     opts = _Opts(quiet, verbose, as_json)
+    check_resume_restart(resume, restart)
     if resume and not params["run_dir"]:
         raise _UsageError("--resume needs --run-dir DIR")
     if not resume:
@@ -411,7 +421,7 @@ def refine(ctx, resume, dry_run, as_json, quiet, verbose, **params):
             config = build_config(ctx, params, run_dir=run_dir)
         if dry_run:
             return _dry_run(config, opts, need_budget=True)
-        return run.refine(config, progress=opts.progress, log=opts.log, resume=resume)
+        return run.refine(config, progress=opts.progress, log=opts.log, resume=resume, restart=restart)
 
     result = _call(opts, work, resume_hint=f"shed refine --resume --run-dir {run_dir}",
                    run_dir=None if dry_run else run_dir)

@@ -55,6 +55,21 @@ class OneLineGroup(click.Group):
             raise self._one_line(exc) from None
 
 
+RESTART_HELP = ("Discard saved work in RUN_DIR that does not match this command (a run of other data, a "
+                "valuation with other options or more permutations) instead of refusing; stages that match are "
+                "still reused.")
+
+
+def restart_option(function):
+    """``--restart``, declared once for every command that works in a run directory."""
+    return click.option("--restart", is_flag=True, help=RESTART_HELP)(function)
+
+
+def check_resume_restart(resume: bool, restart: bool) -> None:
+    if resume and restart:
+        raise _UsageError("give --resume (continue or extend the valuation) or --restart (discard it), not both")
+
+
 class InternalError(click.ClickException):
     """A bug: one line on stderr pointing to the traceback, exit status 1."""
 

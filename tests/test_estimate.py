@@ -64,7 +64,7 @@ def test_dry_run_prints_a_plan_with_positive_estimates_and_writes_nothing(demo, 
     # --proxies-per-cluster auto: M=16 (8 x 16 = 128 players <= the 1,000-player budget and <= 200 records)
     assert (value["proxies_per_cluster"], value["n_players"], value["n_permutations"], value["removal_step"]) == (
         16, 128, 6, 4)
-    assert value["n_evaluations"] == expected_evaluations(128, 4, 6) == 6 * 32 + 2
+    assert value["n_evaluations"] == expected_evaluations(128, 4, 6) == 6 * 31 + 2  # the engine's count
     assert value["texts_to_embed"] > 0  # the validation set and the players' texts are not cached yet
     assert stages["select"]["details"]["budget"] == 40
     for name in ("embed", "cluster", "value"):
@@ -132,8 +132,14 @@ def test_a_real_run_logs_the_estimate_when_it_starts(demo, tmp_path, real_embed_
     lines = result.stderr.splitlines()
     plan = [line for line in lines if line.startswith("plan: ")]
     assert [line.split(":")[1].strip() for line in plan] == ["embed", "cluster", "value", "select"]
-    assert "about 50 utility evaluations" in plan[2] and "estimated when the stage starts" in plan[2]
-    assert any(line.startswith("value: about 50 utility evaluations, estimated ") for line in lines), lines
+    # K=8, auto M=16 (at most 128 players, removal step 4): the engine's count, an upper bound before clustering
+    assert f"about {expected_evaluations(128, 4, 6)} utility evaluations" in plan[2], plan[2]
+    assert "estimated when the stage starts" in plan[2]
+    values = json.loads((tmp_path / "run" / "values.json").read_text())
+    n_players = len(values["members"]["index"]) if values.get("members") else 8
+    assert values["n_evaluations"] == expected_evaluations(n_players, 4, 6)  # the count the plan gives, exactly
+    # the embedding proxy cannot estimate its cost: the run no longer times the engine before it starts
+    assert not any(line.startswith("value: about ") for line in lines), lines
     # the plan precedes the work it describes
     assert lines.index(plan[0]) < next(i for i, line in enumerate(lines) if line.startswith("embed: done in"))
     monkeypatch.setenv("SHED_ESTIMATE", "0")

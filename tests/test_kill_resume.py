@@ -59,7 +59,7 @@ def refine_argv(work: Path) -> list[str]:
 
 def value_argv(work: Path) -> list[str]:
     return ["value", "--run-dir", str(work / "run"), "--valid", str(work / "data" / "valid.jsonl"),
-            "--permutations", "48", "--shapley-batch-size", "5", "-q"]
+            "--permutations", "48", "--shapley-batch-size", "5", "--proxies-per-cluster", "1", "-q"]
 
 
 def cluster_argv(work: Path) -> list[str]:
@@ -388,3 +388,37 @@ def test_a_killed_writers_temporary_files_are_removed_by_the_next_write(tmp_path
     shed_io.atomic_write_text(target, "complete\n")
     assert target.read_text() == "complete\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "out.jsonl"])
+
+
+@pytest.mark.slow
+def test_default_auto_valuation_killed_then_resumed(data, tmp_path, monkeypatch, compilation_cache):
+    """The default M (`auto`: 16 players per cluster here) killed mid-valuation and resumed: the values of an
+    uninterrupted run, byte for byte."""
+    monkeypatch.setenv("SHED_CACHE", str(tmp_path / "cache"))
+    _patched_embedding(monkeypatch)
+
+    def auto_value_argv(work):
+        argv = value_argv(work)
+        at = argv.index("--proxies-per-cluster")
+        argv = argv[:at] + argv[at + 2:]
+        at = argv.index("--permutations")
+        argv[at + 1] = "8"
+        return argv
+
+    reference_work = new_work(tmp_path, data, "reference")
+    assert invoke(cluster_argv(reference_work), monkeypatch).exit_code == 0
+    assert invoke(auto_value_argv(reference_work), monkeypatch).exit_code == 0
+    expected = (reference_work / "run" / "values.json").read_bytes()
+    assert json.loads(expected)["proxies_per_cluster"] > 1  # auto chose several players per cluster
+
+    work = new_work(tmp_path, data)
+    monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
+    assert invoke(cluster_argv(work), monkeypatch).exit_code == 0
+    killed = run_killed(auto_value_argv(work), work, "value_chunk:2:kill", compilation_cache)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (work / "run" / "values.json").exists() and checkpoint_entries(work)
+    refused = invoke(auto_value_argv(work), monkeypatch)
+    assert refused.exit_code == 2 and "--resume continues it" in refused.stderr, refused.output
+    result = invoke(auto_value_argv(work) + ["--resume"], monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert (work / "run" / "values.json").read_bytes() == expected

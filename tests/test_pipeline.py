@@ -6,6 +6,7 @@ run in seconds; ``test_refine_keeps_out_junk_with_real_encoder`` uses the real a
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -258,7 +259,11 @@ def test_rerun_skips_finished_stages_and_reruns_only_downstream(reference_run, t
 
     calls = []
     monkeypatch.setattr(shapley_module, "monte_carlo", fake_monte_carlo(calls))
-    more = pipeline.refine(config.replace(n_permutations=3, removal_step=2), progress=False, report=False)
+    with pytest.raises(pipeline.PipelineError, match=r"holds a finished valuation of \d+ permutations with other "
+                                                     r"options: .*--removal-step.*--restart discards it"):
+        pipeline.refine(config.replace(n_permutations=3, removal_step=2), progress=False, report=False)
+    more = pipeline.refine(config.replace(n_permutations=3, removal_step=2), progress=False, report=False,
+                           restart=True)
     assert more.stages == {"embed": "skipped", "cluster": "skipped", "value": "computed", "select": "computed"}
     assert counters["kmeans"].calls == 0 and len(calls) == 1
     assert calls[0]["n_permutations"] == 3 and calls[0]["removal_step"] == 2 and calls[0]["seed"] == 0
@@ -318,16 +323,22 @@ def test_interrupted_valuation_resumes_from_checkpoint(reference_run, demo_data,
     assert (tmp_path / "out.jsonl").read_bytes() == (reference_run[2] / "out.jsonl").read_bytes()
 
 
-def test_partial_valuation_is_discarded_without_resume(reference_run, tmp_path, fake_embed, monkeypatch):
-    """A checkpoint of an unfinished valuation is deleted unless resume=True (or its inputs changed)."""
+def test_partial_valuation_is_kept_without_resume(reference_run, tmp_path, fake_embed, monkeypatch):
+    """A checkpoint of an unfinished valuation is never deleted without restart=True: resume=True continues it,
+    neither refuses (one line with its progress, nothing deleted), restart=True discards it."""
     from shed_jax import shapley as shapley_module
 
     config = copy_run(reference_run, tmp_path)
     run = tmp_path / "run"
-    state = json.loads((run / "stages.json").read_text())
-    state["stages"]["value"]["status"] = "running"  # as left by a killed run
-    (run / "stages.json").write_text(json.dumps(state))
-    (run / "values.json").unlink()
+    shutil.rmtree(run / "shapley_ckpt")
+
+    def partial():
+        state = json.loads((run / "stages.json").read_text())
+        state["stages"]["value"]["status"] = "running"  # as left by a killed run
+        (run / "stages.json").write_text(json.dumps(state))
+        (run / "values.json").unlink(missing_ok=True)
+        (run / "shapley_ckpt" / "3").mkdir(parents=True, exist_ok=True)  # a complete step of 3 permutations
+        (run / "shapley_ckpt" / "marker").write_text("partial")
 
     seen = []
 
@@ -337,25 +348,20 @@ def test_partial_valuation_is_discarded_without_resume(reference_run, tmp_path, 
         return fake_monte_carlo([])(utility, n, **kwargs)
 
     monkeypatch.setattr(shapley_module, "monte_carlo", record)
-    (run / "shapley_ckpt").mkdir(exist_ok=True)
-    (run / "shapley_ckpt" / "marker").write_text("partial")
+    partial()
     messages = []
     pipeline.refine(config, progress=False, log=messages.append, resume=True, report=False)
     assert seen == [True]  # kept for the engine to resume from
 
-    state = json.loads((run / "stages.json").read_text())
-    state["stages"]["value"]["status"] = "running"
-    (run / "stages.json").write_text(json.dumps(state))
-    (run / "shapley_ckpt").mkdir(exist_ok=True)
-    (run / "shapley_ckpt" / "marker").write_text("partial")
-    pipeline.refine(config, progress=False, log=messages.append, report=False)
+    partial()
+    with pytest.raises(pipeline.PipelineError, match=rf"shapley_ckpt holds a partial valuation \(3 of "
+                                                     rf"{config.n_permutations} permutations\): --resume continues "
+                                                     r"it, --restart discards it"):
+        pipeline.refine(config, progress=False, log=messages.append, report=False)
+    assert (run / "shapley_ckpt" / "marker").exists() and seen == [True]  # nothing deleted, nothing run
+    pipeline.refine(config, progress=False, log=messages.append, report=False, restart=True)
     assert seen == [True, False]  # discarded: started from scratch
-    assert any("discarding" in m and "--resume" in m for m in messages)
-
-    (run / "shapley_ckpt").mkdir(exist_ok=True)
-    (run / "shapley_ckpt" / "marker").write_text("other inputs")
-    pipeline.refine(config.replace(n_permutations=5), progress=False, resume=True, report=False)
-    assert seen == [True, False, False]  # a checkpoint of other inputs is never resumed
+    assert any("--restart: discarding a partial valuation" in m for m in messages)
 
 
 def test_duplicates_are_never_clustered_or_selected(tmp_path, fake_embed, demo_data, monkeypatch):
@@ -482,3 +488,21 @@ def test_proxies_per_cluster_values_members_and_averages(demo_data, tmp_path, fa
     assert fp(single)["cluster"] == fp(config)["cluster"] and fp(single)["value"] != fp(config)["value"]
     with pytest.raises(pipeline.PipelineError, match="--proxies-per-cluster: must be >= 1"):
         make_config(demo_data, tmp_path, proxies_per_cluster=0)
+
+
+@pytest.mark.slow
+def test_refine_keeps_out_junk_with_the_default_auto_m(tmp_path):
+    """The junk test above with the default `--proxies-per-cluster auto` (what users get): data seed 0, the first
+    by number, fixed before measuring, against the same bound (selected junk rate <= input rate / 4)."""
+    demo = synthetic.make_demo(tmp_path / "data", n_examples=320, n_topics=16, n_validation=80, seed=0)
+    config = pipeline.RefineConfig(data=str(demo.train), valid=str(demo.valid), output=str(tmp_path / "o.jsonl"),
+                                   run_dir=str(tmp_path / "run"), n_clusters=32, n_permutations=20, ratio=0.2,
+                                   seed=0)
+    assert config.proxies_per_cluster == "auto"
+    result = pipeline.refine(config, progress=False, report=False)
+    values = json.loads((tmp_path / "run" / "values.json").read_text())
+    assert values["proxies_per_cluster"] > 1  # K=32, 320 records: auto values several players per cluster
+    junk = np.zeros(320, bool)
+    junk[demo.junk_indices] = True
+    selected_rate = junk[result.indices].mean()
+    assert selected_rate <= junk.mean() / 4, (selected_rate, values["proxies_per_cluster"])

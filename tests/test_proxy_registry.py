@@ -136,7 +136,9 @@ class SlowToyUtility(ToyUtility):
         return 2.0 * n_evaluations  # "2 s per fine-tune"
 
 
-def test_estimated_time_is_printed_and_hours_suggest_the_embedding_proxy(fake_embed, demo_data, tmp_path):
+def test_estimated_time_is_printed_and_hours_suggest_the_embedding_proxy(fake_embed, demo_data, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setenv("SHED_ESTIMATE", "1")  # the tests turn estimates off (SHED_ESTIMATE=0 turns off every one)
     proxies.register("slowtoy", lambda inputs, config: SlowToyUtility(toy_weights(inputs.responses), config),
                      config_class=ToyConfig)
     try:
@@ -145,13 +147,15 @@ def test_estimated_time_is_printed_and_hours_suggest_the_embedding_proxy(fake_em
         few = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", "slowtoy",
                       "--permutations", "3", "--removal-step", "1", "--proxies-per-cluster", "1"])
         assert few.exit_code == 0, few.output
-        assert "about 20 utility evaluations, estimated 40 s on this machine" in few.stderr  # 3 x 6 + 2
+        assert "about 17 utility evaluations, estimated 34 s on this machine" in few.stderr  # 3 x 5 + 2
         assert "--proxy embedding" not in few.stderr
         many = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", "slowtoy",
                        "--permutations", "1000", "--removal-step", "1",
-                       "--proxies-per-cluster", "1"])
+                       "--proxies-per-cluster", "1", "--resume"])  # extends the finished 3
         assert many.exit_code == 0, many.output
-        assert "about 6,002 utility evaluations, estimated 3.3 h" in many.stderr
-        assert "that is hours on a CPU; `--proxy embedding`" in many.stderr
+        assert "about 5,002 utility evaluations, estimated 2.8 h" in many.stderr
+        # over --value-time-budget (1 h by default): the stage says so first, with settings that would fit
+        assert "does not fit --value-time-budget" in many.stderr
+        assert "value:   --proxy embedding" in many.stderr
     finally:
         proxies.unregister("slowtoy")

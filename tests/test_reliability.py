@@ -86,18 +86,22 @@ def test_select_on_a_directory_without_clusters_creates_nothing(demo, tmp_path):
 
 
 def test_a_second_command_on_a_locked_run_directory_refuses(demo, tmp_path, fake_embed):
+    import fcntl
+
     run_dir = tmp_path / "run"
     assert invoke(["cluster", demo.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
     assert not (run_dir / ".lock").exists()  # released after the command
     holder = {"pid": os.getppid(), "host": socket.gethostname(), "since": "2026-01-01T00:00:00+00:00"}
     (run_dir / ".lock").write_text(json.dumps(holder))
-    result = invoke(["value", "--run-dir", run_dir, "--valid", demo.valid, "--permutations", "2", "-q"])
+    with open(run_dir / ".lock", "rb") as held:  # another open file: as another process's lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = invoke(["value", "--run-dir", run_dir, "--valid", demo.valid, "--permutations", "2", "-q"])
     one_line_error(result, f"another shed command (pid {os.getppid()} on {socket.gethostname()}")
     assert not (run_dir / "values.json").exists()
     assert json.loads((run_dir / ".lock").read_text()) == holder  # someone else's lock is left alone
 
 
-def test_a_stale_lock_of_a_dead_process_is_taken_over(demo, tmp_path, fake_embed):
+def test_a_lock_file_left_by_a_dead_process_is_no_lock(demo, tmp_path, fake_embed):
     run_dir = tmp_path / "run"
     assert invoke(["cluster", demo.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -78,7 +78,7 @@ def demo(run_dir: str | os.PathLike | None = None, *, size: str = "small", seed:
                           run_dir=str(directory.path), n_clusters=spec["n_clusters"], ratio=ratio, sampler="qocs",
                           seed=seed, model=model, proxies_per_cluster=proxies_per_cluster,
                           **({"n_permutations": n_permutations} if n_permutations is not None else {}))
-    result = refine(config, progress=progress, log=log)
+    result = refine(config, progress=progress, log=log, resume=True)  # a rerun continues an interrupted valuation
     if junk.shape[0] != result.labels.shape[0]:
         raise RuntimeError(f"demo data has {result.labels.shape[0]} records, expected {junk.shape[0]}")
     candidates = result.labels >= 0

@@ -165,6 +165,10 @@ class LMProxyConfig:
              f"unknown {self.choice_score!r}, allowed sum, mean")
         need(self.dtype in DTYPES, "dtype", f"unknown {self.dtype!r}, allowed {', '.join(DTYPES)}")
 
+    def compute_dtype(self, backend: str | None = None) -> str:
+        """``dtype`` resolved for ``backend`` (default: JAX's): what the values depend on (the run's fingerprint)."""
+        return compute_dtype(self.dtype, backend)
+
     @property
     def lora_scale(self) -> float:
         return float(self.alpha) / float(self.rank)

@@ -193,7 +193,9 @@ def time_shapley(utility, n_players: int, *, removal_step: int, n_permutations: 
     from shed_jax.run.value import expected_evaluations
     from shed_jax.shapley._engine import DEFAULT_BATCH_SIZE
 
-    batch = int(batch_size or getattr(utility, "preferred_batch_size", None) or DEFAULT_BATCH_SIZE)
+    from shed_jax import sharding as _sharding
+
+    batch = int(batch_size or _sharding.default_batch_size(utility, None, DEFAULT_BATCH_SIZE))  # the engine's rule
     intermediate = max(1, -(-n_players // int(removal_step)) - 1)
     permutations = max(1, min(int(n_permutations), (batches * batch) // intermediate))
     kwargs = dict(n_permutations=permutations, removal_step=int(removal_step), seed=int(seed), progress=None,
@@ -261,24 +263,56 @@ class _RecordingEmbed:
         return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def _calibration_utility(config: RefineConfig, inputs: RunInputs, n_players: int, dim: int):
-    """The run's utility over ``n_players`` stand-in players (the first candidate records, repeated if needed)
-    with random embeddings; and the recording encoder it was built with."""
-    from shed_jax.proxies import ProxyInputs, registry
+def _value_plan(config: RefineConfig, inputs: RunInputs, dim: int | None, *, estimate: bool, say):
+    """The value stage's :class:`~shed_jax.run.value.ValuePlan` (the same function the stage calls) over the
+    run's clusters when ``clusters.npz`` is up to date (the real players when their embeddings are in the cache),
+    else over ``K x M`` stand-in players; the utility is built with a recording stand-in encoder and random
+    player embeddings of the real dimension (its cost depends on shapes, not values). ``(plan, encoder)``."""
+    from shed_jax.run.artifacts import Clusters
+    from shed_jax.run.value import plan_value
+
+    if dim is None:
+        return None, None
+    clusters, embeddings = None, None
+    if _stage_done(config, inputs, "cluster", Clusters.FILENAME):
+        from shed_jax.run.rundir import RunDir
+
+        texts = inputs.dataset.texts(config.text)
+        embeddings = _cached_array(texts, config.model)
+        if embeddings is not None or inputs.proxies_per_cluster == 1:
+            clusters = Clusters.load(RunDir(config.run_dir))
+    encoder = _RecordingEmbed(dim, int(config.seed))
+
+    def make_inputs(member_index):
+        return _stand_in_inputs(config, inputs, member_index, dim, encoder)
+
+    plan = plan_value(config, inputs, clusters, make_inputs=make_inputs, embeddings=embeddings, estimate=estimate,
+                      log=say)
+    return plan, encoder
+
+
+def _cached_array(texts: list[str], model: str):
+    from shed_jax import embed as _embed
+
+    path = _embed.embedding_cache_dir() / f"{_embed.embedding_cache_key(texts, model)}.npy"
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+
+
+def _stand_in_inputs(config: RefineConfig, inputs: RunInputs, index, dim: int, encoder):
+    from shed_jax.proxies import ProxyInputs
 
     dataset = inputs.dataset
-    candidates = np.flatnonzero(inputs.candidate_mask)
-    index = candidates[np.arange(n_players) % candidates.size]
-    encoder = _RecordingEmbed(dim, int(config.seed))
+    index = np.asarray(index, np.int64)
     rng = np.random.default_rng(int(config.seed))
-    embeddings = rng.standard_normal((n_players, dim)).astype(np.float32)
-    proxy_inputs = ProxyInputs(prompts=tuple(dataset.prompts[i] for i in index),
-                               responses=tuple(dataset.responses[i] for i in index),
-                               records=tuple(dataset.records[i] for i in index),
-                               record_index=np.asarray(index, np.int64),
-                               embeddings=embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True),
-                               validation=inputs.validation, embed=encoder, seed=int(config.seed), progress=False)
-    return registry.get(config.proxy).factory(proxy_inputs, inputs.proxy_config()), encoder
+    embeddings = rng.standard_normal((index.shape[0], dim)).astype(np.float32)
+    return ProxyInputs(prompts=tuple(dataset.prompts[int(i)] for i in index),
+                       responses=tuple(dataset.responses[int(i)] for i in index),
+                       records=tuple(dataset.records[int(i)] for i in index), record_index=index,
+                       embeddings=embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True),
+                       validation=inputs.validation, embed=encoder, seed=int(config.seed), progress=False)
 
 
 def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate: bool = True,
@@ -310,9 +344,7 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
     texts = dataset.texts(config.text)
     n_records, n_distinct = len(texts), len(set(texts))
     n_candidates, k = inputs.n_candidates, inputs.n_clusters
-    n_players = k * inputs.proxies_per_cluster  # at most: clusters smaller than M are valued whole
-    step, n_perm = inputs.removal_step, int(config.n_permutations)
-    n_evaluations = expected_evaluations(n_players, step, n_perm)
+    n_perm = int(config.n_permutations)
     calibration: dict[str, Any] = {"backend": None}
 
     cluster_done = _stage_done(config, inputs, "cluster", Clusters.FILENAME)
@@ -358,16 +390,18 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
         cluster_done, {"n_clusters": k, "n_candidates": n_candidates, "max_iter": config.kmeans_max_iter}))
 
     value_seconds, value_details = None, {}
-    if calibrate and calibrate_value and not value_done and dim is not None:
-        say(f"estimate: building the {config.proxy} utility and timing a few evaluations")
-        utility, encoder = _calibration_utility(config, inputs, n_players, dim)
-        estimate_own = getattr(utility, "estimate_seconds", None)
-        if callable(estimate_own):
-            value_seconds = float(estimate_own(n_evaluations))
-            calibration["value"] = {"source": "the utility's own estimate_seconds"}
+    value_plan = None
+    if not value_done and calibrate and calibrate_value:
+        say(f"estimate: building the {config.proxy} utility")
+        value_plan, encoder = _value_plan(config, inputs, dim, estimate=True, say=say)
+    if value_plan is not None:
+        if value_plan.seconds is not None:
+            value_seconds = value_plan.seconds
+            calibration["value"] = value_plan.calibration
         else:
-            timing = time_shapley(utility, n_players, removal_step=step, n_permutations=n_perm,
-                                  batch_size=config.shapley_batch_size, seed=int(config.seed))
+            say(f"estimate: timing the {config.proxy} utility through the Shapley engine")
+            timing = time_shapley(value_plan.utility, value_plan.n_players, removal_step=value_plan.removal_step,
+                                  n_permutations=n_perm, batch_size=config.shapley_batch_size, seed=int(config.seed))
             calibration["value"] = timing
             value_seconds = timing["seconds"]
         # what the proxy embeds: lists of the players' texts (never cached before clustering) and validation lists
@@ -383,12 +417,21 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
             value_seconds += _embedding_seconds(uncached, calibration["embed"])
     if calibrate and not calibrate_value and not value_done:
         value_details["note"] = "its time is estimated when the stage starts"
+    if value_plan is not None:
+        n_players, per_cluster = value_plan.n_players, value_plan.proxies_per_cluster
+        step, n_evaluations = value_plan.removal_step, value_plan.n_evaluations
+        players_known = value_plan.clusters_known
+    else:
+        per_cluster = inputs.proxies_per_cluster
+        n_players, step = k * per_cluster, inputs.removal_step
+        n_evaluations, players_known = expected_evaluations(n_players, step, n_perm), False
     stages.append(StageEstimate(
-        "value", f"Shapley values of up to {format_count(n_players)} players ({inputs.proxies_per_cluster} per "
-                 f"cluster, {config.proxy} proxy), "
-                 f"{format_count(n_perm)} permutations, removal step {step}: about "
-                 f"{format_count(n_evaluations)} utility evaluations", 0.0 if value_done else value_seconds,
-        value_done, {"n_players": n_players, "proxies_per_cluster": inputs.proxies_per_cluster,
+        "value", f"Shapley values of {'' if players_known else 'up to '}{format_count(n_players)} players "
+                 f"({per_cluster} per cluster, {config.proxy} proxy), "
+                 f"{format_count(n_perm)} permutations, removal step {step}: "
+                 f"{'' if players_known else 'about '}{format_count(n_evaluations)} utility evaluations",
+        0.0 if value_done else value_seconds,
+        value_done, {"n_players": n_players, "players_known": players_known, "proxies_per_cluster": per_cluster,
                      "n_permutations": n_perm, "removal_step": step,
                      "n_evaluations": n_evaluations, "proxy": config.proxy, **value_details}))
     if need_budget:

@@ -39,32 +39,38 @@ class RefineResult:
     stages: dict = field(default_factory=dict)  # stage -> "computed" | "skipped"
 
 
-def run_embed(config: RefineConfig, *, progress: bool = True, log: Log | None = None) -> StageResult:
+def run_embed(config: RefineConfig, *, progress: bool = True, log: Log | None = None,
+              restart: bool = False) -> StageResult:
     """Embed every record of ``config.data`` into ``RUN_DIR/cache`` (skipped when up to date).
 
     Returns a :class:`StageResult` whose ``embeddings`` is (N, d) float32.
     """
-    with Run(config, progress=progress, log=log).open(need_valid=False, need_budget=False) as run:
+    with Run(config, progress=progress, log=log, restart=restart).open(need_valid=False, need_budget=False) as run:
         return run.result("embed")
 
 
-def run_cluster(config: RefineConfig, *, progress: bool = True, log: Log | None = None) -> StageResult:
+def run_cluster(config: RefineConfig, *, progress: bool = True, log: Log | None = None,
+                restart: bool = False) -> StageResult:
     """Embed (cached) and cluster the candidates; writes ``clusters.npz`` and ``examples.json``.
 
     Returns a :class:`StageResult` over :class:`~shed_jax.run.artifacts.Clusters`.
     """
-    with Run(config, progress=progress, log=log).open(need_valid=False, need_budget=False) as run:
+    with Run(config, progress=progress, log=log, restart=restart).open(need_valid=False, need_budget=False) as run:
         return run.result("cluster")
 
 
 def run_value(config: RefineConfig, *, progress: bool = True, log: Log | None = None,
-              resume: bool = False) -> StageResult:
+              resume: bool = False, restart: bool = False) -> StageResult:
     """Shapley values of the players; writes ``values.json`` and ``convergence.npz``.
 
-    Runs the embed and cluster stages first when they are not up to date. With ``resume=True`` an
-    interrupted valuation with the same fingerprint continues from ``RUN_DIR/shapley_ckpt``.
+    Runs the embed and cluster stages first when they are not up to date. A valuation in
+    ``RUN_DIR/shapley_ckpt`` is never discarded unless ``restart=True``: with ``resume=True`` a partial one with
+    the same options continues, and a larger ``n_permutations`` extends a partial or finished one (the result
+    equals a fresh run with that count); anything else raises :class:`shed_jax.errors.PipelineError`
+    (:func:`shed_jax.run.value.check_checkpoint`).
     """
-    with Run(config, progress=progress, log=log, resume=resume).open(need_valid=True, need_budget=False) as run:
+    with Run(config, progress=progress, log=log, resume=resume, restart=restart).open(
+            need_valid=True, need_budget=False, valuation=True) as run:
         return run.result("value")
 
 
@@ -134,7 +140,7 @@ def write_report(run_dir: str | os.PathLike, *, log: Log | None = None, summary:
 
 
 def refine(config: RefineConfig, *, progress: bool = True, log: Log | None = None, resume: bool = False,
-           report: bool = True) -> RefineResult:
+           report: bool = True, restart: bool = False) -> RefineResult:
     """Run the whole SHED pipeline (embed -> cluster -> value -> select -> report) in ``config.run_dir``.
 
     Every input and output path is read and checked before the first stage starts (a user error raises
@@ -146,12 +152,15 @@ def refine(config: RefineConfig, *, progress: bool = True, log: Log | None = Non
       config: the run's options; ``valid`` and exactly one of ``ratio``/``size`` are required.
       progress: show progress bars (stderr).
       log: callable receiving one-line progress messages (default: the ``shed_jax.run`` logger).
-      resume: continue an interrupted Shapley valuation from ``RUN_DIR/shapley_ckpt``.
+      resume: continue an interrupted Shapley valuation from ``RUN_DIR/shapley_ckpt``, or extend a finished one
+        to more permutations (as :func:`run_value`).
+      restart: discard saved work that does not match this command (a run of other data, a valuation with
+        other options) instead of refusing.
       report: write ``RUN_DIR/report.html`` (a failure to write it is logged, never raised).
     """
     wall = time.perf_counter()
-    with Run(config, progress=progress, log=log, resume=resume).open(
-            need_valid=True, need_budget=True, outputs=(config.output,)) as run:
+    with Run(config, progress=progress, log=log, resume=resume, restart=restart).open(
+            need_valid=True, need_budget=True, outputs=(config.output,), valuation=True) as run:
         run.log(f"run directory: {run.run_dir}")
         _log_plan(run)
         embedded = None

@@ -10,13 +10,13 @@ A run directory holds everything one SHED run produces::
 
 Every file is written through :mod:`shed_jax.io` (atomically). A directory written with another schema
 version is refused with a clear error instead of being misread. While a command works in a run directory it
-holds ``.lock`` (pid and host of the holder); a second command on the same directory refuses at once, and a
-lock left by a process that no longer runs on this host is taken over.
+holds an OS lock on ``.lock`` (``flock``; the file names the holder's pid and host); a second command on the same
+directory refuses at once, and the kernel releases the lock of a process that dies.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import errno
+import fcntl
 import json
 import logging
 import os
@@ -129,41 +129,48 @@ class RunDir:
 
     # -- lock ---------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
-        """Take ``.lock`` (pid + host). Raises :class:`PipelineError` if a live process holds it; a lock of a
-        dead process on this host is taken over."""
+        """Take the run directory's OS lock (``fcntl.flock`` on ``.lock``, which also names the holder's pid and
+        host). Raises :class:`PipelineError` when another process holds it. The kernel releases the lock when its
+        holder dies, so a killed command never leaves a stale lock, and there is no pid logic to race on."""
         path = self.path / ".lock"
+        key = os.path.realpath(path)
+        if key in _HELD:
+            self._lock_held = False  # held by this process already (nested use): leave it
+            return
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}
-        for _ in range(2):
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _lock_holder(path)
-                if holder is None or _is_stale(holder):
-                    logger.warning("taking over a stale lock in %s (%s)", self.path, holder)
-                    try:
-                        path.unlink()
-                    except FileNotFoundError:
-                        pass
-                    continue
-                if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-                    self._lock_held = False  # held by this process already (nested use): leave it
-                    return
-                raise PipelineError(
-                    f"another shed command (pid {holder.get('pid')} on {holder.get('host')}, since "
-                    f"{holder.get('since')}) is working in this run directory; wait for it or stop it",
-                    path=self.path) from None
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(me, handle)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                who = (f" (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')})"
+                       if holder else "")
+                raise PipelineError(f"another shed command{who} is working in this run directory; wait for it or "
+                                    "stop it", path=self.path) from None
+            try:  # the previous holder unlinks .lock before it lets go: a lock on an unlinked file is no lock
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode("utf-8"), 0)
+            _HELD[key] = fd
+            self._lock_key = key
             self._lock_held = True
             return
-        raise PipelineError("could not take the run directory lock", path=self.path)
 
     def release_lock(self) -> None:
         if self._lock_held:
+            fd = _HELD.pop(self._lock_key)
             try:
-                (self.path / ".lock").unlink()
+                (self.path / ".lock").unlink()  # still held: a process waiting on this file sees it replaced
             except FileNotFoundError:
                 pass
+            os.close(fd)  # releases the lock
             self._lock_held = False
 
     # -- config ---------------------------------------------------------------------------------------
@@ -192,6 +199,15 @@ class RunDir:
         payload = _read_json(path)
         return payload.get("resolved", {}) if isinstance(payload, dict) else {}
 
+    def stored_data(self) -> str | None:
+        """The data path recorded in ``config.json`` (None if absent or unreadable)."""
+        path = self.path / "config.json"
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            return str(payload["config"]["data"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            return None
+
     # -- errors ---------------------------------------------------------------------------------------
     def write_error_log(self, exc: BaseException) -> Path | None:
         """Append the traceback of ``exc`` to ``logs/errors.log``; returns its path (None if not writable)."""
@@ -209,26 +225,15 @@ class RunDir:
             return None
 
 
-def _lock_holder(path: Path) -> dict | None:
+_HELD: dict[str, int] = {}  # .lock path -> file descriptor, for the locks this process holds
+
+
+def _lock_holder(fd: int) -> dict | None:
     try:
-        holder = json.loads(path.read_text(encoding="utf-8"))
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
         return holder if isinstance(holder, dict) else None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
-def _is_stale(holder: dict) -> bool:
-    """A lock is stale when its holder ran on this host and that pid no longer exists."""
-    if holder.get("host") != socket.gethostname():
-        return False
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.ESRCH
-    return False
+        return None  # caught between the holder's lock and its write
 
 
 class StageLog:
@@ -274,6 +279,13 @@ class StageLog:
 
     def skipped(self, stage: str, fingerprint: str):
         self._event(stage, "skipped", fingerprint=fingerprint)
+        self._save()
+
+    def discard_all(self):
+        """Forget every stage (``--restart`` on a run directory of other data); the event list keeps the history."""
+        for stage in list(self.state["stages"]):
+            self._event(stage, "discarded")
+        self.state["stages"] = {}
         self._save()
 
     def invalidate(self, stage: str):

@@ -8,10 +8,12 @@ upstream stages are reached through ``run.result(name)``, which runs each stage 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from shed_jax.config import RefineConfig
+from shed_jax.errors import PipelineError
 from shed_jax.run.inputs import RunInputs
 from shed_jax.run.rundir import RunDir, StageLog, default_run_dir, user_error_for_output
 
@@ -55,7 +57,8 @@ class Run:
     Use as a context manager after :meth:`open`: the run directory lock is released on exit.
     """
 
-    def __init__(self, config: RefineConfig, *, progress: bool = True, log: Log | None = None, resume: bool = False):
+    def __init__(self, config: RefineConfig, *, progress: bool = True, log: Log | None = None, resume: bool = False,
+                 restart: bool = False):
         if config.run_dir is None:
             config = config.replace(run_dir=str(default_run_dir(config.data)))
         self.config = config
@@ -64,6 +67,7 @@ class Run:
         self.progress = bool(progress)
         self.log = log or _default_log
         self.resume = bool(resume)
+        self.restart = bool(restart)
         self.stages: StageLog | None = None
         self._results: dict[str, StageResult] = {}
 
@@ -71,9 +75,11 @@ class Run:
     def run_dir(self):
         return self.dir.path
 
-    def open(self, *, need_valid: bool, need_budget: bool, outputs: tuple = ()) -> "Run":
+    def open(self, *, need_valid: bool, need_budget: bool, outputs: tuple = (), valuation: bool = False) -> "Run":
         """Check every input and output path (nothing is written before that), then create and lock the run
-        directory and write ``config.json``."""
+        directory and write ``config.json``. With ``valuation`` (a command that runs the value stage) a valuation
+        in ``RUN_DIR/shapley_ckpt`` that the command would lose is refused first
+        (:func:`shed_jax.run.value.check_checkpoint`)."""
         self.dir.check_schema()
         self.inputs.preflight(need_valid=need_valid, need_budget=need_budget)
         for output in outputs:
@@ -83,7 +89,15 @@ class Run:
         self.dir.create()
         self.dir.acquire_lock()
         try:
+            self._check_same_data()
             self.stages = StageLog(self.dir)
+            if self._other_data:
+                self.stages.discard_all()
+                shutil.rmtree(self.run_dir / "shapley_ckpt", ignore_errors=True)
+            if valuation and not self.is_up_to_date("value", "values.json"):
+                from shed_jax.run import value
+
+                value.check_checkpoint(self)
             if self.inputs.from_stdin:
                 self._keep_stdin_copy()
             self.dir.write_config(self.config, self.inputs.resolved(self.run_dir))
@@ -91,6 +105,23 @@ class Run:
             self.close()
             raise
         return self
+
+    _other_data = False
+
+    def _check_same_data(self) -> None:
+        """Refuse (exit 2, one line naming what differs) a run directory that holds a run of other data, unless
+        ``--restart`` (which then discards its stages and its valuation)."""
+        stored = self.dir.resolved()
+        before = stored.get("data_sha256")
+        if not before or before == self.inputs.data_sha256:
+            return
+        old = self.dir.stored_data() or "another data set"
+        what = (f"holds a run of other data ({old}: {stored.get('n_examples', '?')} records, sha256 {before[:12]}; "
+                f"now {self.config.data}: {len(self.inputs.dataset)} records, sha256 {self.inputs.data_sha256[:12]})")
+        if not self.restart:
+            raise PipelineError(f"{what}; use another --run-dir, or --restart to discard that run", path=self.run_dir)
+        self.log(f"--restart: the run directory {what}; discarding its stages")
+        self._other_data = True
 
     def _keep_stdin_copy(self) -> None:
         """Data read from stdin is kept as ``RUN_DIR/stdin.jsonl`` (the bytes read), and the config points there,

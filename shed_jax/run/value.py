@@ -19,8 +19,11 @@ continues an interrupted valuation. Writes :class:`~shed_jax.run.artifacts.Value
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,7 +33,8 @@ from shed_jax.progress import format_duration
 from shed_jax.run.artifacts import Clusters, Convergence, MemberValues, Values
 from shed_jax.run.stage import Run, StageResult
 
-__all__ = ["CHECKPOINT_DIR", "cluster_means", "players", "proxy_inputs", "run_stage"]
+__all__ = ["CHECKPOINT_DIR", "ValuePlan", "check_checkpoint", "cluster_means", "expected_evaluations", "plan_value",
+           "players", "proxy_inputs", "run_stage", "valuation_key", "valuation_options"]
 
 CHECKPOINT_DIR = "shapley_ckpt"
 
@@ -64,30 +68,34 @@ def players(run: Run, clusters: Clusters, per_cluster: int | None = None) -> tup
     """``(index, cluster)`` of the Shapley players: each cluster's proxy, then (with
     ``per_cluster > 1``; default the run's resolved proxies per cluster) its next members nearest the centroid."""
     per_cluster = int(run.inputs.proxies_per_cluster if per_cluster is None else per_cluster)
+    embeddings = run.result("embed").embeddings if per_cluster > 1 else None
+    return _players_of(clusters, per_cluster, embeddings)
+
+
+def _players_of(clusters: Clusters, per_cluster: int, embeddings) -> tuple[np.ndarray, np.ndarray]:
     if per_cluster == 1:
         proxy_index = np.asarray(clusters.proxy_index, np.int64)
         return proxy_index, np.arange(proxy_index.shape[0], dtype=np.int64)
     from shed_jax import cluster as _cluster
 
-    embeddings = run.result("embed").embeddings
     return _cluster.representatives(embeddings, clusters.centroids, clusters.labels, per_cluster,
                                     proxy_index=clusters.proxy_index)
 
 
 def proxy_inputs(run: Run, member_index: np.ndarray):
-    """The :class:`shed_jax.proxies.ProxyInputs` of the players ``member_index``."""
+    """The :class:`shed_jax.proxies.ProxyInputs` of the players ``member_index``. ``embeddings`` are always the
+    players' rows of the embed stage's ``(N, d)`` embeddings (loaded from the cache when the embed stage ran in
+    another command), so a proxy gets the same inputs under ``refine`` and ``value``."""
     from shed_jax.proxies import ProxyInputs
     from shed_jax.run.embed import embedder
 
     dataset = run.inputs.dataset
-    index = [int(i) for i in member_index]
-    embed_result = run._results.get("embed")
-    embeddings = (embed_result.embeddings[np.asarray(index, np.int64)] if embed_result is not None
-                  else np.zeros((len(index), 0), np.float32))
-    return ProxyInputs(prompts=tuple(dataset.prompts[i] for i in index),
-                       responses=tuple(dataset.responses[i] for i in index),
-                       records=tuple(dataset.records[i] for i in index),
-                       record_index=np.asarray(index, np.int64), embeddings=embeddings,
+    index = np.asarray(member_index, np.int64)
+    embeddings = np.asarray(run.result("embed").embeddings, np.float32)[index]
+    return ProxyInputs(prompts=tuple(dataset.prompts[int(i)] for i in index),
+                       responses=tuple(dataset.responses[int(i)] for i in index),
+                       records=tuple(dataset.records[int(i)] for i in index),
+                       record_index=index, embeddings=embeddings,
                        validation=run.inputs.validation, embed=embedder(run), seed=int(run.config.seed),
                        progress=run.progress)
 
@@ -103,75 +111,299 @@ def checkpointed_samples(ckpt_dir) -> int:
 
 
 def expected_evaluations(n_players: int, removal_step: int, n_permutations: int) -> int:
-    """Utility evaluations of a run: ``n_players // removal_step`` per permutation, plus U(full) and U(empty)."""
-    return n_permutations * max(1, n_players // removal_step) + 2
+    """Utility evaluations of a run: :func:`shed_jax.shapley.expected_evaluations`, the count the engine uses
+    (``ceil(n_players / removal_step) - 1`` per permutation, plus U(full) and U(empty))."""
+    from shed_jax.shapley._engine import expected_evaluations as _engine_count
+
+    return _engine_count(n_players, removal_step, n_permutations)
 
 
-def _estimate_seconds(utility, n_players: int, removal_step: int, n_permutations: int) -> float | None:
-    """The utility's own estimate of the value stage's seconds, or None when it cannot estimate its cost."""
-    estimate = getattr(utility, "estimate_seconds", None)
-    if not callable(estimate):
-        return None
-    return float(estimate(expected_evaluations(n_players, removal_step, n_permutations)))
+# --------------------------------------------------------------------------------------------------
+# the value plan: what the value stage will do, shared by the stage and --dry-run
+# --------------------------------------------------------------------------------------------------
 
 
-def _log_estimate(run: Run, utility, seconds: float | None, n_players: int, removal_step: int,
-                  n_permutations: int) -> None:
-    """Log the estimated time of the value stage before it starts, and on a CPU suggest the embedding proxy
-    when it is hours. ``seconds`` is the utility's own estimate (``estimate_seconds(n_evaluations)``) when it
-    has one; otherwise the utility is timed through the Shapley engine for one chunk after a compiling call
-    (:func:`shed_jax.run.estimate.time_shapley`) unless ``SHED_ESTIMATE=0``."""
-    from shed_jax.run import estimate as _estimate
+@dataclass(frozen=True, eq=False)
+class ValuePlan:
+    """What the value stage does, resolved: the one description that the stage runs and ``--dry-run`` prints.
 
-    n_evaluations = expected_evaluations(n_players, removal_step, n_permutations)
-    if seconds is None:
-        if not _estimate.estimate_enabled():
-            return
-        seconds = _estimate.time_shapley(utility, n_players, removal_step=removal_step, n_permutations=n_permutations,
-                                         batch_size=run.config.shapley_batch_size, seed=int(run.config.seed))["seconds"]
-    run.log(f"value: about {n_evaluations:,} utility evaluations, estimated {format_duration(seconds)} on this machine")
+    Attributes:
+      proxies_per_cluster: M actually used (``auto`` resolved under the player budget, then lowered to fit
+        ``--value-time-budget`` when the proxy estimates its cost).
+      member_index, owners: ``(P,)`` int64 record index and cluster of each player (stand-ins from the first
+        candidates, ``K x M`` of them, when the clusters are not known yet: a dry run before clustering).
+      removal_step: the removal step for these players.
+      n_permutations: permutations requested.
+      n_evaluations: utility evaluations (:func:`shed_jax.shapley.expected_evaluations`; the engine's count).
+      utility: the proxy's utility over the players, built from ``proxy_inputs``.
+      seconds: the utility's own estimate of the stage's seconds (``estimate_seconds``), or None.
+      calibration: how ``seconds`` was obtained.
+      budget_proxies_per_cluster: M under the player budget alone (before the time budget).
+      clusters_known: whether the players are the real ones.
+    """
+
+    proxies_per_cluster: int
+    member_index: np.ndarray
+    owners: np.ndarray
+    n_clusters: int
+    removal_step: int
+    n_permutations: int
+    n_evaluations: int
+    utility: Any
+    proxy_inputs: Any
+    seconds: float | None
+    calibration: dict
+    budget_proxies_per_cluster: int
+    clusters_known: bool
+
+    @property
+    def n_players(self) -> int:
+        return int(self.member_index.shape[0])
+
+    def to_dict(self) -> dict:
+        return {"proxies_per_cluster": self.proxies_per_cluster, "n_players": self.n_players,
+                "n_clusters": self.n_clusters, "removal_step": self.removal_step,
+                "n_permutations": self.n_permutations, "n_evaluations": self.n_evaluations,
+                "seconds": self.seconds, "budget_proxies_per_cluster": self.budget_proxies_per_cluster,
+                "players_known": self.clusters_known}
+
+
+def plan_value(config, inputs, clusters: Clusters | None, *, make_inputs: Callable[[np.ndarray], Any],
+               embeddings=None, proxies_per_cluster: int | None = None, estimate: bool = True,
+               log: Callable[[str], None] | None = None) -> ValuePlan:
+    """The :class:`ValuePlan` of a run with ``config`` over ``inputs`` (:class:`~shed_jax.run.inputs.RunInputs`).
+
+    Args:
+      clusters: the run's clusters, or None before clustering (``--dry-run``): then each of the K clusters is
+        assumed to hold at least M candidates (``K x M`` players, stand-ins from the first candidates).
+      make_inputs: ``member_index -> ProxyInputs`` of those players.
+      embeddings: ``(N, d)`` embeddings of every record (needed to choose M > 1 representatives).
+      proxies_per_cluster: an M recorded by an earlier run of the same valuation (``--resume``): used as is.
+      estimate: ask the utility for its own estimate (``estimate_seconds``) unless ``SHED_ESTIMATE=0``; needed
+        for ``auto`` to fit the time budget.
+      log: receives a line before the estimate.
+
+    Raises :class:`shed_jax.errors.PipelineError` when the removal step exceeds the players.
+    """
+    from shed_jax.config import auto_proxies_per_cluster
+    from shed_jax.proxies import registry
+    from shed_jax.run.estimate import estimate_enabled
+
+    k = int(inputs.n_clusters if clusters is None else clusters.n_clusters)
+    n_perm = int(config.n_permutations)
+    if clusters is not None:
+        labels = np.asarray(clusters.labels)
+        sizes = np.maximum(np.bincount(labels[labels >= 0], minlength=k), 1)  # an empty cluster keeps its proxy
+    else:
+        sizes = None
+
+    def members(per_cluster: int):
+        if clusters is not None:
+            return _players_of(clusters, per_cluster, embeddings)
+        candidates = np.flatnonzero(inputs.candidate_mask)
+        index = candidates[np.arange(k * per_cluster) % candidates.size].astype(np.int64)
+        return index, np.repeat(np.arange(k, dtype=np.int64), per_cluster)
+
+    def n_players(per_cluster: int) -> int:
+        return k * per_cluster if sizes is None else int(np.minimum(sizes, per_cluster).sum())
+
+    def build(per_cluster: int):
+        member_index, owners = members(per_cluster)
+        model_inputs = make_inputs(member_index)
+        return member_index, owners, model_inputs, registry.get(config.proxy).factory(model_inputs,
+                                                                                      inputs.proxy_config())
+
+    budget_m = int(inputs.proxies_per_cluster)
+    per_cluster = budget_m if proxies_per_cluster is None else int(proxies_per_cluster)
+    member_index, owners, model_inputs, utility = build(per_cluster)
+    step = config.resolved_removal_step(k, per_cluster)
+    seconds, calibration = None, {}
+    own_estimate = getattr(utility, "estimate_seconds", None)
+    if estimate and callable(own_estimate) and estimate_enabled():
+        if log is not None:
+            log(f"value: estimating the {config.proxy} proxy's time on this machine")
+        seconds = float(own_estimate(expected_evaluations(len(member_index), step, n_perm)))
+        calibration = {"source": "the utility's own estimate_seconds",
+                       "n_evaluations": expected_evaluations(len(member_index), step, n_perm)}
+    if config.proxies_per_cluster == "auto" and proxies_per_cluster is None and seconds is not None:
+        per_evaluation = seconds / expected_evaluations(len(member_index), step, n_perm)
+
+        def fits(m: int) -> bool:
+            if m > per_cluster:
+                return False
+            evaluations = expected_evaluations(n_players(m), config.resolved_removal_step(k, m), n_perm)
+            return per_evaluation * evaluations <= config.value_time_budget
+
+        lowered = auto_proxies_per_cluster(k, inputs.n_candidates, max_players=config.value_player_budget, fits=fits)
+        if lowered != per_cluster:
+            per_cluster = lowered
+            member_index, owners, model_inputs, utility = build(per_cluster)
+            step = config.resolved_removal_step(k, per_cluster)
+            # scaled, not measured again
+            seconds = per_evaluation * expected_evaluations(len(member_index), step, n_perm)
+    if step > len(member_index):  # clusters smaller than M are valued whole: fewer players than K x M
+        from shed_jax.errors import PipelineError
+
+        raise PipelineError(f"{step} is larger than the number of players ({len(member_index):,}: up to "
+                            f"{per_cluster} per cluster, K={k}, smaller clusters valued whole); give a smaller "
+                            f"--removal-step or more --proxies-per-cluster", field="--removal-step")
+    return ValuePlan(int(per_cluster), np.asarray(member_index, np.int64), np.asarray(owners, np.int64), k, int(step),
+                     n_perm, expected_evaluations(len(member_index), step, n_perm), utility, model_inputs, seconds,
+                     calibration, budget_m, clusters is not None)
+
+
+def _log_estimate(run: Run, plan: ValuePlan) -> None:
+    """Log the estimated time of the value stage before it starts (when the utility estimates its cost), and on a
+    CPU suggest the embedding proxy when it is hours."""
+    if plan.seconds is None:
+        return
+    run.log(f"value: about {plan.n_evaluations:,} utility evaluations, estimated {format_duration(plan.seconds)} "
+            "on this machine")
     from shed_jax.budget_advice import over_budget_lines  # issue 21: settings that would fit the time budget
 
-    advice = over_budget_lines(utility, seconds, n_evaluations, n_permutations, run.config)
+    advice = over_budget_lines(plan.utility, plan.seconds, plan.n_evaluations, plan.n_permutations, run.config)
     for line in advice:
         run.log(line)
     import jax
 
-    if not advice and seconds > 3600 and jax.default_backend() == "cpu" and run.config.proxy != "embedding":
+    if not advice and plan.seconds > 3600 and jax.default_backend() == "cpu" and run.config.proxy != "embedding":
         run.log("value: that is hours on a CPU; `--proxy embedding` values the same players in minutes, or use "
                 "fewer permutations (--permutations), a larger --removal-step, or a GPU")
 
 
-def _fit_time_budget(run: Run, clusters: Clusters, per_cluster: int, n_players: int, removal_step: int,
-                     seconds: float | None) -> int:
-    """``auto``: the largest M <= ``per_cluster`` whose estimated time fits ``--value-time-budget`` (scaling the
-    estimate for ``n_players`` by the evaluations), or ``per_cluster`` when the utility cannot estimate."""
-    if seconds is None:
-        return per_cluster
-    from shed_jax.config import auto_proxies_per_cluster
-
-    cfg, k = run.config, clusters.n_clusters
-    per_evaluation = seconds / expected_evaluations(n_players, removal_step, cfg.n_permutations)
-
-    labels = np.asarray(clusters.labels)
-    sizes = np.maximum(np.bincount(labels[labels >= 0], minlength=k), 1)  # an empty cluster keeps its proxy
-
-    def fits(m: int) -> bool:
-        if m > per_cluster:
-            return False
-        players_m = int(np.minimum(sizes, m).sum())  # representatives(): all members of a smaller cluster
-        evaluations = expected_evaluations(players_m, cfg.resolved_removal_step(k, m), cfg.n_permutations)
-        return per_evaluation * evaluations <= cfg.value_time_budget
-
-    return auto_proxies_per_cluster(k, run.inputs.n_candidates, max_players=cfg.value_player_budget, fits=fits)
-
-
-def _log_auto(run: Run, k: int, per_cluster: int, n_players: int, seconds: float | None) -> None:
+def _log_auto(run: Run, plan: ValuePlan) -> None:
     cfg = run.config
     within = f"the budget of {cfg.value_player_budget:,} players (--max-players)"
-    if seconds is not None:
-        within += f" and {format_duration(cfg.value_time_budget)} (--value-time-budget; estimated {format_duration(seconds)})"
-    run.log(f"value: proxies per cluster: auto -> {per_cluster} (K={k}, {n_players:,} players within {within})")
+    if plan.seconds is not None:
+        within += (f" and {format_duration(cfg.value_time_budget)} (--value-time-budget; estimated "
+                   f"{format_duration(plan.seconds)})")
+    run.log(f"value: proxies per cluster: auto -> {plan.proxies_per_cluster} (K={plan.n_clusters}, "
+            f"{plan.n_players:,} players within {within})")
+
+
+# --------------------------------------------------------------------------------------------------
+# what a valuation depends on, and the checkpoint that holds it
+# --------------------------------------------------------------------------------------------------
+
+
+def valuation_options(run: Run) -> dict[str, Any]:
+    """What the values depend on that is known before the players are chosen, resolved, by the option that
+    sets it: the data and validation records (content hashes), the clustering options, the proxy and its full
+    configuration, the seed, and the compute backend and dtype. Not the permutation count (a valuation
+    extends), nor what the values do not depend on (batch sizes, budgets: their effect, M, is recorded by
+    :func:`valuation_key`)."""
+    import jax
+
+    from shed_jax.run.inputs import resolved_proxy_options
+
+    cfg, inputs = run.config, run.inputs
+    backend = jax.default_backend()
+    resolve_dtype = getattr(inputs.proxy_config(), "compute_dtype", None)
+    dtype = resolve_dtype(backend) if callable(resolve_dtype) else "float32"
+    return {"DATA": inputs.data_sha256, "--text": cfg.text, "--duplicates": cfg.duplicates, "--model": cfg.model,
+            "--clusters": int(inputs.n_clusters), "--max-iter": int(cfg.kmeans_max_iter), "--seed": int(cfg.seed),
+            "--valid": inputs.valid_sha256, "--valid-format": cfg.valid_format, "--proxy": cfg.proxy,
+            "--proxy-option": [list(item) for item in resolved_proxy_options(cfg)],
+            "compute (backend/dtype)": f"{backend}/{dtype}"}
+
+
+def valuation_key(options: dict, plan: ValuePlan) -> dict[str, Any]:
+    """:func:`valuation_options` plus what the plan resolved: M used, the players and the removal step."""
+    import hashlib
+
+    players = hashlib.sha256(plan.member_index.tobytes() + plan.owners.tobytes()).hexdigest()[:16]
+    return {**options, "--proxies-per-cluster": plan.proxies_per_cluster, "players": players,
+            "--removal-step": plan.removal_step}
+
+
+def _recorded_proxies_per_cluster(run: Run, rec: dict, options: dict) -> int | None:
+    """The M an earlier (interrupted or finished) run of the same valuation used, so that ``--resume`` does not
+    estimate again and lands on the same players; None when there is none."""
+    if rec.get("status") not in ("running", "done") or rec.get("proxies_per_cluster") is None:
+        return None
+    if rec.get("m_options", _m_options(run)) != _m_options(run):  # -p/--max-players/--value-time-budget changed
+        return None
+    stored = rec.get("valuation")
+    same = (rec.get("fingerprint") == run.inputs.fingerprints["value"] if stored is None
+            else not _differences(stored, options))
+    return int(rec["proxies_per_cluster"]) if same else None
+
+
+def _m_options(run: Run) -> list:
+    """The options M is resolved from (an M recorded under other ones is resolved again)."""
+    cfg = run.config
+    return [str(cfg.proxies_per_cluster), int(cfg.value_player_budget), float(cfg.value_time_budget)]
+
+
+def _differences(stored: dict, current: dict) -> list[str]:
+    def shown(value):
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 24 and not (isinstance(value, str) and len(value) >= 16) else None
+
+    out = []
+    for name, value in current.items():
+        if name in stored and stored[name] != value:
+            before, now = shown(stored[name]), shown(value)
+            out.append(f"{name} ({before} there, {now} now)" if before and now else name)
+    return out
+
+
+def _progress_text(done: int, rec: dict) -> str:
+    target = rec.get("target_permutations")
+    if rec.get("status") == "done":
+        return f"a finished valuation of {done} permutations"
+    return f"a partial valuation ({done} of {target} permutations)" if target else \
+        f"a partial valuation ({done} permutations)"
+
+
+def check_checkpoint(run: Run, *, key: dict | None = None) -> bool:
+    """Refuse (exit 2, one line) to touch a valuation in ``RUN_DIR/shapley_ckpt`` that this command would lose;
+    discard it only with ``--restart``. Returns True when the checkpoint is continued (or extended).
+
+    Compared before any stage runs on :func:`valuation_options` (``key=None``), and again once the plan is
+    resolved on the full :func:`valuation_key`:
+
+    - other options: refused, naming the options that differ;
+    - fewer ``--permutations`` than the checkpoint holds: refused (the values cannot be shortened);
+    - a partial valuation without ``--resume``: refused (``--resume`` continues it);
+    - a finished valuation asked for more permutations without ``--resume``: refused (``--resume`` extends it).
+    """
+    from shed_jax.errors import PipelineError
+
+    ckpt_dir = run.run_dir / CHECKPOINT_DIR
+    done = checkpointed_samples(ckpt_dir)
+    if done == 0:
+        return False
+    rec = run.stages.record("value")
+    stored = rec.get("valuation")
+    current = key if key is not None else valuation_options(run)
+    what = _progress_text(done, rec)
+    restart = "--restart discards it"
+    if stored is None and rec.get("fingerprint") == run.inputs.fingerprints["value"]:
+        differing = []  # recorded before the options were: the same stage fingerprint
+    elif stored is None:
+        differing = ["its options (not recorded: written by an older shed_jax)"]
+    else:
+        differing = _differences(stored, current)
+    problem = None
+    if differing:
+        problem = f"{ckpt_dir} holds {what} with other options: {', '.join(differing)}; {restart}"
+    elif key is None:
+        return False  # the rest is decided on the full key
+    elif run.config.n_permutations < done:
+        problem = (f"{ckpt_dir} holds {what}, more than --permutations {run.config.n_permutations}; ask for "
+                   f"{done} or more (--resume extends it), or {restart}")
+    elif not run.resume and rec.get("status") != "done":
+        problem = f"{ckpt_dir} holds {what}: --resume continues it, {restart}"
+    elif not run.resume and run.config.n_permutations > done:
+        problem = (f"{ckpt_dir} holds {what}: --resume extends it to {run.config.n_permutations}, {restart}")
+    if problem is None:
+        return True
+    if not run.restart:
+        raise PipelineError(problem)
+    run.log(f"value: --restart: discarding {what} in {ckpt_dir}")
+    shutil.rmtree(ckpt_dir)
+    return False
 
 
 def _number(value) -> float | None:
@@ -189,71 +421,67 @@ def run_stage(run: Run) -> StageResult:
 
     clusters = run.result("cluster").artifact
     rec = run.stages.record("value")
-    continuing = run.resume and rec.get("status") == "running" and rec.get("fingerprint") == fp and ckpt_dir.is_dir()
-    if ckpt_dir.exists() and not continuing:
-        if rec.get("status") == "running" and rec.get("fingerprint") == fp:
-            run.log("value: discarding the partial Shapley run in shapley_ckpt/ (pass --resume to continue it)")
-        shutil.rmtree(ckpt_dir)
-    run.stages.started("value", fp, event="resumed" if continuing else "started")
+    options = valuation_options(run)
+    check_checkpoint(run)  # other options: refused (or discarded with --restart) before anything is built
+    recorded = _recorded_proxies_per_cluster(run, rec, options)
     start = time.perf_counter()
-    from shed_jax.proxies import registry
-
-    def build(per_cluster):
-        member_index, owners = players(run, clusters, per_cluster)
-        return member_index, owners, registry.get(run.config.proxy).factory(proxy_inputs(run, member_index),
-                                                                            run.inputs.proxy_config())
-
-    k, n_perm = clusters.n_clusters, run.config.n_permutations
-    recorded = rec.get("proxies_per_cluster") if continuing else None
-    per_cluster = int(recorded) if recorded else run.inputs.proxies_per_cluster
-    member_index, owners, utility = build(per_cluster)
-    step = run.config.resolved_removal_step(k, per_cluster)
-    seconds_estimate = _estimate_seconds(utility, int(member_index.shape[0]), step, n_perm)
-    if run.config.proxies_per_cluster == "auto" and not recorded:
-        lowered = _fit_time_budget(run, clusters, per_cluster, int(member_index.shape[0]), step, seconds_estimate)
-        if lowered != per_cluster:
-            before = expected_evaluations(int(member_index.shape[0]), step, n_perm)
-            per_cluster = lowered
-            member_index, owners, utility = build(per_cluster)
-            step = run.config.resolved_removal_step(k, per_cluster)
-            # scaled, not measured again (the LM proxy's estimate times a round of fine-tunes)
-            seconds_estimate *= expected_evaluations(int(member_index.shape[0]), step, n_perm) / before
-        _log_auto(run, k, per_cluster, int(member_index.shape[0]), seconds_estimate)
-    run.stages.note("value", proxies_per_cluster=per_cluster)
-    n_players = int(member_index.shape[0])
-    if step > n_players:  # clusters smaller than M are valued whole: fewer players than K x M
-        from shed_jax.errors import PipelineError
-
-        raise PipelineError(f"{step} is larger than the number of players ({n_players:,}: up to {per_cluster} per "
-                            f"cluster, K={k}, smaller clusters valued whole); give a smaller --removal-step or "
-                            f"more --proxies-per-cluster", field="--removal-step")
+    embeddings = run.result("embed").embeddings
+    plan = plan_value(run.config, run.inputs, clusters, make_inputs=lambda index: proxy_inputs(run, index),
+                      embeddings=embeddings, proxies_per_cluster=recorded, log=run.log)
+    key = valuation_key(options, plan)
+    continuing = check_checkpoint(run, key=key)
+    if ckpt_dir.exists() and not continuing and checkpointed_samples(ckpt_dir) > 0:  # never: refused above
+        raise AssertionError("a checkpoint with work would be overwritten")
+    k, n_perm, per_cluster, step = plan.n_clusters, plan.n_permutations, plan.proxies_per_cluster, plan.removal_step
+    owners, member_index, utility, n_players = plan.owners, plan.member_index, plan.utility, plan.n_players
+    if run.config.proxies_per_cluster == "auto" and recorded is None:
+        _log_auto(run, plan)
+    history_every = (int(rec.get("history_every") or 0) if continuing else 0) or max(1, n_perm // 100)
+    resumed_from = checkpointed_samples(ckpt_dir) if continuing else 0
+    event = "started" if not continuing else ("extended" if resumed_from >= int(rec.get("target_permutations") or 0)
+                                               else "resumed")
+    run.dir.write_config(run.config, {**run.inputs.resolved(run.run_dir), "proxies_per_cluster": per_cluster,
+                                      "removal_step": step, "n_players": n_players})  # the M used
+    run.stages.started("value", fp, event=event)
+    run.stages.note("value", proxies_per_cluster=per_cluster, valuation=key, target_permutations=n_perm,
+                    history_every=history_every, m_options=_m_options(run))
     who = (f"K={k} proxies" if n_players == k
            else f"{n_players} proxies (up to {per_cluster} per cluster, K={k})")
-    resumed_from = checkpointed_samples(ckpt_dir) if continuing else 0
-    if continuing and resumed_from == 0:
-        resume_note = " (--resume: shapley_ckpt/ holds no complete checkpoint; starting from permutation 0)"
-    elif continuing:
-        resume_note = f" (resuming from the checkpoint in shapley_ckpt/: {resumed_from} samples done)"
+    if continuing:
+        verb = "extending" if event == "extended" else "resuming"
+        resume_note = f" ({verb} the checkpoint in shapley_ckpt/: {resumed_from} permutations done)"
     else:
         resume_note = ""
     run.log(f"value: Monte Carlo Shapley over {who}, {n_perm} permutations, removal step {step}{resume_note}")
-    _log_estimate(run, utility, seconds_estimate, n_players, step, n_perm)
+    _log_estimate(run, plan)
     from shed_jax import shapley as _shapley
 
     grouped = n_players != k
     shapley_bar = progress_bar(n_perm, f"Shapley: {n_perm:,} permutations", unit="perm", enabled=run.progress)
+    first_report = []
+
+    def report(status) -> None:
+        shapley_bar.set(status.n_permutations)
+        if not first_report and status.n_permutations > resumed_from:  # the run times its own first chunk
+            first_report.append(status)
+            new = status.n_permutations - resumed_from
+            rest = n_perm - status.n_permutations
+            if rest > 0:
+                run.log(f"value: {new} permutation(s) in {format_duration(status.elapsed_seconds)}; about "
+                        f"{format_duration(status.elapsed_seconds / new * rest)} for the remaining {rest:,}")
+
     kwargs = dict(n_permutations=n_perm, removal_step=step, seed=run.config.seed, checkpoint_dir=str(ckpt_dir),
-                  progress=lambda status: shapley_bar.set(status.n_permutations), history_every=max(1, n_perm // 100))
+                  progress=report, history_every=history_every)
     if grouped:
         kwargs.update(groups=owners, n_groups=k)
     if run.config.shapley_batch_size is not None:
         kwargs["batch_size"] = run.config.shapley_batch_size
     try:
         estimate = _shapley.monte_carlo(utility, n_players, **kwargs)
-    except _shapley.MissingGroupStateError:
+    except _shapley.MissingGroupStateError:  # cannot be continued by this version at all: nothing to keep
         run.log("value: the checkpoint in shapley_ckpt/ was written without per-cluster state (an older shed_jax); "
-                "discarding it and starting from permutation 0")
-        shutil.rmtree(ckpt_dir)
+                "it cannot be continued: discarding it and starting from permutation 0")
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
         estimate = _shapley.monte_carlo(utility, n_players, **kwargs)
     finally:
         shapley_bar.close()

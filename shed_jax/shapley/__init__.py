@@ -13,7 +13,8 @@ Public API::
 """
 from . import games
 from ._checkpoint import CheckpointMismatchError, MissingGroupStateError
-from ._engine import DEFAULT_BATCH_SIZE, NonFiniteUtilityError, expected_block_bias_weight, monte_carlo
+from ._engine import (DEFAULT_BATCH_SIZE, NonFiniteUtilityError, expected_block_bias_weight, expected_evaluations,
+                      monte_carlo)
 from ._estimator import ShapleyState, estimate, estimate_groups, init, merge, update
 from ._exact import MAX_EXACT_PLAYERS, coalition_values, exact, shapley_from_values
 from ._result import ShapleyResult
@@ -23,7 +24,7 @@ from ._stopping import (AllOf, AnyOf, MaxEvaluations, MaxPermutations, RankStabi
 __all__ = [
     "exact", "monte_carlo", "ShapleyResult", "games",
     "coalition_values", "shapley_from_values", "MAX_EXACT_PLAYERS", "DEFAULT_BATCH_SIZE",
-    "expected_block_bias_weight",
+    "expected_block_bias_weight", "expected_evaluations",
     "ShapleyState", "init", "update", "merge", "estimate", "estimate_groups",
     "StoppingRule", "AllOf", "AnyOf", "MaxPermutations", "MaxEvaluations", "StderrTolerance",
     "RankStability", "WallClock", "RunStatus", "CheckpointMismatchError", "MissingGroupStateError",

@@ -87,6 +87,25 @@ def expected_block_bias_weight(n_players: int, removal_step: int) -> float:
     return (q * m * (m - 1) + r * (r - 1)) / (n * (n - 1))
 
 
+def intermediate_coalitions(n_players: int, removal_step: int) -> int:
+    """Coalitions evaluated per permutation besides the full and the empty one: ``ceil(n / m) - 1``."""
+    return -(-int(n_players) // int(removal_step)) - 1
+
+
+def expected_evaluations(n_players: int, removal_step: int, n_permutations: int, *, antithetic: bool = False) -> int:
+    """Utility evaluations :func:`monte_carlo` spends without truncation: U(full), U(empty) and
+    ``ceil(n / m) - 1`` intermediate coalitions per permutation (antithetic runs round the permutations up to an
+    even number). This is the count the engine itself reports in ``n_evaluations``; truncation can only lower it.
+
+    >>> expected_evaluations(128, 4, 6)
+    188
+    """
+    n_permutations = int(n_permutations)
+    if antithetic:
+        n_permutations += n_permutations % 2
+    return n_permutations * intermediate_coalitions(n_players, removal_step) + 2
+
+
 class _Plan:
     """Static shapes of a run."""
 
@@ -94,8 +113,8 @@ class _Plan:
                  total_samples):
         self.n = n_players
         self.m = removal_step
-        self.n_steps = -(-n_players // removal_step)              # T
-        self.n_inter = self.n_steps - 1                            # intermediate coalitions / permutation
+        self.n_inter = intermediate_coalitions(n_players, removal_step)  # per permutation
+        self.n_steps = self.n_inter + 1                                   # T = ceil(n / m)
         self.perms_per_sample = 2 if antithetic else 1
         self.batch_size = -(-batch_size // n_devices) * n_devices
         per_sample = self.n_inter * self.perms_per_sample

@@ -12,18 +12,18 @@ from shed_jax.errors import PipelineError
 from shed_jax.run.rundir import RunDir
 
 
-def _contender(run_dir: str, start_at: float, log_path: str) -> None:
-    """Child process: wait for the common start time, try the lock, and if it got it record the interval it held
-    it (20 ms) in ``log_path``."""
-    while time.time() < start_at:
-        pass
+def _contender(run_dir: str, ready_w: int, go_r: int, log_path: str) -> None:
+    """Child process: say it is ready, wait for the common go, try the lock, and if it got it record the interval
+    it held it (50 ms) in ``log_path``."""
+    os.write(ready_w, b"r")
+    os.read(go_r, 1)  # both children block here until the parent releases them together
     run = RunDir(run_dir)
     try:
         run.acquire_lock()
     except PipelineError:
         os._exit(3)
     begin = time.monotonic()
-    time.sleep(0.02)
+    time.sleep(0.05)
     end = time.monotonic()
     run.release_lock()
     with open(log_path, "a", encoding="utf-8") as handle:
@@ -38,13 +38,21 @@ def test_two_commands_started_together_never_both_hold_the_lock(tmp_path):
     refused = 0
     for trial in range(100):
         log = tmp_path / f"held-{trial}.jsonl"
-        start_at = time.time() + 0.05
+        # a start signal rather than a start time: forking a test process that holds JAX and torch can take
+        # longer than any fixed head start, and then the two commands would never meet
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
         children = []
         for _ in range(2):
             pid = os.fork()
             if pid == 0:
-                _contender(str(run_dir), start_at, str(log))
+                _contender(str(run_dir), ready_w, go_r, str(log))
             children.append(pid)
+        for _ in range(2):
+            os.read(ready_r, 1)
+        os.write(go_w, b"gg")
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
         codes = [os.waitpid(pid, 0)[1] for pid in children]
         assert all(os.WIFEXITED(c) and os.WEXITSTATUS(c) in (0, 3) for c in codes), codes
         refused += sum(os.WEXITSTATUS(c) == 3 for c in codes)

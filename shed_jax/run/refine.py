@@ -16,7 +16,7 @@ import numpy as np
 from shed_jax.config import RefineConfig
 from shed_jax.io import atomic_write_json
 from shed_jax.run.artifacts import Clusters, Values
-from shed_jax.run.select import check_values_match, select_from, write_output
+from shed_jax.run.select import load_for_select, select_from, write_output
 from shed_jax.run.stage import Log, Run, StageResult
 
 __all__ = ["RefineResult", "refine", "run_cluster", "run_embed", "run_select", "run_value", "write_report"]
@@ -93,27 +93,7 @@ def run_select(config: RefineConfig, *, progress: bool = True, log: Log | None =
                 write_output(run, output, run.result("cluster").artifact, run.result("value").artifact, result.artifact)
             return result
     run = Run(config, progress=progress, log=log)
-    run.dir.require("shed select")
-    clusters_path = run.run_dir / Clusters.FILENAME
-    if not clusters_path.is_file():
-        from shed_jax.errors import PipelineError
-
-        raise PipelineError("not found; run `shed cluster` into this run directory first", path=clusters_path)
-    run.inputs.preflight(need_valid=False, need_budget=True)
-    if output is not None:
-        from shed_jax.run.rundir import user_error_for_output
-
-        user_error_for_output(output, data=config.data, valid=config.valid)
-        run.inputs.check_output(output)
-    clusters = Clusters.load(run.dir)
-    n = len(run.inputs.dataset)
-    if clusters.labels.shape[0] != n:
-        from shed_jax.errors import PipelineError
-
-        raise PipelineError(f"clustered {clusters.labels.shape[0]} records but {config.data} has {n}",
-                            path=clusters_path)
-    values = Values.from_file(values_path)
-    check_values_match(values, clusters, values_path)
+    clusters, values = load_for_select(run, output, values_path)
     run.dir.acquire_lock()
     try:
         from shed_jax.run.rundir import StageLog

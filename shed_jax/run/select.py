@@ -185,15 +185,13 @@ def write_output(run: Run, output, clusters: Clusters, values: Values, selection
     _data.write_selection(output, run.inputs.dataset, indices, scores=[scores[int(i)] for i in indices])
 
 
-def run_named_select(config, *, values_path, output=None, name: str, values_source: str | None = None,
-                     progress: bool = True, log=None) -> StageResult:
-    """``shed select`` with other settings than the run's own selection: writes ``selection-NAME.json``,
-    ``scores-NAME.jsonl`` (and ``output``) and leaves ``config.json``, the stage log, ``selection.json``,
-    ``scores.jsonl`` and ``report.html`` as they are. ``values_path``: the values to select from (the run's
-    ``values.json`` or a file given with ``--values``; ``values_source`` is recorded, None for the run's own)."""
+def load_for_select(run: Run, output, values_path) -> tuple[Clusters, Values]:
+    """What ``shed select`` on an existing run directory reads, checked before anything is written: the run's
+    clusters (their records must be the data's) and the values at ``values_path`` (they must match the clusters);
+    ``output`` (or None) is refused when it would overwrite an input."""
     from shed_jax.run.rundir import user_error_for_output
 
-    run = Run(config, progress=progress, log=log)
+    config = run.config
     run.dir.require("shed select")
     clusters_path = run.run_dir / Clusters.FILENAME
     if not clusters_path.is_file():
@@ -208,6 +206,17 @@ def run_named_select(config, *, values_path, output=None, name: str, values_sour
                             f"{len(run.inputs.dataset)}", path=clusters_path)
     values = Values.from_file(values_path)
     check_values_match(values, clusters, values_path)
+    return clusters, values
+
+
+def run_named_select(config, *, values_path, output=None, name: str, values_source: str | None = None,
+                     progress: bool = True, log=None) -> StageResult:
+    """``shed select`` with other settings than the run's own selection: writes ``selection-NAME.json``,
+    ``scores-NAME.jsonl`` (and ``output``) and leaves ``config.json``, the stage log, ``selection.json``,
+    ``scores.jsonl`` and ``report.html`` as they are. ``values_path``: the values to select from (the run's
+    ``values.json`` or a file given with ``--values``; ``values_source`` is recorded, None for the run's own)."""
+    run = Run(config, progress=progress, log=log)
+    clusters, values = load_for_select(run, output, values_path)
     run.dir.acquire_lock()
     try:
         start = time.perf_counter()

@@ -23,6 +23,8 @@ import click
 
 from shed_jax.cli_options import BUDGET_FIELDS, DATA_FIELDS, VALUE_FIELDS, _abs, build_config, config_option, options
 from shed_jax.cli_support import OneLineGroup, _call, _Opts, _UsageError, check_resume_restart, restart_option
+from shed_jax.config import DemoConfig, check_budget
+from shed_jax.errors import UserError
 
 __all__ = ["main", "cli"]
 
@@ -36,11 +38,12 @@ def common_options(function):
     return function
 
 
-def _check_budget_flags(ratio, size):
-    if ratio is not None and size is not None:
-        raise _UsageError("give either --ratio or --size, not both")
-    if ratio is None and size is None:
-        raise _UsageError("give a budget: --ratio R (fraction of the examples) or --size N")
+def _check_budget_flags(ratio, size, *, required: bool = True):
+    """:func:`shed_jax.config.check_budget` before any work (one line, exit 2)."""
+    try:
+        check_budget(ratio, size, required=required)
+    except UserError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,8 +404,8 @@ def refine(ctx, resume, restart, dry_run, as_json, quiet, verbose, **params):
         if not params["valid"]:
             raise _UsageError("missing --valid VALID (the validation set the utility is measured on)")
         _check_budget_flags(params["ratio"], params["size"])
-    elif params["ratio"] is not None and params["size"] is not None:
-        raise _UsageError("give either --ratio or --size, not both")
+    else:
+        _check_budget_flags(params["ratio"], params["size"], required=False)
     run_dir = _run_dir_for(params) if not resume else _abs(params["run_dir"])
 
     def work():
@@ -443,18 +446,10 @@ def refine(ctx, resume, restart, dry_run, as_json, quiet, verbose, **params):
 
 
 @cli.command()
-@click.option("--run-dir", default=None, type=click.Path(path_type=str),
-              help="Run directory [default: $SHED_HOME/runs/demo-<size>-<time>].")
-@click.option("--size", "demo_size", type=click.Choice(["small", "default"]), default="small", show_default=True,
-              help="small: 600 records, 16 clusters (~2 CPU-minutes); default: 3000 records, 48 clusters.")
-@click.option("--ratio", type=float, default=0.2, show_default=True, help="Budget as a fraction of the data.")
-@config_option("n_permutations", default=None, show_default=False,
-               help="Monte Carlo permutations [default: as in `shed refine`].")
-@config_option("proxies_per_cluster")
-@config_option("model")
-@config_option("seed")
+@options("run_dir", "size", "ratio", "n_permutations", "proxies_per_cluster", "model", "seed",
+         config_class=DemoConfig)
 @common_options
-def demo(run_dir, demo_size, ratio, n_permutations, proxies_per_cluster, model, seed, as_json, quiet, verbose):
+def demo(run_dir, size, ratio, n_permutations, proxies_per_cluster, model, seed, as_json, quiet, verbose):
     """Refine a generated data set with known junk and show how much junk each selection keeps.
 
     The data (RUN_DIR/demo_data) mixes useful instruction clusters with junk clusters; the validation
@@ -471,7 +466,7 @@ def demo(run_dir, demo_size, ratio, n_permutations, proxies_per_cluster, model, 
     def work():
         from shed_jax.demo import demo as run_demo
 
-        return run_demo(_abs(run_dir), size=demo_size, seed=seed, ratio=ratio, n_permutations=n_permutations,
+        return run_demo(_abs(run_dir), size=size, seed=seed, ratio=ratio, n_permutations=n_permutations,
                         progress=opts.progress, log=opts.log, model=model, proxies_per_cluster=proxies_per_cluster)
 
     result = _call(opts, work, resume_hint="shed demo --run-dir <same dir> (finished stages are skipped)",

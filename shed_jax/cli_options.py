@@ -1,7 +1,9 @@
-"""Click options generated from :class:`shed_jax.config.RefineConfig`, and the config built back from them.
+"""Click options generated from the declarations of :class:`shed_jax.config.RefineConfig` (and of
+:class:`~shed_jax.config.DemoConfig`), and the config built back from them.
 
-Each field's :class:`~shed_jax.config.OptionSpec` gives the flag, default, help, choices and bounds, so a
-command declares its options by field name (``@options("ratio", "size")``) and never restates them.
+Each field's :class:`~shed_jax.options.OptionSpec` gives the flag, default, help, choices and bounds, so a
+command declares its options by field name (``@options("ratio", "size")``) and never restates them; the values are
+checked by the configuration they build (one check per option, :func:`shed_jax.options.validate_fields`).
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from pathlib import Path
 
 import click
 
-from shed_jax.config import RefineConfig, is_local_path, option_spec
+from shed_jax.config import RefineConfig, is_local_path
 from shed_jax.errors import UserError
+from shed_jax.options import option_spec, parse_auto_int
 
-__all__ = ["BUDGET_FIELDS", "DATA_FIELDS", "VALUE_FIELDS", "build_config", "config_option", "options"]
+__all__ = ["BUDGET_FIELDS", "DATA_FIELDS", "VALUE_FIELDS", "build_config", "config_option", "declared_option",
+           "options"]
 
 
 def _abs(path: str | None) -> str | None:
@@ -54,18 +58,10 @@ class _AutoOrInt(click.ParamType):
         self.minimum = minimum
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        elif str(value).strip().lower() == "auto":
-            return "auto"
-        else:
-            try:
-                number = int(str(value).strip())
-            except ValueError:
-                self.fail(f"must be auto or an integer >= {self.minimum}, got {value!r}", param, ctx)
-        if number < self.minimum:
-            self.fail(f"must be auto or an integer >= {self.minimum}, got {value!r}", param, ctx)
-        return number
+        try:
+            return parse_auto_int(value, minimum=self.minimum)
+        except UserError as exc:
+            self.fail(exc.message, param, ctx)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RefineConfig)}
@@ -73,8 +69,13 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RefineConfig)}
 
 def config_option(name: str, **overrides):
     """A click option for field ``name`` of :class:`RefineConfig` (flag, default, help and type from its spec)."""
-    field = _FIELDS[name]
-    spec = option_spec(RefineConfig, name)
+    return declared_option(RefineConfig, name, **overrides)
+
+
+def declared_option(cls, name: str, **overrides):
+    """A click option for field ``name`` of config dataclass ``cls`` (flag, default, help and type from its spec)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    spec = option_spec(cls, name)
     decls = [d for d in (spec.short, spec.flag_for(name)) if d]
     kind = spec.kind or {"int": "int", "float": "float"}.get(str(field.type).split(" ")[0], "str")
     kwargs: dict = {"default": field.default, "help": spec.help, "show_default": field.default not in (None, ())}
@@ -109,11 +110,12 @@ def config_option(name: str, **overrides):
     return click.option(*decls, name, **kwargs)
 
 
-def options(*names: str, **overrides_by_name):
-    """Decorator adding :func:`config_option` for each field, in order."""
+def options(*names: str, config_class: type = RefineConfig, **overrides_by_name):
+    """Decorator adding :func:`declared_option` of ``config_class`` (default: RefineConfig) for each field, in
+    order."""
     def decorate(function):
         for name in reversed(names):
-            function = config_option(name, **overrides_by_name.get(name, {}))(function)
+            function = declared_option(config_class, name, **overrides_by_name.get(name, {}))(function)
         return function
     return decorate
 

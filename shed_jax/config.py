@@ -1,32 +1,35 @@
 """Every option of a SHED run, declared once: default, help text, command-line flag and check.
 
-:class:`RefineConfig` is the single source. Each field is declared with :func:`option`, whose metadata the
-command line (:mod:`shed_jax.cli`) turns into click options, so a flag, its default and its help can never
-disagree with the library. Validation runs in ``__post_init__``: a bad value raises
-:class:`shed_jax.errors.PipelineError` naming the flag (``--ratio: must be in (0, 1], got 1.5``).
+:class:`RefineConfig` is the single source. Each field is declared with :func:`shed_jax.options.option`, whose
+metadata the command line (:mod:`shed_jax.cli`) turns into click options, so a flag, its default and its help can
+never disagree with the library. Validation runs in ``__post_init__`` through :func:`shed_jax.options.validate_fields`:
+a bad value raises :class:`shed_jax.errors.PipelineError` naming the flag (``--ratio: must be in (0, 1], got 1.5``).
+:class:`DemoConfig` (``shed demo``) reuses RefineConfig's declarations for the options they share; the checks
+that span options are here once: :func:`check_budget` (``--ratio``/``--size``) and :func:`check_removal_step`.
 
 Proxy configurations are typed frozen dataclasses too (one per proxy, see :mod:`shed_jax.proxies`);
 ``--proxy-option NAME=VALUE`` strings are converted by :func:`parse_dataclass_options` against the chosen
-proxy's dataclass.
+proxy's dataclass. ``--proxy NAME:SPEC`` is resolved from the registry's records (:mod:`shed_jax.proxies.registry`)
+without importing the proxy.
 
 This module imports no JAX, so ``shed --help`` stays fast.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import numbers
 import os
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from shed_jax.errors import PipelineError, UserError
+from shed_jax.errors import PipelineError
+from shed_jax.options import (OptionSpec, check_option, check_positive_int, option, option_spec,  # noqa: F401
+                              parse_dataclass_options, shared_option, validate_fields)
+from shed_jax.proxies import registry as _registry
 
-__all__ = ["AUTO_PROXIES_PER_CLUSTER", "DEFAULT_MODEL", "auto_proxies_per_cluster", "DUPLICATE_POLICIES", "INSTRUCTION_FORMATS", "OptionSpec", "RefineConfig", "SAMPLERS",
-           "VALID_FORMATS", "check_positive_int", "option", "option_spec", "parse_dataclass_options"]
+__all__ = ["AUTO_PROXIES_PER_CLUSTER", "DEFAULT_MODEL", "DEMO_SIZES", "DemoConfig", "auto_proxies_per_cluster",
+           "check_budget", "check_removal_step", "DUPLICATE_POLICIES", "INSTRUCTION_FORMATS", "OptionSpec",
+           "RefineConfig", "SAMPLERS", "VALID_FORMATS", "check_positive_int", "option", "option_spec",
+           "parse_dataclass_options"]
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SAMPLERS = ("qocs", "qwcs", "random")
@@ -36,217 +39,8 @@ VALID_FORMATS = ("auto", "multiple_choice") + INSTRUCTION_FORMATS
 
 
 # --------------------------------------------------------------------------------------------------
-# declaring options
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """How one configuration field appears on the command line and how it is checked.
-
-    Attributes:
-      help: one or two sentences for ``--help``.
-      flag: the long flag (``"--clusters"``); ``None`` derives ``--field-name``; ``""`` means no flag.
-      short: a short flag (``"-o"``) or None.
-      metavar: what the value looks like in ``--help``.
-      choices: the allowed values (a callable returning them is resolved when checked or shown).
-      minimum / maximum: numeric bounds (inclusive unless ``exclusive_minimum``).
-      kind: ``"int" | "float" | "str" | "path" | "pairs" | "options" | "flag"`` (derived from the type when
-        None; ``"flag"`` is a boolean ``--name`` switch).
-      default_text: what ``--help`` shows as the default when the default is ``None`` (resolved per run).
-    """
-
-    help: str
-    flag: str | None = None
-    short: str | None = None
-    metavar: str | None = None
-    choices: tuple | Callable[[], tuple] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    exclusive_minimum: bool = False
-    kind: str | None = None
-    default_text: str | None = None
-
-    def flag_for(self, name: str) -> str:
-        return self.flag if self.flag is not None else "--" + name.replace("_", "-")
-
-    def allowed(self) -> tuple | None:
-        return self.choices() if callable(self.choices) else self.choices
-
-
-def option(default: Any, help: str, **spec) -> Any:
-    """A dataclass field carrying an :class:`OptionSpec` (``spec`` are its fields besides ``help``)."""
-    return dataclasses.field(default=default, metadata={"shed": OptionSpec(help=help, **spec)})
-
-
-def option_spec(cls, name: str) -> OptionSpec:
-    """The :class:`OptionSpec` of field ``name`` of dataclass ``cls`` (a plain one for undeclared fields)."""
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f.metadata.get("shed") or OptionSpec(help=f.metadata.get("help", ""))
-    raise KeyError(name)
-
-
-def check_positive_int(value: Any, name: str, *, minimum: int = 1, allow_none: bool = False,
-                       error: type[Exception] = ValueError) -> int | None:
-    """``int(value)`` when ``value`` is an integer (not a bool) ``>= minimum``; else raises ``error``."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise error(f"{name} must be {what}, got {value!r}")
-    return int(value)
-
-
-def _field_kind(spec: OptionSpec, annotation: Any) -> str:
-    if spec.kind:
-        return "bool" if spec.kind == "flag" else spec.kind
-    base = _strip_optional(annotation)
-    if base is bool:
-        return "bool"
-    if base is int:
-        return "int"
-    if base is float:
-        return "float"
-    return "str"
-
-
-def _check_value(name: str, spec: OptionSpec, kind: str, value: Any, *, owner: str = "") -> None:
-    """Raise :class:`PipelineError` naming ``spec``'s flag if ``value`` breaks its type, choices or bounds."""
-    label = spec.flag_for(name) or name
-    if kind == "auto_int":  # "auto" or an integer >= minimum
-        if value == "auto":
-            return
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise PipelineError(f"must be auto or an integer, got {value!r}", field=label)
-        kind = "int"
-    if kind == "int" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-        raise PipelineError(f"must be an integer, got {value!r}", field=label)
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-            raise PipelineError(f"must be a finite number, got {value!r}", field=label)
-    if kind == "bool" and not isinstance(value, bool):
-        raise PipelineError(f"must be true or false, got {value!r}", field=label)
-    if kind in ("str", "path") and not isinstance(value, str):
-        raise PipelineError(f"must be a string, got {value!r}", field=label)
-    allowed = spec.allowed()
-    if allowed is not None and value not in allowed:
-        raise PipelineError(f"must be one of {', '.join(map(str, allowed))}; got {value!r}", field=label)
-    if kind in ("int", "float") and (spec.minimum is not None or spec.maximum is not None):
-        low = spec.minimum is not None and (value < spec.minimum or (spec.exclusive_minimum and value == spec.minimum))
-        high = spec.maximum is not None and value > spec.maximum
-        if low or high:
-            if spec.minimum is not None and spec.maximum is not None:
-                bound = (f"in {'(' if spec.exclusive_minimum else '['}{spec.minimum:g}, {spec.maximum:g}]")
-            elif spec.minimum is not None:
-                bound = f"> {spec.minimum:g}" if spec.exclusive_minimum else f">= {spec.minimum:g}"
-            else:
-                bound = f"<= {spec.maximum:g}"
-            raise PipelineError(f"must be {bound}, got {value!r}", field=label)
-
-
-def _strip_optional(annotation: Any) -> Any:
-    if isinstance(annotation, str):  # postponed annotations: resolve the few spellings used here
-        text = annotation.replace(" ", "")
-        for suffix in ("|None",):
-            if text.endswith(suffix):
-                text = text[: -len(suffix)]
-        return {"int": int, "float": float, "str": str, "bool": bool}.get(text, annotation)
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
-
-
-def _allows_none(annotation: Any) -> bool:
-    if isinstance(annotation, str):
-        return annotation.replace(" ", "").endswith("|None") or annotation.startswith("Optional[")
-    return type(None) in typing.get_args(annotation)
-
-
-def validate_fields(instance, *, skip: tuple[str, ...] = ()) -> None:
-    """Check every declared field of a config dataclass against its :class:`OptionSpec` (None allowed where
-    the annotation allows it)."""
-    for f in dataclasses.fields(instance):
-        spec = f.metadata.get("shed")
-        if spec is None or f.name in skip:
-            continue
-        value = getattr(instance, f.name)
-        if value is None and _allows_none(f.type):
-            continue
-        _check_value(f.name, spec, _field_kind(spec, f.type), value)
-
-
-# --------------------------------------------------------------------------------------------------
-# typed NAME=VALUE options (proxy configurations)
-# --------------------------------------------------------------------------------------------------
-
-
-def _convert(raw: Any, annotation: Any, name: str, where: str) -> Any:
-    """Convert a command-line string to the field's type (values that are not strings pass unchanged)."""
-    if not isinstance(raw, str):
-        return raw
-    if _allows_none(annotation) and raw.strip().lower() in ("none", "null", ""):
-        return None
-    base = _strip_optional(annotation)
-    text = raw.strip()
-    try:
-        if base is bool:
-            lowered = text.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("expected true or false")
-        if base is int:
-            return int(text)
-        if base is float:
-            return float(text)
-        origin = typing.get_origin(base)
-        if base is tuple or origin is tuple or (isinstance(base, str) and base.startswith("tuple")):
-            if text.startswith("["):
-                return tuple(json.loads(text))
-            return tuple(part.strip() for part in text.split(",") if part.strip())
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {raw!r} as {getattr(base, '__name__', base)} ({exc})", field=where) from None
-    return raw
-
-
-def parse_dataclass_options(cls, options: Mapping[str, Any], *, what: str = "--proxy-option"):
-    """An instance of config dataclass ``cls`` from ``{name: value}`` overrides (strings are converted).
-
-    Raises :class:`UserError` naming the option: an unknown name (listing the known ones), a value of the
-    wrong type, or one that the dataclass's own checks reject (its message, with the allowed values).
-    """
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-        raise UserError(f"unknown option {unknown[0]!r} for {cls.__name__}; known: {', '.join(sorted(fields))}",
-                        field=what)
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, raw in options.items():
-        values[name] = _convert(raw, hints.get(name, fields[name].type), name, f"{what} {name}")
-    try:
-        return cls(**values)
-    except UserError:
-        raise
-    except (TypeError, ValueError) as exc:
-        message = " ".join(str(exc).split())
-        raise UserError(message, field=what) from None
-
-
-# --------------------------------------------------------------------------------------------------
 # the run configuration
 # --------------------------------------------------------------------------------------------------
-
-
-def _proxy_names() -> tuple[str, ...]:
-    from shed_jax.proxies.registry import names
-
-    return names()
 
 
 @dataclass(frozen=True)
@@ -296,7 +90,7 @@ class RefineConfig:
     proxy: str = option("embedding", "Utility that values a coalition of proxies (embedding: a scorer fitted in "
                                      "sentence-embedding space, CPU-friendly; lm: LoRA fine-tunes of a causal LM). "
                                      "NAME:SPEC is short for --proxy NAME --proxy-option <its main option>=SPEC.",
-                        choices=_proxy_names, metavar="NAME[:SPEC]")
+                        choices=_registry.names, metavar="NAME[:SPEC]")
     proxy_options: tuple[tuple[str, Any], ...] = option(
         (), "Set a field of the proxy's configuration (repeatable), e.g. steps=20, metric=logprob; "
             "`shed proxies` lists every proxy's options with their defaults.",
@@ -336,32 +130,19 @@ class RefineConfig:
         object.__setattr__(self, "field_map", tuple((str(k), str(v)) for k, v in field_map))
         options = dict(self.proxy_options.items() if isinstance(self.proxy_options, Mapping) else self.proxy_options)
         proxy = self.proxy
-        if isinstance(proxy, str) and ":" in proxy:  # --proxy NAME:SPEC
+        if isinstance(proxy, str) and ":" in proxy:  # --proxy NAME:SPEC (the registry's record: no proxy imported)
             proxy, spec = proxy.split(":", 1)
-            from shed_jax.proxies.registry import get
-
-            spec_field = get(proxy).spec_field
+            spec_field = _registry.spec_field(proxy)
             if not spec_field:
                 raise PipelineError(f"proxy {proxy!r} takes no NAME:SPEC short form; use --proxy-option",
                                     field="--proxy")
             options.setdefault(spec_field, spec)
             object.__setattr__(self, "proxy", proxy)
         object.__setattr__(self, "proxy_options", tuple(sorted((str(k), v) for k, v in options.items())))
-        per_cluster = self.proxies_per_cluster
-        if isinstance(per_cluster, str):  # "auto", or an integer written as text (CLI, JSON)
-            text = per_cluster.strip().lower()
-            if text != "auto":
-                try:
-                    text = int(text)
-                except ValueError:
-                    raise PipelineError(f"must be auto or a positive integer, got {per_cluster!r}",
-                                        field="--proxies-per-cluster") from None
-            object.__setattr__(self, "proxies_per_cluster", text)
         if not self.data:
             raise PipelineError("no data file given", field="DATA")
-        validate_fields(self, skip=("data",))
-        if self.ratio is not None and self.size is not None:
-            raise PipelineError("give either a ratio or a size for the budget, not both", field="--ratio/--size")
+        validate_fields(self, skip=("data",))  # also reads "auto"/"8" for --proxies-per-cluster
+        check_budget(self.ratio, self.size)
 
     # -- serialisation ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -454,3 +235,61 @@ def default_removal_step(n_clusters: int) -> int:
     One permutation then costs about ``K / removal_step <= 32..63`` utility evaluations.
     """
     return max(1, int(n_clusters) // 32)
+
+
+# --------------------------------------------------------------------------------------------------
+# checks that span options (each in one place: every command and the library call these)
+# --------------------------------------------------------------------------------------------------
+
+
+def check_budget(ratio: float | None, size: int | None, *, required: bool = False) -> None:
+    """The budget is ``--ratio`` or ``--size``, never both (and, when ``required``, one of them): else a
+    :class:`PipelineError` naming both options. Each value's own check (range, type) is its declaration's."""
+    if ratio is not None and size is not None:
+        raise PipelineError("give either --ratio or --size for the budget, not both", field="--ratio/--size")
+    if required and ratio is None and size is None:
+        raise PipelineError("give a budget: --ratio R (fraction of the examples) or --size N", field="--ratio/--size")
+
+
+def check_removal_step(removal_step: int, n_players: int, *, detail: str = "") -> None:
+    """A removal step larger than the Shapley players is a :class:`PipelineError` naming ``--removal-step``
+    (``detail`` says how the players were counted and what to change)."""
+    if int(removal_step) > int(n_players):
+        raise PipelineError(f"{removal_step} is larger than the number of players ({int(n_players):,}{detail})",
+                            field="--removal-step")
+
+
+# --------------------------------------------------------------------------------------------------
+# shed demo
+# --------------------------------------------------------------------------------------------------
+
+DEMO_SIZES = {"small": {"n_examples": 600, "n_topics": 16, "n_clusters": 16, "n_validation": 120},
+              "default": {"n_examples": 3000, "n_topics": 32, "n_clusters": 48, "n_validation": 300}}
+"""The generated data sets of ``shed demo --size``."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The options of ``shed demo`` (:func:`shed_jax.demo.demo`). Those it shares with a refine run are
+    RefineConfig's declarations (flag, help, check), with the demo's defaults; checked when built, before the
+    demo writes anything."""
+
+    run_dir: str | None = shared_option(RefineConfig, "run_dir", default_text="$SHED_HOME/runs/demo-<size>-<time>")
+    size: str = option("small", "small: 600 records, 16 clusters (~2 CPU-minutes); default: 3000 records, 48 "
+                                "clusters.", choices=tuple(DEMO_SIZES))
+    ratio: float = shared_option(RefineConfig, "ratio", default=0.2)
+    n_permutations: int | None = shared_option(RefineConfig, "n_permutations", default=None,
+                                               default_text="as in `shed refine`")
+    proxies_per_cluster: int | str = shared_option(RefineConfig, "proxies_per_cluster")
+    model: str = shared_option(RefineConfig, "model")
+    seed: int = shared_option(RefineConfig, "seed")
+
+    def __post_init__(self):
+        validate_fields(self)
+
+    def refine_config(self, *, data: str, valid: str, output: str, run_dir: str) -> RefineConfig:
+        """The refine run of the demo on its generated data (QOCS, the size's K)."""
+        return RefineConfig(data=data, valid=valid, output=output, run_dir=run_dir,
+                            n_clusters=DEMO_SIZES[self.size]["n_clusters"], ratio=self.ratio, sampler="qocs",
+                            seed=self.seed, model=self.model, proxies_per_cluster=self.proxies_per_cluster,
+                            **({"n_permutations": self.n_permutations} if self.n_permutations is not None else {}))

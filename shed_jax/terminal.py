@@ -143,11 +143,12 @@ def show_command(run_dir, top, as_json, quiet, verbose):
 # --------------------------------------------------------------------------------------------- shed proxies
 def proxy_options(name: str) -> list[dict]:
     """The options of proxy ``name``: ``{"name", "type", "default", "help"}`` per field of its configuration."""
+    from shed_jax.options import option_spec
     from shed_jax.proxies import registry
 
-    spec = registry.get(name)
+    config_class = registry.config_class(name)
     out = []
-    for field in dataclasses.fields(spec.config_class):
+    for field in dataclasses.fields(config_class):
         if field.default is not dataclasses.MISSING:
             default = field.default
         elif field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -158,7 +159,7 @@ def proxy_options(name: str) -> list[dict]:
             default = ",".join(map(str, default))
         kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
         out.append({"name": field.name, "type": kind, "default": default,
-                    "help": str(field.metadata.get("help", "")) if field.metadata else ""})
+                    "help": option_spec(config_class, field.name).help})
     return out
 
 

@@ -67,9 +67,11 @@ def test_the_lm_proxy_prints_its_estimated_time_first(checkpoint, demo_data, tmp
 
 
 @pytest.mark.parametrize("option, message", [
-    ("rank=0", "Error: --proxy-option: rank: must be an int >= 1, got 0"),
-    ("prompt_format=markdown", "Error: --proxy-option: prompt_format: unknown 'markdown', allowed"),
-    ("targets=q_proj,qq_proj", "Error: --proxy-option: targets: must be distinct names"),
+    ("rank=0", "Error: --proxy-option rank: must be >= 1, got 0"),
+    ("prompt_format=markdown", "Error: --proxy-option prompt_format: must be one of chat, alpaca, vicuna; got 'markdown'"),
+    ("targets=q_proj,qq_proj", "Error: --proxy-option targets: must be distinct names, allowed q_proj,"),
+    ("targets=q_proj,q_proj", "Error: --proxy-option targets: must be distinct names"),
+    ("warmup_steps=30", "Error: --proxy-option warmup_steps: must be at most steps=20, got 30"),
 ])
 def test_bad_lm_options_fail_before_any_work(checkpoint, demo_data, tmp_path, fake_embed, option, message):
     run_dir = tmp_path / "run"

@@ -292,13 +292,13 @@ def test_config_validation_and_registry(env):
     assert config.remat is False and config.lora_scale == 4.0
     assert registry.get("lm").factory is build_lm_proxy
     for bad, message in (({"rank": 0}, "rank: must be"), ({"targets": ("qkv",)}, "targets:"),
-                         ({"metric": "f1"}, "metric: unknown 'f1', allowed"), ({"dtype": "float16"}, "dtype:"),
+                         ({"metric": "f1"}, "metric: must be one of auto, mc_prob"), ({"dtype": "float16"}, "dtype:"),
                          ({"prompt_format": "llama2"}, "prompt_format:"), ({"warmup_steps": 50}, "warmup_steps:"),
                          ({"choice_score": "max"}, "choice_score:"), ({"max_length": 4}, "max_length:")):
         with pytest.raises(ValueError, match=message):
             LMProxyConfig(**bad)
-    for field in LMProxyConfig.__dataclass_fields__.values():
-        assert field.metadata.get("help"), field.name
+    for field in LMProxyConfig.__dataclass_fields__.values():  # declared with option(), like every config
+        assert field.metadata["shed"].help and field.metadata.get("help"), field.name
     with pytest.raises(UserError, match="multiple-choice"):
         lm_proxy.check_validation(env.instructions, LMProxyConfig(metric="mc_prob"))
     with pytest.raises(UserError, match="instruction-format"):

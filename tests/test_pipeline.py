@@ -387,7 +387,7 @@ def test_user_errors_are_raised_before_any_stage(demo_data, tmp_path, fake_embed
     base = make_config(demo_data, tmp_path)
     with pytest.raises(ValueError, match="K=300"):
         pipeline.refine(base.replace(n_clusters=300), progress=False, report=False)
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="give a budget"):
         pipeline.refine(base.replace(ratio=None), progress=False, report=False)
     with pytest.raises(shed_data.DataError, match="not found"):
         pipeline.refine(base.replace(valid=str(tmp_path / "missing.jsonl")), progress=False, report=False)
@@ -486,7 +486,7 @@ def test_proxies_per_cluster_values_members_and_averages(demo_data, tmp_path, fa
     single = make_config(demo_data, tmp_path, proxies_per_cluster=1)
     fp = lambda c: pipeline.stage_fingerprints(c, data_sha256="a", n_candidates=200, valid_sha256="v")  # noqa: E731
     assert fp(single)["cluster"] == fp(config)["cluster"] and fp(single)["value"] != fp(config)["value"]
-    with pytest.raises(pipeline.PipelineError, match="--proxies-per-cluster: must be >= 1"):
+    with pytest.raises(pipeline.PipelineError, match="--proxies-per-cluster: must be auto or >= 1"):
         make_config(demo_data, tmp_path, proxies_per_cluster=0)
 
 

@@ -47,8 +47,9 @@ def test_option_parsing_and_errors_name_the_option(tmp_path):
     assert RefineConfig(**base, proxies_per_cluster="AUTO").proxies_per_cluster == "auto"
     assert RefineConfig(**base, proxies_per_cluster="8").proxies_per_cluster == 8
     assert RefineConfig.from_dict(RefineConfig(**base, proxies_per_cluster=4).to_dict()).proxies_per_cluster == 4
-    for bad, message in (("banana", "must be auto or a positive integer"), (0, "must be >= 1"),
-                         (2.5, "must be auto or an integer")):
+    for bad, message in (("banana", "must be auto or a positive integer"), (0, "must be auto or >= 1"),
+                         ("-3", "must be auto or >= 1"), (2.5, "must be auto or a positive integer"),
+                         (True, "must be auto or a positive integer")):
         with pytest.raises(PipelineError, match="--proxies-per-cluster") as info:
             RefineConfig(**base, proxies_per_cluster=bad)
         assert message in str(info.value)

@@ -2,7 +2,9 @@
 without touching any module of the package; typed --proxy-option parsing and its errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 
 import jax.numpy as jnp
@@ -127,8 +129,36 @@ def test_registry_rejects_taken_names_and_non_dataclass_configs(toy_proxy):
 def test_embedding_config_options_are_typed():
     config = proxies.make_config("embedding", {"steps": "7", "max_grad_norm": "none", "chunk_size": "null"})
     assert config.steps == 7 and config.max_grad_norm is None and config.chunk_size is None
-    with pytest.raises(UserError, match=r"metric must be one of 'accuracy', 'logprob', 'prob', 'margin'"):
+    with pytest.raises(UserError, match=r"^--proxy-option metric: must be one of accuracy, logprob, prob, margin; "
+                                        r"got 'f1'$"):
         proxies.make_config("embedding", {"metric": "f1"})
+    for bad, message in (({"steps": -1}, "--proxy-option steps: must be >= 0, got -1"),
+                         ({"bucket_ratio": 1.0}, "--proxy-option bucket_ratio: must be > 1, got 1.0"),
+                         ({"max_grad_norm": 0.0}, "--proxy-option max_grad_norm: must be > 0, got 0.0"),
+                         ({"objective": "mse"}, "--proxy-option objective: must be one of infonce, spectral")):
+        with pytest.raises(UserError, match="^" + re.escape(message)):
+            proxies.make_config("embedding", bad)
+
+
+def test_every_builtin_config_is_declared_with_option():
+    """Each built-in proxy's options are declared with `option()` (help, bounds and choices in one place)."""
+    from shed_jax.options import OptionSpec
+
+    for name in ("embedding", "lm"):
+        for field in dataclasses.fields(proxies.registry.config_class(name)):
+            spec = field.metadata.get("shed")
+            assert isinstance(spec, OptionSpec) and spec.help, (name, field.name)
+
+
+def test_registry_records_match_the_modules():
+    """The registry's records of a built-in (config class location, spec_field) are what the module declares."""
+    from shed_jax.proxies import registry
+
+    for name in registry.names():
+        spec = registry.get(name)
+        assert registry.config_class(name) is spec.config_class
+        assert registry.spec_field(name) == spec.spec_field
+    assert registry.spec_field("lm") == "model" and registry.spec_field("embedding") is None
 
 
 class SlowToyUtility(ToyUtility):

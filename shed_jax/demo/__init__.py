@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shed_jax.config import DEFAULT_MODEL, RefineConfig
-from shed_jax.errors import PipelineError
+from shed_jax.config import DEFAULT_MODEL, DEMO_SIZES, DemoConfig
 from shed_jax.io import atomic_write_json
 from shed_jax.run.artifacts import GroundTruth
 from shed_jax.run.refine import RefineResult, refine
@@ -22,9 +21,6 @@ from shed_jax.run.select import select_indices
 from shed_jax.run.stage import Log
 
 __all__ = ["DEMO_SIZES", "DemoResult", "demo"]
-
-DEMO_SIZES = {"small": {"n_examples": 600, "n_topics": 16, "n_clusters": 16, "n_validation": 120},
-              "default": {"n_examples": 3000, "n_topics": 32, "n_clusters": 48, "n_validation": 300}}
 
 
 @dataclass(frozen=True)
@@ -54,7 +50,9 @@ def demo(run_dir: str | os.PathLike | None = None, *, size: str = "small", seed:
     ground truth as a run artifact (the report shows junk per cluster), runs :func:`shed_jax.run.refine` with
     QOCS at ``ratio``, then, from the same cluster values and budget, QWCS and a uniformly random selection.
     ``size``: "small" (600 records, 16 topics, K=16) or "default" (3000 records, 32 topics, K=48).
-    ``proxies_per_cluster``: as ``shed refine --proxies-per-cluster`` (``"auto"`` or an integer).
+    ``proxies_per_cluster``: as ``shed refine --proxies-per-cluster`` (``"auto"`` or an integer). Every option is
+    checked first (:class:`shed_jax.config.DemoConfig`, the same checks as ``shed refine``'s): a bad one raises
+    :class:`shed_jax.errors.PipelineError` naming it and nothing is written.
 
     Returns:
       :class:`DemoResult` with ``junk_rate_input`` and ``junk_rate[sampler]`` for qocs, qwcs and random; the
@@ -62,9 +60,10 @@ def demo(run_dir: str | os.PathLike | None = None, *, size: str = "small", seed:
     """
     from shed_jax.demo import synthetic
 
-    if size not in DEMO_SIZES:
-        raise PipelineError(f"must be one of {', '.join(DEMO_SIZES)}, got {size!r}", field="--size")
-    spec = DEMO_SIZES[size]
+    options = DemoConfig(run_dir=None if run_dir is None else os.fspath(run_dir), size=size, ratio=ratio,
+                         n_permutations=n_permutations, proxies_per_cluster=proxies_per_cluster, model=model,
+                         seed=seed)  # every option checked (as `shed refine` checks it) before anything is written
+    spec = DEMO_SIZES[options.size]
     directory = RunDir(Path(run_dir) if run_dir is not None else default_run_dir(f"demo-{size}"))
     directory.create()
     data_dir = directory.path / "demo_data"
@@ -74,10 +73,8 @@ def demo(run_dir: str | os.PathLike | None = None, *, size: str = "small", seed:
     junk = np.zeros(spec["n_examples"], dtype=bool)
     junk[np.asarray(paths.junk_indices, dtype=np.int64)] = True
     GroundTruth(junk, source=f"shed_jax.demo.synthetic seed={seed} size={size}").save(directory)
-    config = RefineConfig(data=str(paths.train), valid=str(paths.valid), output=str(directory.path / "selected.jsonl"),
-                          run_dir=str(directory.path), n_clusters=spec["n_clusters"], ratio=ratio, sampler="qocs",
-                          seed=seed, model=model, proxies_per_cluster=proxies_per_cluster,
-                          **({"n_permutations": n_permutations} if n_permutations is not None else {}))
+    config = options.refine_config(data=str(paths.train), valid=str(paths.valid),
+                                   output=str(directory.path / "selected.jsonl"), run_dir=str(directory.path))
     result = refine(config, progress=progress, log=log, resume=True)  # a rerun continues an interrupted valuation
     if junk.shape[0] != result.labels.shape[0]:
         raise RuntimeError(f"demo data has {result.labels.shape[0]} records, expected {junk.shape[0]}")

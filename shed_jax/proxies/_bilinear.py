@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 if TYPE_CHECKING:
-    from shed_jax.proxies.embedding import EmbeddingProxyConfig
+    from shed_jax.proxies.embedding_config import EmbeddingProxyConfig
 
 _MASKED_LOGIT = -1e9  # finite, so fully masked rows stay NaN-free (and their gradient exactly zero)
 

@@ -69,8 +69,6 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -100,6 +98,7 @@ from shed_jax.proxies._bilinear import (
     _validation_value,
 )
 from shed_jax.proxies._validation import ValidationEmbeddings, _as_float_matrix, _paired_matrices, embed_validation
+from shed_jax.proxies.embedding_config import METRICS, EmbeddingProxyConfig  # noqa: F401  (declared there: no JAX)
 from shed_jax.proxies.base import ProxyInputs, as_mask_batch, bucket_sizes, chunk_size_for, evaluate_coalitions, trace_count
 
 __all__ = [
@@ -120,113 +119,10 @@ __all__ = [
     "training_flops",
 ]
 
-METRICS = ("accuracy", "logprob", "prob", "margin")
 
 # Importable from here as before the split into _bilinear / _validation (not in ``__all__``).
 _REEXPORTED = (_MASKED_LOGIT, _PARAM_GROUPS, _as_float_matrix, _optimizer, _train, _validation_scores,
                _validation_value)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EmbeddingProxyConfig:
-    """Settings of the embedding-space proxy utility (hashable; used as a static jit argument).
-
-    Defaults are sized for SHED's CPU budget (K = 1,000 proxies, ~5,000 coalition fine-tunes in about
-    10 minutes on 2 cores, i.e. ~50-100 ms per utility evaluation including ~1,500 4-choice MMLU items).
-
-    Attributes:
-        objective: training loss, ``"infonce"`` (default; cost per step grows as ``n^2``) or ``"spectral"``
-            (cost per step independent of the coalition size; see the module docstring). The spectral loss
-            does not calibrate the score scale (trained scores grow well beyond ``T``), so pair it with
-            ``metric="accuracy"``.
-        rank: rank of the trainable factors ``U, V`` (d x rank); 0 (default) means no low-rank term: only the
-            weight of the cosine term is fine-tuned (see "Default" in the module docstring).
-        steps: optimiser steps per coalition (full batch). Default 40.
-        learning_rate: learning rate of the factors ``U, V``. Default 0.5 (for ``"sgd"``; with ``"adam"`` use
-            ~0.01: adam moves each weight by about lr per step).
-        optimizer: ``"sgd"`` (default: a step is proportional to the gradient, so members the scorer already
-            fits move it little) or ``"adam"``.
-        scale_learning_rate: learning rate of ``log_scale``, the log of the learned weight of the cosine term
-            (0 freezes it at ``alpha``, as before 2026-11-29). Default 0.01.
-        max_grad_norm: clip the gradient of ``U, V`` to this global norm per step (``None``: no clipping);
-            keeps plain SGD stable on small coalitions. Default 1.0.
-        temperature: softmax temperature ``T`` of the InfoNCE loss and of ``metric="logprob"`` (the spectral
-            loss has none). Default 0.05.
-        alpha: weight of the frozen cosine term ``p.r``. Default 1.0.
-        init_scale: standard deviation of the initial ``V`` entries (``U`` starts at 0). Default 0.02.
-        n_distractors: distractor responses per held-out prompt (instruction-format validation). Default 9.
-        metric: ``"accuracy"`` (right candidate ranked first; ties go to the lowest index, as
-            ``numpy.argmax``), ``"logprob"`` (mean log-probability of the right candidate under
-            ``softmax(s / T)``), ``"prob"`` (mean probability of the right candidate under ``softmax(s / T)``:
-            bounded in (0, 1) like accuracy but smooth, so marginal contributions are not quantised) or
-            ``"margin"`` (mean of the right candidate's score minus the best wrong candidate's score).
-            Default ``"prob"`` (unlike accuracy it sees the learned cosine weight).
-        weight_decay: L2 penalty ``weight_decay / 2 * (|U|^2 + |V|^2)`` added to the training loss (added to
-            the gradient, so it acts the same under adam and sgd); keeps the learned term small next to the
-            cosine prior. Default 0.0 (off).
-        bucket_ratio: growth factor of the ladder of padded coalition sizes (> 1). Smaller means less padding
-            but more compiled branches. Default 2.0.
-        min_bucket: smallest non-empty bucket. Default 16.
-        chunk_size: coalitions trained together under vmap; ``None`` picks it from the backend: 1 on CPU,
-            else as many as ``accelerator_memory_bytes`` allows for the largest bucket (at most 256).
-        accelerator_memory_bytes: memory budget for one chunk off-CPU. Default 2 GiB.
-        gram_max_players: precompute the frozen ``K x K`` cosine Gram matrix when ``K`` is at most this
-            (``4 K^2`` bytes); above it the cosine term is recomputed per coalition. Default 4096.
-    """
-
-    objective: str = "infonce"
-    rank: int = 0
-    steps: int = 40
-    learning_rate: float = 0.5
-    optimizer: str = "sgd"
-    scale_learning_rate: float = 0.01
-    max_grad_norm: float | None = 1.0
-    temperature: float = 0.05
-    alpha: float = 1.0
-    init_scale: float = 0.02
-    n_distractors: int = 9
-    metric: str = "prob"
-    weight_decay: float = 0.0
-    bucket_ratio: float = 2.0
-    min_bucket: int = 16
-    chunk_size: int | None = None
-    accelerator_memory_bytes: int = 2 << 30
-    gram_max_players: int = 4096
-
-    def __post_init__(self):
-        def need(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"EmbeddingProxyConfig: {message}")
-
-        need(self.objective in ("infonce", "spectral"),
-             f"objective must be 'infonce' or 'spectral', got {self.objective!r}")
-        need(isinstance(self.rank, int) and self.rank >= 0, f"rank must be an int >= 0, got {self.rank!r}")
-        need(isinstance(self.steps, int) and self.steps >= 0, f"steps must be an int >= 0, got {self.steps!r}")
-        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate!r}")
-        need(self.optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        need(self.scale_learning_rate >= 0, f"scale_learning_rate must be >= 0, got {self.scale_learning_rate!r}")
-        need(self.max_grad_norm is None or self.max_grad_norm > 0,
-             f"max_grad_norm must be None or > 0, got {self.max_grad_norm!r}")
-        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature!r}")
-        need(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha!r}")
-        need(self.init_scale > 0, f"init_scale must be > 0, got {self.init_scale!r}")
-        need(isinstance(self.n_distractors, int) and self.n_distractors >= 1,
-             f"n_distractors must be an int >= 1, got {self.n_distractors!r}")
-        need(self.metric in METRICS, f"metric must be one of {', '.join(map(repr, METRICS))}, got {self.metric!r}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        need(self.bucket_ratio > 1.0, f"bucket_ratio must be > 1, got {self.bucket_ratio!r}")
-        need(isinstance(self.min_bucket, int) and self.min_bucket >= 1,
-             f"min_bucket must be an int >= 1, got {self.min_bucket!r}")
-        need(self.chunk_size is None or (isinstance(self.chunk_size, int) and self.chunk_size >= 1),
-             f"chunk_size must be None or an int >= 1, got {self.chunk_size!r}")
-        need(self.accelerator_memory_bytes > 0, "accelerator_memory_bytes must be > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        """All fields as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
 
 
 def training_flops(n_members: int, dim: int, rank: int, steps: int, objective: str = "spectral") -> float:

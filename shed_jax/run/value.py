@@ -185,7 +185,7 @@ def plan_value(config, inputs, clusters: Clusters | None, *, make_inputs: Callab
 
     Raises :class:`shed_jax.errors.PipelineError` when the removal step exceeds the players.
     """
-    from shed_jax.config import auto_proxies_per_cluster
+    from shed_jax.config import auto_proxies_per_cluster, check_removal_step
     from shed_jax.proxies import registry
     from shed_jax.run.estimate import estimate_enabled
 
@@ -241,12 +241,8 @@ def plan_value(config, inputs, clusters: Clusters | None, *, make_inputs: Callab
             step = config.resolved_removal_step(k, per_cluster)
             # scaled, not measured again
             seconds = per_evaluation * expected_evaluations(len(member_index), step, n_perm)
-    if step > len(member_index):  # clusters smaller than M are valued whole: fewer players than K x M
-        from shed_jax.errors import PipelineError
-
-        raise PipelineError(f"{step} is larger than the number of players ({len(member_index):,}: up to "
-                            f"{per_cluster} per cluster, K={k}, smaller clusters valued whole); give a smaller "
-                            f"--removal-step or more --proxies-per-cluster", field="--removal-step")
+    check_removal_step(step, len(member_index), detail=f": up to {per_cluster} per cluster, K={k}, smaller clusters "
+                       "valued whole; give a smaller --removal-step or more --proxies-per-cluster")
     return ValuePlan(int(per_cluster), np.asarray(member_index, np.int64), np.asarray(owners, np.int64), k, int(step),
                      n_perm, expected_evaluations(len(member_index), step, n_perm), utility, model_inputs, seconds,
                      calibration, budget_m, clusters is not None)

@@ -47,7 +47,7 @@ def test_the_option_framework_imports_nothing_of_the_package_but_its_errors():
 BUILD_WITHOUT_JAX = """
 import sys
 from shed_jax.config import RefineConfig
-from shed_jax.proxies import registry
+from shed_jax.proxies import EmbeddingProxyConfig, registry
 from shed_jax import terminal
 
 config = RefineConfig(data="d.jsonl", valid="v.jsonl", ratio=0.1, proxy="lm:model.gguf",
@@ -55,7 +55,7 @@ config = RefineConfig(data="d.jsonl", valid="v.jsonl", ratio=0.1, proxy="lm:mode
 assert config.proxy == "lm" and dict(config.proxy_options) == {"model": "model.gguf", "steps": "3", "rank": "4"}
 assert RefineConfig.from_dict(config.to_dict()) == config
 embedding = registry.make_config("embedding", {"steps": "7", "metric": "accuracy"})
-assert embedding.steps == 7
+assert embedding.steps == 7 and isinstance(embedding, EmbeddingProxyConfig)
 assert [o["name"] for o in terminal.proxy_options("embedding")][:2] == ["objective", "rank"]
 loaded = sorted(m for m in ("jax", "flax", "optax", "torch", "shed_jax.proxies.lm", "shed_jax.proxies.embedding")
                 if m in sys.modules)

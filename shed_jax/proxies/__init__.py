@@ -11,7 +11,8 @@ Register your own::
 
     proxies.register("toy", build_toy, config_class=ToyConfig)   # then: shed value --proxy toy ...
 
-Names are imported on first use (PEP 562), so ``from shed_jax.proxies import registry`` loads no JAX.
+Names are imported on first use (PEP 562), so ``from shed_jax.proxies import registry`` (or
+``EmbeddingProxyConfig``) loads no JAX.
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ import importlib
 _EXPORTS = {
     "base": ["BatchedUtility", "ProxyInputs", "as_mask_batch", "bucket_sizes", "chunk_size_for",
              "evaluate_coalitions"],
-    "embedding": ["BilinearParams", "EmbeddingProxyConfig", "EmbeddingProxyUtility", "SpectralStats",
+    "embedding_config": ["EmbeddingProxyConfig"],
+    "embedding": ["BilinearParams", "EmbeddingProxyUtility", "SpectralStats",
                   "ValidationEmbeddings", "embed_validation", "infonce_grad", "infonce_loss", "init_params",
                   "spectral_grad", "spectral_loss", "spectral_stats", "training_flops"],
-    "registry": ["ProxySpec", "get", "make_config", "names", "register", "unregister"],
+    "registry": ["ProxySpec", "config_class", "get", "make_config", "names", "register", "spec_field", "unregister"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

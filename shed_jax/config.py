@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from shed_jax.errors import PipelineError
-from shed_jax.options import (OptionSpec, check_option, check_positive_int, option, option_spec,  # noqa: F401
+from shed_jax.options import (OptionSpec, check_positive_int, option, option_spec,  # noqa: F401  (public here too)
                               parse_dataclass_options, shared_option, validate_fields)
 from shed_jax.proxies import registry as _registry
 

@@ -121,6 +121,21 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if jax.process_count() > 1:
         _STATE["watchdog"] = Watchdog(_client(), jax.process_index(), jax.process_count(), timeout)
         _STATE["watchdog"].start()
+        import atexit
+
+        # runs before JAX's own exit handler (registered at import, so run later), whose shutdown barrier would
+        # abort with a fatal dump if a peer died; and stops the watchdog's threads before the interpreter ends
+        # daemon threads inside C++ calls (glibc: "FATAL: exception not rethrown", abort)
+        atexit.register(_at_exit)
+        previous_hook = sys.excepthook
+
+        def excepthook(kind, value, tb):
+            # an uncaught error from a collective whose partner vanished: the watchdog's line, not a traceback
+            if _STATE["watchdog"] is not None and _looks_like_a_lost_peer(value):
+                _STATE["watchdog"].await_verdict(_STATE["watchdog"].timeout + 2)
+            previous_hook(kind, value, tb)
+
+        sys.excepthook = excepthook
     return jax.process_index(), jax.process_count()
 
 
@@ -199,9 +214,12 @@ class Watchdog:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self) -> None:
-        """Stop watching (the run is over in every process)."""
+    def stop(self, join_s: float = 10.0) -> None:
+        """Stop watching and wait (up to ``join_s``) for the threads to leave any key-value call."""
         self._stop.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(join_s)
 
     @property
     def verdict(self) -> str | None:
@@ -263,6 +281,24 @@ class Watchdog:
         while self._verdict is None and not self._stop.is_set() and time.monotonic() < deadline:
             time.sleep(0.1)
         return self._verdict
+
+
+def _looks_like_a_lost_peer(exc: BaseException) -> bool:
+    """An error from the runtime (e.g. a gloo collective whose partner vanished), not from this process's work."""
+    return type(exc).__name__ in ("XlaRuntimeError", "JaxRuntimeError") or "gloo" in str(exc).lower()
+
+
+def _at_exit() -> None:
+    """Every process meets at an exit barrier while the watchdog still runs (a dead peer: its line and exit 3
+    within the timeout), then the watchdog stops and JAX's shutdown barrier finds everyone."""
+    dog = _STATE["watchdog"]
+    if dog is None:
+        return
+    try:
+        barrier("exit", timeout_s=max(60.0, 4 * dog.timeout))
+    except Exception:  # a peer gone after it finished, or far behind: JAX's shutdown decides
+        pass
+    dog.stop()
 
 
 def watchdog() -> Watchdog | None:

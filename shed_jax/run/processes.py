@@ -126,12 +126,13 @@ def one_writer(config: RefineConfig, log: Callable[[str], None] | None, progress
             view = ProcessView(config.replace(run_dir=str(shadow), output=output), process_log, False,
                                writer=False, process=process, n_processes=n)
         _distributed.barrier("copied")  # process 0 may write from here on
-        yield view
+        with _native_stdout_to_stderr():  # gloo's "[Gloo] Rank I is connected ..." must not precede --json output
+            yield view
         _distributed.barrier("end")  # nobody leaves (and takes the coordinator away) while others still work
         _distributed.mark_finished()
     except BaseException as exc:
         watchdog = _distributed.watchdog()
-        if watchdog is not None and _looks_like_a_lost_peer(exc):
+        if watchdog is not None and _distributed._looks_like_a_lost_peer(exc):
             watchdog.await_verdict(watchdog.timeout + 2)  # a dead peer's line (and exit) comes from the watchdog
         _distributed.report_failure(exc)
         raise
@@ -142,6 +143,26 @@ def one_writer(config: RefineConfig, log: Callable[[str], None] | None, progress
             shutil.rmtree(private, ignore_errors=True)
 
 
-def _looks_like_a_lost_peer(exc: BaseException) -> bool:
-    """An error from the runtime (a collective whose partner vanished), not from this process's own work."""
-    return type(exc).__name__ in ("XlaRuntimeError", "JaxRuntimeError") or "gloo" in str(exc).lower()
+@contextlib.contextmanager
+def _native_stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 points to stderr meanwhile (native libraries print there; Python's ``sys.stdout`` object is
+    untouched, and the command prints its summary after this)."""
+    import os
+    import sys
+
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real stdout (embedded interpreter)
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        try:
+            sys.stdout.flush()
+        except ValueError:
+            pass
+        os.dup2(saved, 1)
+        os.close(saved)

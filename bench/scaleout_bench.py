@@ -11,6 +11,13 @@ Workloads (all synthetic, deterministic, no downloads):
   compiles first; the timed run is the value stage only.
 * ``value-2proc`` / ``kmeans-2proc``: the same on two processes on 127.0.0.1 (``jax.distributed``, gloo), each
   with one fake device (``--devices`` is ignored for these; reported under the key ``"2x1"``).
+* ``lm``: the LM proxy with the tiny random Llama of the tests (2 layers, hidden 32; tests/test_lm_finetune.py),
+  ``--lm-slots`` slots split over the devices (``shed_jax.lm.slot_sharding``), ``--lm-steps`` fine-tune steps; one
+  utility call on ``--lm-batch`` random coalitions of its 6 players after a warm-up call (same shapes, other
+  coalitions). Times fine-tuning and scoring of the batch (the value stage's work per engine call).
+* ``refine-2proc``: ``shed refine`` (hashing embedding of the tests, the demo generator's ``--refine-n`` records)
+  as one process with one device against ``--distributed`` on two processes x one device (key ``"2x1"``): the
+  whole command, start-up and compilation included.
 * ``kmeans``: ``shed_jax.cluster.kmeans`` on ``--kmeans-n`` x ``--dim`` random unit rows, ``--kmeans-k``
   clusters, ``--kmeans-iters`` Lloyd iterations, after a warm-up call.
 
@@ -69,6 +76,8 @@ def worker(args) -> dict:
         out["cpu_seconds"] = time.process_time() - c0
         out["n_evaluations"] = int(result.n_evaluations)
         out["values_head"] = [float(v) for v in result.values[:5]]
+    elif args.workload == "lm":
+        out.update(_lm_worker(args))
     else:
         from shed_jax.cluster import kmeans
         rng = np.random.default_rng(0)
@@ -87,9 +96,89 @@ def worker(args) -> dict:
     return out
 
 
+def _lm_worker(args) -> dict:
+    import tempfile
+    import types
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_lm_finetune import tiny_config, tiny_tokenizer, tiny_weights
+    from test_lm_proxy import CONFIG, MC_ITEMS, _inputs, _write_jsonl, save_hf_checkpoint
+
+    from shed_jax.data import read_validation
+    from shed_jax.proxies.lm import LMProxyConfig, build_lm_proxy
+
+    root = Path(tempfile.mkdtemp(prefix="shed-bench-lm-"))
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(len(tokenizer))
+    (root / "tiny").mkdir()
+    save_hf_checkpoint(root / "tiny", config, tiny_weights(config, seed=1), tokenizer)
+    mc = read_validation(_write_jsonl(root / "mc.jsonl", MC_ITEMS))
+    utility = build_lm_proxy(_inputs(types.SimpleNamespace(mc=mc), mc), LMProxyConfig(
+        model=str(root / "tiny"), metric="mc_prob", **{**CONFIG, "slots": args.lm_slots, "steps": args.lm_steps}))
+    rng = np.random.default_rng(0)
+    warm, timed = (rng.random((args.lm_batch, utility.n_players)) < 0.5 for _ in range(2))
+    t0 = time.perf_counter()
+    np.asarray(utility(warm))
+    warmup = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    values = np.asarray(utility(timed))
+    return {"warmup_seconds": warmup, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+            "n_slots": utility.n_slots, "slot_devices": 1 if utility.trainer.mesh is None else utility.trainer.mesh.size,
+            "values_head": [float(v) for v in values[:5]]}
+
+
+def _refine_run(args, n_processes: int) -> dict:
+    """``shed refine`` on the demo generator's data, one process or ``--distributed`` on two (one device each)."""
+    import shutil
+    import socket
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="shed-bench-refine-"))
+    try:
+        from shed_jax.demo import synthetic
+
+        synthetic.make_demo(work / "data", n_examples=args.refine_n, n_topics=12, n_validation=60, seed=0)
+        driver = ("import sys; sys.path.insert(0, sys.argv[1]); from conftest import hashing_embed; "
+                  "from shed_jax import embed; embed._get_model = lambda *a, **k: None; "
+                  "embed._encode = lambda encoder, texts, **k: hashing_embed(list(texts)); "
+                  "from shed_jax.cli import main; main(sys.argv[2:])")
+        argv = ["refine", str(work / "data" / "train.jsonl"), "--valid", str(work / "data" / "valid.jsonl"),
+                "--ratio", "0.2", "-o", str(work / "out.jsonl"), "--run-dir", str(work / "run"), "--clusters", "24",
+                "--permutations", str(args.perms), "--proxies-per-cluster", "1", "-q", "--json"]
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = dict(_worker_env(1), SHED_CACHE=str(work / "cache"), SHED_ESTIMATE="0")
+        extra = (lambda i: ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
+                 ) if n_processes > 1 else (lambda i: [])
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", driver, str(ROOT / "tests"), *argv, *extra(i)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(n_processes)]
+        try:
+            outs = [proc.communicate(timeout=args.timeout) for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+        seconds = time.perf_counter() - t0
+        for proc, (_, err) in zip(procs, outs):
+            if proc.returncode != 0:
+                raise RuntimeError(f"refine on {n_processes} processes failed:\n{err[-3000:]}")
+        values = json.loads((work / "run" / "values.json").read_text())["cluster_values"]
+        return {"n_devices": n_processes, "seconds": seconds, "values_head": values[:5],
+                "value_stage_seconds": json.loads(outs[0][0])["value"].get("seconds")}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _worker_command(args, workload: str, n_devices: int) -> list[str]:
     cmd = [sys.executable, __file__, "--worker", workload, "--n-devices", str(n_devices)]
-    for name in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n", "kmeans_k", "kmeans_iters"):
+    for name in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n", "kmeans_k", "kmeans_iters", "lm_slots",
+                 "lm_steps", "lm_batch"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return cmd
 
@@ -100,6 +189,8 @@ def _worker_env(n_local: int) -> dict:
 
 
 def run_worker(args, workload: str, n_devices: int) -> dict:
+    if workload.startswith("refine"):
+        return _refine_run(args, 1 if n_devices == 1 else 2)
     if workload.endswith("-2proc"):
         return run_two_processes(args, workload[:-len("-2proc")])
     proc = subprocess.run(_worker_command(args, workload, n_devices), env=_worker_env(n_devices),
@@ -134,7 +225,8 @@ def run_two_processes(args, workload: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--workloads", nargs="+", default=["value"], choices=["value", "kmeans", "value-2proc", "kmeans-2proc"])
+    parser.add_argument("--workloads", nargs="+", default=["value"], choices=["value", "kmeans", "lm", "value-2proc", "kmeans-2proc",
+                                                                         "refine-2proc"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--k", type=int, default=300)
     parser.add_argument("--dim", type=int, default=384)
@@ -144,8 +236,12 @@ def main() -> None:
     parser.add_argument("--kmeans-n", type=int, default=50_000)
     parser.add_argument("--kmeans-k", type=int, default=1000)
     parser.add_argument("--kmeans-iters", type=int, default=10)
+    parser.add_argument("--lm-slots", type=int, default=8)
+    parser.add_argument("--lm-steps", type=int, default=5)
+    parser.add_argument("--lm-batch", type=int, default=16)
+    parser.add_argument("--refine-n", type=int, default=600)
     parser.add_argument("--timeout", type=int, default=1800)
-    parser.add_argument("--worker", choices=["value", "kmeans"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["value", "kmeans", "lm"], help=argparse.SUPPRESS)
     parser.add_argument("--n-devices", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -157,7 +253,8 @@ def main() -> None:
     report = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "platform": platform.platform(),
               "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "settings": {
                   k: getattr(args, k) for k in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n",
-                                                "kmeans_k", "kmeans_iters", "repeats")}, "workloads": {}}
+                                                "kmeans_k", "kmeans_iters", "lm_slots", "lm_steps", "lm_batch",
+                                                "refine_n", "repeats")}, "workloads": {}}
     for workload in args.workloads:
         devices = [1, "2x1"] if workload.endswith("-2proc") else args.devices
         runs = {n: [] for n in devices}

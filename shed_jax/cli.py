@@ -9,7 +9,8 @@ on stdout).
 Exit status: 0 success; 2 bad input (:class:`shed_jax.errors.UserError`: one line ``Error: ...`` naming the
 file, line, field or option, nothing written); 1 an internal error (a bug: the traceback goes to
 ``RUN_DIR/logs/errors.log``, or a temporary file, and one line on stderr points to it) or an operating-system
-failure such as a full disk; 130 interrupted (with how to resume).
+failure such as a full disk; 3 another process of a ``--distributed`` run stopped or failed (one line naming it);
+130 interrupted (with how to resume).
 
 This module imports only :mod:`click` and the configuration at import time, so that ``shed --help`` answers at
 once; the pipeline (JAX, and torch for the sentence encoder) is imported when a command runs.
@@ -25,6 +26,7 @@ from shed_jax.cli_options import BUDGET_FIELDS, DATA_FIELDS, VALUE_FIELDS, _abs,
 from shed_jax.cli_support import OneLineGroup, _call, _Opts, _UsageError, check_resume_restart, restart_option
 from shed_jax.config import DemoConfig, check_budget
 from shed_jax.errors import UserError
+from shed_jax.cli_support import connect, distributed_arguments, distributed_options, emit_other_process
 
 __all__ = ["main", "cli"]
 
@@ -124,6 +126,12 @@ def _refresh_report(run_dir: str, result, opts) -> None:
         _report.refresh(run_dir, log=opts.log)
 
 
+def _no_dry_run_distributed(dry_run: bool, distributed):
+    if dry_run and distributed is not False:
+        raise _UsageError("--dry-run runs in one process; leave out --distributed/--coordinator")
+    return distributed
+
+
 def _run_dir_for(params: dict) -> str:
     from shed_jax.run.rundir import default_run_dir
 
@@ -173,6 +181,7 @@ def embed(ctx, restart, as_json, quiet, verbose, **params):
 @options("n_clusters", "kmeans_max_iter", *DATA_FIELDS, "run_dir", "seed",
          seed={"help": "Seeds k-means++ (the same seed and data give the same clusters)."})
 @restart_option
+@distributed_options
 @common_options
 @click.pass_context
 def cluster(ctx, restart, as_json, quiet, verbose, **params):
@@ -186,15 +195,23 @@ def cluster(ctx, restart, as_json, quiet, verbose, **params):
       shed cluster train.jsonl --clusters 300 --text prompt --run-dir run/ --json
     """
     opts = _Opts(quiet, verbose, as_json)
+    distributed = distributed_arguments(params)
+    if distributed is not False and not params["run_dir"]:
+        raise _UsageError("--distributed needs --run-dir DIR (the same directory in every process, on a file system "
+                          "they all see)")
     run_dir = _run_dir_for(params)
+    where = [0, 1]
 
     def work():
+        where[:] = connect(distributed)
         from shed_jax import run
 
         return run.run_cluster(build_config(ctx, params, run_dir=run_dir), progress=opts.progress, log=opts.log,
-                               restart=restart)
+                               restart=restart, distributed=distributed)
 
     result = _call(opts, work, run_dir=run_dir)
+    if where[0] != 0:
+        return emit_other_process(opts, "cluster", run_dir, *where)
     _refresh_report(run_dir, result, opts)
     summary = {"command": "cluster", "run_dir": run_dir, "clusters": str(Path(run_dir) / "clusters.npz"),
                **result.summary()}
@@ -217,6 +234,7 @@ def cluster(ctx, restart, as_json, quiet, verbose, **params):
 @config_option("seed", default=None, show_default=False,
                help="Override the run's seed (re-clusters if it changes).")
 @click.option("--dry-run", is_flag=True, help=DRY_RUN_HELP)
+@distributed_options
 @common_options
 @click.pass_context
 def value(ctx, resume, restart, dry_run, as_json, quiet, verbose, **params):
@@ -240,9 +258,12 @@ def value(ctx, resume, restart, dry_run, as_json, quiet, verbose, **params):
     """
     opts = _Opts(quiet, verbose, as_json)
     check_resume_restart(resume, restart)
+    distributed = _no_dry_run_distributed(dry_run, distributed_arguments(params))
     run_dir = _abs(params["run_dir"])
+    where = [0, 1]
 
     def work():
+        where[:] = connect(distributed)
         from shed_jax import run
         from shed_jax.errors import PipelineError
 
@@ -251,12 +272,15 @@ def value(ctx, resume, restart, dry_run, as_json, quiet, verbose, **params):
             raise PipelineError("no validation set: give --valid VALID", field="--valid")
         if dry_run:
             return _dry_run(config, opts, need_budget=False)
-        return run.run_value(config, progress=opts.progress, log=opts.log, resume=resume, restart=restart)
+        return run.run_value(config, progress=opts.progress, log=opts.log, resume=resume, restart=restart,
+                             distributed=distributed)
 
     result = _call(opts, work, resume_hint=f"shed value --run-dir {run_dir} --resume",
                    run_dir=None if dry_run else run_dir)
     if dry_run:
         return _emit_plan(opts, "value", run_dir, result)
+    if where[0] != 0:
+        return emit_other_process(opts, "value", run_dir, *where)
     _refresh_report(run_dir, result, opts)
     summary = {"command": "value", "run_dir": run_dir, "values": str(Path(run_dir) / "values.json"),
                **result.summary()}
@@ -374,6 +398,7 @@ def _named_selection(config, directory: str, values_file: str, replace: bool, op
                    "one extends to a larger --permutations.")
 @restart_option
 @click.option("--dry-run", is_flag=True, help=DRY_RUN_HELP)
+@distributed_options
 @common_options
 @click.pass_context
 def refine(ctx, resume, restart, dry_run, as_json, quiet, verbose, **params):
@@ -394,6 +419,10 @@ def refine(ctx, resume, restart, dry_run, as_json, quiet, verbose, **params):
     """
     opts = _Opts(quiet, verbose, as_json)
     check_resume_restart(resume, restart)
+    distributed = _no_dry_run_distributed(dry_run, distributed_arguments(params))
+    if distributed is not False and not params["run_dir"]:
+        raise _UsageError("--distributed needs --run-dir DIR (the same directory in every process, on a file system "
+                          "they all see)")
     if resume and not params["run_dir"]:
         raise _UsageError("--resume needs --run-dir DIR")
     if not resume:
@@ -407,8 +436,10 @@ def refine(ctx, resume, restart, dry_run, as_json, quiet, verbose, **params):
     else:
         _check_budget_flags(params["ratio"], params["size"], required=False)
     run_dir = _run_dir_for(params) if not resume else _abs(params["run_dir"])
+    where = [0, 1]
 
     def work():
+        where[:] = connect(distributed)
         from shed_jax import run
         from shed_jax.errors import PipelineError
 
@@ -424,12 +455,15 @@ def refine(ctx, resume, restart, dry_run, as_json, quiet, verbose, **params):
             config = build_config(ctx, params, run_dir=run_dir)
         if dry_run:
             return _dry_run(config, opts, need_budget=True)
-        return run.refine(config, progress=opts.progress, log=opts.log, resume=resume, restart=restart)
+        return run.refine(config, progress=opts.progress, log=opts.log, resume=resume, restart=restart,
+                          distributed=distributed)
 
     result = _call(opts, work, resume_hint=f"shed refine --resume --run-dir {run_dir}",
                    run_dir=None if dry_run else run_dir)
     if dry_run:
         return _emit_plan(opts, "refine", run_dir, result)
+    if where[0] != 0:
+        return emit_other_process(opts, "refine", run_dir, *where)
     summary = dict(result.summary)
     summary["command"] = "refine"
     s = result.summary

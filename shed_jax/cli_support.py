@@ -65,6 +65,70 @@ def restart_option(function):
     return click.option("--restart", is_flag=True, help=RESTART_HELP)(function)
 
 
+DISTRIBUTED_HELP = ("Run as one of several processes (jax.distributed: one per host, or per GPU): every process runs "
+                    "this same command; only process 0 writes RUN_DIR and the outputs, process I writes "
+                    "RUN_DIR/logs/process-I.log. With no --coordinator JAX detects TPU pods, SLURM and Open MPI, or "
+                    "reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. A process that stops makes "
+                    "the others exit (status 3) with one line naming it within $SHED_HEARTBEAT_TIMEOUT seconds "
+                    "(default 30); rerun every process with --resume.")
+
+
+def distributed_options(function):
+    """``--distributed``, ``--coordinator``, ``--num-processes``, ``--process-id``, declared once for the commands
+    that run the pipeline's collectives (cluster, value, refine)."""
+    function = click.option("--process-id", type=click.IntRange(min=0), default=None,
+                            help="This process's index, 0 .. N-1 (with --coordinator).")(function)
+    function = click.option("--num-processes", type=click.IntRange(min=1), default=None,
+                            help="How many processes take part (with --coordinator).")(function)
+    function = click.option("--coordinator", default=None, metavar="HOST:PORT",
+                            help="Address of process 0's coordinator, the same in every process; implies "
+                                 "--distributed.")(function)
+    return click.option("--distributed", is_flag=True, help=DISTRIBUTED_HELP)(function)
+
+
+def distributed_arguments(params: dict):
+    """Pops the four options from a command's ``params``: False (one process) or the arguments of
+    :func:`shed_jax.distributed.initialize` (a dict; empty when JAX finds the cluster itself)."""
+    flag, coordinator = params.pop("distributed"), params.pop("coordinator")
+    num_processes, process_id = params.pop("num_processes"), params.pop("process_id")
+    if coordinator is None and (num_processes is not None or process_id is not None):
+        raise _UsageError("--num-processes and --process-id go with --coordinator HOST:PORT")
+    if coordinator is not None:
+        from shed_jax.distributed import parse_coordinator
+
+        try:
+            parse_coordinator(coordinator)
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
+        if num_processes is None or process_id is None:
+            raise _UsageError("--coordinator needs --num-processes N and --process-id I")
+        if process_id >= num_processes:
+            raise _UsageError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+        return {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    return {} if flag else False
+
+
+def connect(distributed) -> tuple[int, int]:
+    """Connect this process to the others before any other JAX call (``distributed`` from
+    :func:`distributed_arguments`); returns ``(process index, process count)``, ``(0, 1)`` when not distributed."""
+    if distributed is False:
+        return 0, 1
+    from shed_jax.run.processes import start
+
+    start(distributed if distributed else True)
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def emit_other_process(opts, command: str, run_dir: str, process: int, n_processes: int) -> None:
+    """The summary of process ``I > 0``: process 0 wrote the outputs."""
+    opts.emit({"command": command, "run_dir": run_dir, "process": process, "n_processes": n_processes,
+               "writer": False},
+              [f"process {process} of {n_processes}: done; process 0 wrote {run_dir} "
+               f"(this process's log: {run_dir}/logs/process-{process}.log)"])
+
+
 def check_resume_restart(resume: bool, restart: bool) -> None:
     if resume and restart:
         raise _UsageError("give --resume (continue or extend the valuation) or --restart (discard it), not both")

@@ -225,7 +225,7 @@ def _mean_feature_variance(x, n_real, axis):
         return jnp.mean(jnp.var(x, axis=0))
     weight = _real_rows(x.shape[0], n_real, axis).astype(x.dtype)[:, None]
     mean = lax.psum(jnp.sum(x * weight, axis=0), axis) / n_real
-    return jnp.mean(lax.psum(jnp.sum(jnp.square(x - mean) * weight, axis=0), axis) / n_real)
+    return jnp.mean(lax.psum(jnp.sum(jnp.square(x - mean[None, :]) * weight, axis=0), axis) / n_real)
 
 
 def _lloyd_impl(x, init_centroids, max_iter, tol, *, chunk_size, n_real=None, axis=None):

@@ -20,6 +20,13 @@ Threads. On CPU, embedding is the only work running, so torch may use every core
 to run on: by default ``torch.set_num_threads(len(os.sched_getaffinity(0)))`` for the duration of the call
 (``num_threads=`` overrides it); the previous setting is restored afterwards.
 
+Several GPUs. When the model sits on a CUDA device and this process sees more than one
+(``torch.cuda.device_count() > 1``), the texts are encoded by sentence-transformers' own multi-process pool
+(``start_multi_process_pool`` / ``encode(..., pool=...)``), one worker per local GPU, each taking chunks of
+``batch_size`` texts; the result is the same rows in the same order. CPU runs (and one GPU) keep one process.
+``SHED_EMBED_POOL=0`` turns the pool off. The pool is started once per model and stopped at exit (or by
+:func:`clear_model_cache`).
+
 Loaded models are kept per ``(model, device)`` for the life of the process (:func:`clear_model_cache`).
 torch and sentence_transformers are imported lazily, inside the functions that need them.
 """
@@ -49,6 +56,7 @@ _CACHE_FORMAT = b"shed_jax.embed/v1:l2-normalised-float32"
 
 _log = logging.getLogger(__name__)
 _MODELS: dict[tuple[str, str | None], Any] = {}
+_POOLS: dict[int, tuple[Any, Any]] = {}  # id(encoder) -> (encoder, pool)
 
 
 def resolve_model(name: str = DEFAULT_MODEL) -> str:
@@ -170,8 +178,44 @@ def clear_cache(cache_dir: str | os.PathLike | None = None) -> dict:
 
 
 def clear_model_cache() -> None:
-    """Forget the models loaded by :func:`embed_texts` in this process."""
+    """Forget the models loaded by :func:`embed_texts` in this process (and stop their multi-GPU pools)."""
+    _stop_pools()
     _MODELS.clear()
+
+
+def _pool_devices(encoder) -> list[str]:
+    """The local CUDA devices a multi-process pool would use: all of them when the encoder is on CUDA and there
+    are at least two (``SHED_EMBED_POOL=0``: none); otherwise none (one process)."""
+    if os.environ.get("SHED_EMBED_POOL", "1").strip().lower() in ("0", "false", "no", "off"):
+        return []
+    import torch
+
+    device = str(getattr(encoder, "device", "cpu"))
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    return [f"cuda:{i}" for i in range(count)] if count > 1 else []
+
+
+def _pool_for(encoder, devices: list[str]):
+    """sentence-transformers' multi-process pool over ``devices`` for this encoder, started once."""
+    if id(encoder) not in _POOLS:
+        if not _POOLS:
+            import atexit
+
+            atexit.register(_stop_pools)
+        _log.info("embedding with one process per GPU: %s", ", ".join(devices))
+        _POOLS[id(encoder)] = (encoder, encoder.start_multi_process_pool(target_devices=devices))
+    return _POOLS[id(encoder)][1]
+
+
+def _stop_pools() -> None:
+    while _POOLS:
+        _, (encoder, pool) = _POOLS.popitem()
+        try:
+            encoder.stop_multi_process_pool(pool)
+        except Exception:  # pragma: no cover - best effort at exit
+            _log.debug("stopping an embedding pool failed", exc_info=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -255,15 +299,24 @@ def _encode(encoder, texts: list[str], *, batch_size: int, progress: bool,
     from shed_jax.progress import bar as progress_bar
 
     order = np.argsort([-len(t) for t in texts], kind="stable")
+    devices = _pool_devices(encoder)
+    pool = _pool_for(encoder, devices) if devices else None
+    # with a pool, one call hands each GPU worker a few chunks of batch_size texts (similar lengths together)
+    step = batch_size * len(devices) * 4 if pool is not None else batch_size
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads or _available_cpus())
     try:
         parts = []
         with progress_bar(len(texts), label, unit="text", enabled=progress) as bar:
-            for start in range(0, len(texts), batch_size):
-                batch = [texts[i] for i in order[start:start + batch_size]]
-                parts.append(encoder.encode(batch, batch_size=len(batch), show_progress_bar=False,
-                                            normalize_embeddings=True, convert_to_numpy=True))
+            for start in range(0, len(texts), step):
+                batch = [texts[i] for i in order[start:start + step]]
+                if pool is None:
+                    parts.append(encoder.encode(batch, batch_size=len(batch), show_progress_bar=False,
+                                                normalize_embeddings=True, convert_to_numpy=True))
+                else:
+                    parts.append(np.asarray(encoder.encode(batch, pool=pool, batch_size=batch_size,
+                                                           chunk_size=batch_size, show_progress_bar=False,
+                                                           normalize_embeddings=True, convert_to_numpy=True)))
                 bar.update(len(batch))
                 fault_point("embed_batch")
     finally:

@@ -61,6 +61,7 @@ from flax import nnx
 from shed_jax import interrupt
 from shed_jax._faults import fault_point
 from shed_jax.lm.model import REMAT_POLICIES
+from shed_jax.lm import slot_sharding
 from shed_jax.lm.packing import first_fit_decreasing, packed_layout, row_buckets
 from shed_jax.lm.prompts import TokenTable, bucket_for, length_buckets
 from shed_jax.lm.scoring import target_logprob_sums
@@ -262,6 +263,11 @@ class SlotTrainer:
             self._data = tuple(jnp.asarray(a) for a in padded) + (jnp.asarray(self._lengths_host),)
         lora_stack = stack_adapters(lora_init, self.n_slots)
         self._fresh = SlotState(lora_stack, jax.vmap(self.optimizer.init)(lora_stack))
+        # slots over the local devices (shed_jax.lm.slot_sharding; nothing changes on one device)
+        self.mesh = slot_sharding.slot_mesh(self.n_slots)
+        self.base_state = slot_sharding.place_replicated(self.base_state, self.mesh)
+        self._data = slot_sharding.place_replicated(self._data, self.mesh)
+        self._fresh = slot_sharding.place_slots(self._fresh, self.mesh)
         self._store = {"slots": jax.tree_util.tree_map(jnp.copy, self._fresh)}  # shared with with_learning_rate
         self.lr_scale = 1.0
         self._compiled_learning_rate = float(recipe.learning_rate)  # the rate the compiled steps' schedule has
@@ -380,7 +386,7 @@ class SlotTrainer:
         active = np.zeros(self.n_slots, bool)
         active[: len(member_lists)] = [len(m) > 0 for m in member_lists]
         slots = self._refill(self._slots, self._fresh, jnp.ones(self.n_slots, bool))
-        active_device = jnp.asarray(active)
+        active_device = slot_sharding.place_slots(jnp.asarray(active), self.mesh)
         lr_scale = jnp.float32(self.lr_scale)
         losses = []
         def after_step(slots, loss):
@@ -394,13 +400,15 @@ class SlotTrainer:
             pass
         elif self.packing:
             for source, segment in self.packed_plan(rows, active):  # one dispatch per step; no host sync
+                source, segment = slot_sharding.place_slots((source, segment), self.mesh)
                 slots, loss = self._packed_step(self.base_state, slots, self._data, source, segment, active_device,
                                                 lr_scale, n_rows=source.shape[1])
                 after_step(slots, loss)
         else:
             longest = self._lengths_host[rows[active]].max(axis=(0, 2))               # (steps,)
             for step, longest_row in enumerate(longest):  # one dispatch per step for all slots; no host sync
-                slots, loss = self._step(self.base_state, slots, self._data, rows[:, step], active_device,
+                slots, loss = self._step(self.base_state, slots, self._data,
+                                         slot_sharding.place_slots(rows[:, step], self.mesh), active_device,
                                          lr_scale, width=bucket_for(int(longest_row), self.buckets))
                 after_step(slots, loss)
         self._slots = slots

@@ -54,6 +54,7 @@ from shed_jax.lm.prompts import bucket_for
 from shed_jax.lm.model import LORA_TARGETS, init_lora
 from shed_jax.lm.scoring import StackScorer, full_choice_metric, letter_metric, loss_metric
 from shed_jax.options import option, proxy_option_label, validate_fields
+from shed_jax.lm.slot_sharding import local_slot_devices
 from shed_jax.progress import format_duration
 from shed_jax.proxies.base import as_mask_batch
 
@@ -335,7 +336,9 @@ class LMProxyUtility:
         self.config, self.seed, self.source = config, int(seed), source
         self.model_config = model_config
         self.n_players = len(player_table)
-        self.n_slots = int(n_slots or default_slots(model_config, config))
+        # slots = local devices x per-device slots (shed_jax.lm.slot_sharding splits the slot axis over them)
+        per_device = 1 if config.slots is not None else local_slot_devices()
+        self.n_slots = int(n_slots or default_slots(model_config, config) * per_device)
         self.preferred_batch_size = self.n_slots * max(1, 16 // self.n_slots)
         self.validation = validation
         self.progress = progress
@@ -343,7 +346,7 @@ class LMProxyUtility:
                           key=jax.random.fold_in(jax.random.key(self.seed), 0x10AA))
         self.trainer = SlotTrainer(graphdef, base_state, player_table, config.recipe(), n_slots=self.n_slots,
                                    lora_init=lora0, max_length=config.max_length)
-        self.scorer = StackScorer(graphdef, base_state, validation.table, mode=validation.mode,
+        self.scorer = StackScorer(graphdef, self.trainer.base_state, validation.table, mode=validation.mode,
                                   letter_ids=validation.letter_ids, lora_scale=config.lora_scale,
                                   eval_batch_size=config.eval_batch_size, logits_chunk=config.logits_chunk,
                                   max_length=config.max_length)

@@ -16,6 +16,7 @@ import numpy as np
 from shed_jax.config import RefineConfig
 from shed_jax.io import atomic_write_json
 from shed_jax.run.artifacts import Clusters, Values
+from shed_jax.run.processes import one_writer
 from shed_jax.run.select import load_for_select, select_from, write_output
 from shed_jax.run.stage import Log, Run, StageResult
 
@@ -50,28 +51,32 @@ def run_embed(config: RefineConfig, *, progress: bool = True, log: Log | None = 
 
 
 def run_cluster(config: RefineConfig, *, progress: bool = True, log: Log | None = None,
-                restart: bool = False) -> StageResult:
+                restart: bool = False, distributed=False) -> StageResult:
     """Embed (cached) and cluster the candidates; writes ``clusters.npz`` and ``examples.json``.
 
-    Returns a :class:`StageResult` over :class:`~shed_jax.run.artifacts.Clusters`.
+    Returns a :class:`StageResult` over :class:`~shed_jax.run.artifacts.Clusters`. ``distributed``: as
+    :func:`refine`.
     """
-    with Run(config, progress=progress, log=log, restart=restart).open(need_valid=False, need_budget=False) as run:
-        return run.result("cluster")
+    with one_writer(config, log, progress, distributed) as view:
+        with Run(view.config, progress=view.progress, log=view.log, restart=restart).open(
+                need_valid=False, need_budget=False) as run:
+            return run.result("cluster")
 
 
 def run_value(config: RefineConfig, *, progress: bool = True, log: Log | None = None,
-              resume: bool = False, restart: bool = False) -> StageResult:
+              resume: bool = False, restart: bool = False, distributed=False) -> StageResult:
     """Shapley values of the players; writes ``values.json`` and ``convergence.npz``.
 
     Runs the embed and cluster stages first when they are not up to date. A valuation in
     ``RUN_DIR/shapley_ckpt`` is never discarded unless ``restart=True``: with ``resume=True`` a partial one with
     the same options continues, and a larger ``n_permutations`` extends a partial or finished one (the result
     equals a fresh run with that count); anything else raises :class:`shed_jax.errors.PipelineError`
-    (:func:`shed_jax.run.value.check_checkpoint`).
+    (:func:`shed_jax.run.value.check_checkpoint`). ``distributed``: as :func:`refine`.
     """
-    with Run(config, progress=progress, log=log, resume=resume, restart=restart).open(
-            need_valid=True, need_budget=False, valuation=True) as run:
-        return run.result("value")
+    with one_writer(config, log, progress, distributed) as view:
+        with Run(view.config, progress=view.progress, log=view.log, resume=resume, restart=restart).open(
+                need_valid=True, need_budget=False, valuation=True) as run:
+            return run.result("value")
 
 
 def run_select(config: RefineConfig, *, progress: bool = True, log: Log | None = None,
@@ -120,7 +125,7 @@ def write_report(run_dir: str | os.PathLike, *, log: Log | None = None, summary:
 
 
 def refine(config: RefineConfig, *, progress: bool = True, log: Log | None = None, resume: bool = False,
-           report: bool = True, restart: bool = False) -> RefineResult:
+           report: bool = True, restart: bool = False, distributed=False) -> RefineResult:
     """Run the whole SHED pipeline (embed -> cluster -> value -> select -> report) in ``config.run_dir``.
 
     Every input and output path is read and checked before the first stage starts (a user error raises
@@ -137,7 +142,26 @@ def refine(config: RefineConfig, *, progress: bool = True, log: Log | None = Non
       restart: discard saved work that does not match this command (a run of other data, a valuation with
         other options) instead of refusing.
       report: write ``RUN_DIR/report.html`` (a failure to write it is logged, never raised).
+      distributed: run as one of several processes (``jax.distributed``; :mod:`shed_jax.run.processes`):
+        ``True`` connects them with :func:`shed_jax.distributed.initialize` and no arguments (TPU pods, SLURM,
+        Open MPI, JAX's environment variables) unless already connected, a dict passes its arguments
+        (``coordinator``, ``num_processes``, ``process_id``). Every process runs the same call; only process 0
+        writes ``RUN_DIR`` (the others write ``RUN_DIR/logs/process-I.log``).
     """
+    with one_writer(config, log, progress, distributed) as view:
+        result = _refine(view.config, progress=view.progress, log=view.log, resume=resume, report=report,
+                         restart=restart)
+        if not view.writer:  # the same selection; the files are process 0's
+            run_dir = Path(config.run_dir)
+            result = RefineResult(run_dir, None if config.output is None else Path(config.output), result.indices,
+                                  result.labels, result.cluster_values, result.stderr, result.summary,
+                                  None if result.report is None else run_dir / Path(result.report).name,
+                                  result.stages)
+        return result
+
+
+def _refine(config: RefineConfig, *, progress: bool, log: Log | None, resume: bool, report: bool, restart: bool
+            ) -> RefineResult:
     wall = time.perf_counter()
     with Run(config, progress=progress, log=log, resume=resume, restart=restart).open(
             need_valid=True, need_budget=True, outputs=(config.output,), valuation=True) as run:

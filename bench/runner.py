@@ -102,6 +102,17 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
                Metric("onnx_mean_cosine", "", "mean cosine of ONNX fp32 embeddings with torch's"),
                Metric("onnx_int8_mean_cosine", "", "mean cosine of ONNX int8 embeddings with torch's")),
               plot=("onnx_over_torch", "onnx_int8_over_torch")),
+    Benchmark("efficiency", "estimator error against exact Shapley values vs utility evaluations (removal steps "
+              "1/5/20, antithetic, truncation)", "bench_efficiency",
+              (Metric("airport_m1_rmse_at_max", "", "airport game n=100, m=1: RMSE at the largest budget"),
+               Metric("airport_m5_rmse_at_max", "", "airport game, m=5"),
+               Metric("airport_m20_rmse_at_max", "", "airport game, m=20"),
+               Metric("airport_m1_antithetic_rmse_at_max", "", "airport game, m=1, antithetic"),
+               Metric("airport_m1_truncation_rmse_at_max", "", "airport game, m=1, truncation 0.05"),
+               Metric("logreg_m1_rmse_at_max", "", "logistic regression n=12 (exact enumeration), m=1"),
+               Metric("logreg_m5_rmse_at_max", "", "logistic regression, m=5"),
+               Metric("logreg_m1_antithetic_rmse_at_max", "", "logistic regression, m=1, antithetic"),
+               Metric("logreg_m1_truncation_rmse_at_max", "", "logistic regression, m=1, truncation 0.05"))),
 )}
 
 
@@ -243,6 +254,9 @@ def _json_default(value):
 def plot(entry: dict, path: Path) -> bool:
     """Bar chart of the benchmark's ratio metrics (median, min-max whiskers); False if nothing to draw."""
     bench = BENCHMARKS[entry["name"]]
+    own = getattr(importlib.import_module(f"bench.{bench.module}"), "plot", None)
+    if own is not None:  # a benchmark with its own figure (curves rather than ratio bars)
+        return bool(own(entry, path))
     names = [m for m in bench.plot if m in entry.get("summary", {})]
     if not names:
         return False

@@ -77,7 +77,11 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
                Metric("logreg_engine_over_raw", "x", "logistic regression: engine evals/s over best raw evals/s"),
                Metric("logreg_engine_evals_per_s", "evals/s", "logistic regression, engine default call"),
                Metric("proxy_engine_over_raw", "x", "embedding proxy: engine evals/s over best raw evals/s"),
-               Metric("proxy_engine_evals_per_s", "evals/s", "embedding proxy, engine default call")),
+               Metric("proxy_engine_evals_per_s", "evals/s", "embedding proxy, engine default call"),
+               Metric("additive_engine_over_raw_cpu", "x", "additive game: raw CPU s/eval (cheapest batch) over the "
+                      "engine's (load-robust)"),
+               Metric("logreg_engine_over_raw_cpu", "x", "logistic regression: the same CPU-time ratio"),
+               Metric("proxy_engine_over_raw_cpu", "x", "embedding proxy: the same CPU-time ratio")),
               plot=("additive_engine_over_raw", "logreg_engine_over_raw", "proxy_engine_over_raw")),
     Benchmark("kmeans", "shed_jax k-means vs scikit-learn Lloyd (same init, same iterations)", "bench_kmeans",
               (Metric("jax_over_sklearn_time", "x", "wall time of shed_jax.cluster.kmeans over scikit-learn's"),

@@ -56,7 +56,18 @@ def _check_chunk_size(chunk_size: int) -> int:
 def _block_labels(x_block: jax.Array, centroids_t: jax.Array, centroid_sq: jax.Array) -> jax.Array:
     """Nearest centroid of each row of one block. x_block (B, d), centroids_t (d, K), centroid_sq (K,)."""
     scores = centroid_sq[None, :] - 2.0 * jnp.dot(x_block, centroids_t, precision=lax.Precision.HIGHEST)
-    return jnp.argmin(scores, axis=1).astype(jnp.int32)
+    # argmin as two plain reductions (the minimum, then the lowest index holding it): XLA's CPU backend runs
+    # the variadic (value, index) reduce of ``jnp.argmin`` far slower than a min (measured: the whole
+    # assignment 1.6-3x faster at 50,000 x 384, K = 1,000). The barrier materialises ``scores`` once, so both
+    # reductions read the same rounded values (no fused recomputation that could round differently): the
+    # result is exactly ``argmin``'s, ties to the lowest index. Inputs are finite (checked by the callers);
+    # the clamp only keeps an index in range if a score were NaN.
+    scores = lax.optimization_barrier(scores)
+    n_centroids = scores.shape[1]
+    lowest = jnp.min(scores, axis=1, keepdims=True)
+    index = jnp.arange(n_centroids, dtype=jnp.int32)[None, :]
+    labels = jnp.min(jnp.where(scores == lowest, index, n_centroids), axis=1)
+    return jnp.minimum(labels, n_centroids - 1).astype(jnp.int32)
 
 
 def _block_sq_dist(x_block: jax.Array, centroids: jax.Array, labels: jax.Array) -> jax.Array:

@@ -100,17 +100,39 @@ def _is_jittable(utility) -> bool:
     return getattr(utility, "jittable", True) is not False
 
 
-def default_batch_size(utility, devices: Sequence[jax.Device] | None, default: int) -> int:
-    """The engine's batch size when none is asked for: ``utility.preferred_batch_size`` per device.
+MASK_ELEMENTS_PER_CALL = 1 << 22
+"""Memory rule of :func:`default_batch_size` for a utility without a preference: about this many mask
+elements (``B * n_players``) per call, i.e. 4 MiB of bool masks."""
+
+
+def default_batch_size(utility, devices: Sequence[jax.Device] | None, default: int,
+                       n_players: int | None = None) -> int:
+    """The engine's batch size when none is asked for: ``utility.preferred_batch_size`` per device, else a
+    memory rule.
 
     A jittable utility is evaluated under :func:`evaluate_sharded`, so each of the ``D`` devices gets
     ``B / D`` coalitions: the global batch is ``preferred_batch_size * D``. A host-orchestrated utility
     (``jittable = False``) receives the whole batch in one call, so its preference is the global batch.
-    Without a preference, ``default`` (global; the engine rounds it up to a multiple of ``D``).
+
+    Without a preference: ``default`` when ``n_players`` is not given; otherwise the power of two nearest
+    below ``MASK_ELEMENTS_PER_CALL / n_players``, clamped to ``[default, 4 * default]`` (global; the engine
+    rounds it up to a multiple of ``D``). A cheap utility of a few hundred to a thousand players is bound by
+    the per-call work around it (mask generation, bookkeeping) and runs best at a few thousand coalitions
+    per call (bench ``shapley``: the additive game of 1,000 players reached 2.4M evaluations/s at 1,024 and
+    2.8M at 4,096); the clamp keeps a large-``n`` batch no smaller than before and a small-``n`` chunk (16
+    batches) from holding needlessly many permutations.
+
+    >>> default_batch_size(object(), None, 1024, n_players=1000)
+    4096
+    >>> default_batch_size(object(), None, 1024, n_players=3000)
+    1024
     """
     preferred = getattr(utility, "preferred_batch_size", None)
     if not preferred:
-        return int(default)
+        if n_players is None:
+            return int(default)
+        rule = 1 << max(0, (MASK_ELEMENTS_PER_CALL // max(1, int(n_players))).bit_length() - 1)
+        return int(min(max(rule, int(default)), 4 * int(default)))
     n_devices = len(list(devices)) if devices is not None else jax.local_device_count()
     return int(preferred) * (n_devices if _is_jittable(utility) else 1)
 

@@ -39,7 +39,7 @@ def test_quick_runs_every_benchmark_and_writes_valid_json(tmp_path):
             assert stats["min"] <= stats["median"] <= stats["max"]
             assert stats["median"] == stats["median"]  # not NaN
         ratios = [m for m in declared if m.endswith("over_raw") or m.endswith("over_torch")
-                  or m.endswith("_over_loop") or m.endswith("over_sklearn_time")]
+                  or m.endswith("_over_loop") or m.endswith("over_sklearn_time") or m.endswith("rmse_at_max")]
         assert any(r in entry["summary"] for r in ratios), entry["summary"]
     assert entry["name"] in proc.stdout  # the printed table
 
@@ -63,3 +63,27 @@ def test_results_md_keeps_hand_written_sections(tmp_path):
     text = path.read_text()
     assert "second" in text and "first" not in text and text.count(START_MARK) == 1
     assert text.startswith("# Benchmark results\n") and "measured 1.23" in text and "intro" in text
+
+
+def test_a_partial_full_run_leaves_the_committed_plots_alone(tmp_path, monkeypatch):
+    # bench/plots/ holds what bench/RESULTS.md shows: a full-mode run with --only puts its figures by its JSON
+    import types
+
+    from bench import runner
+
+    fake = types.ModuleType("bench._fake_for_test")
+    fake.run = lambda quick, repeats: runner.Result(config={}, repeats=[{"a_over_raw": 1.0 + r} for r in range(repeats)])
+    monkeypatch.setitem(sys.modules, "bench._fake_for_test", fake)
+    bench = runner.Benchmark("fake", "fake", "_fake_for_test", (runner.Metric("a_over_raw", "x", "a"),),
+                             plot=("a_over_raw",))
+    monkeypatch.setattr(runner, "BENCHMARKS", {"fake": bench})
+    before = {p.name: p.stat().st_mtime_ns for p in runner.PLOTS_DIR.glob("*.png")}
+    results_md = runner.RESULTS_MD.read_text()
+    out = tmp_path / "full.json"
+    assert runner.main(["--only", "fake", "--repeats", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["benchmarks"][0]["plot"] == str(tmp_path / "full-plots" / "fake.png")
+    assert (tmp_path / "full-plots" / "fake.png").stat().st_size > 0
+    assert not (runner.PLOTS_DIR / "fake.png").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in runner.PLOTS_DIR.glob("*.png")} == before
+    assert runner.RESULTS_MD.read_text() == results_md

@@ -200,3 +200,33 @@ def test_default_batch_size_is_per_device():
     assert sharding.default_batch_size(Host(), devices, 1024) == 16
     assert sharding.default_batch_size(object(), devices, 1024) == 1024
     assert sharding.default_batch_size(Jitted(), None, 1024) == 64 * jax.local_device_count()
+
+
+def test_default_batch_size_memory_rule_without_a_preference():
+    # about MASK_ELEMENTS_PER_CALL mask elements per call, a power of two, clamped to [default, 4 * default]
+    rule = sharding.MASK_ELEMENTS_PER_CALL
+    assert rule == 1 << 22
+    assert sharding.default_batch_size(object(), None, 1024, n_players=1000) == 4096   # 4,194 -> 4,096
+    assert sharding.default_batch_size(object(), None, 1024, n_players=1025) == 2048   # 4,092 -> 2,048
+    assert sharding.default_batch_size(object(), None, 1024, n_players=3) == 4096      # clamped above
+    assert sharding.default_batch_size(object(), None, 1024, n_players=100_000) == 1024  # clamped below
+    assert sharding.default_batch_size(object(), None, 256, n_players=1000) == 1024
+    # a preference wins over the rule
+    class Jitted:
+        preferred_batch_size = 64
+    assert sharding.default_batch_size(Jitted(), [object()] * 2, 1024, n_players=1000) == 128
+
+
+def test_engine_default_call_uses_the_memory_rule():
+    # no batch_size, no preference: the engine calls the utility with the rule's batch (n = 1000 -> 4096)
+    shapes = []
+    w = jnp.linspace(-1.0, 1.0, 1000, dtype=jnp.float32)
+
+    def additive(masks):
+        shapes.append(tuple(masks.shape))  # at trace time
+        return masks.astype(jnp.float32) @ w
+
+    res = shapley.monte_carlo(additive, 1000, n_permutations=2, seed=0)
+    assert set(shapes) == {(4096, 1000)}
+    # additive game: every marginal is w_i, up to float32 rounding of sums of size ~sum|w| = 500 (ulp 3e-5)
+    np.testing.assert_allclose(res.values, np.asarray(w), atol=8 * np.spacing(np.float32(500)))

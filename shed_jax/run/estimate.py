@@ -195,7 +195,8 @@ def time_shapley(utility, n_players: int, *, removal_step: int, n_permutations: 
 
     from shed_jax import sharding as _sharding
 
-    batch = int(batch_size or _sharding.default_batch_size(utility, None, DEFAULT_BATCH_SIZE))  # the engine's rule
+    batch = int(batch_size or _sharding.default_batch_size(utility, None, DEFAULT_BATCH_SIZE,
+                                                                       n_players=n_players))  # the engine's rule
     intermediate = max(1, -(-n_players // int(removal_step)) - 1)
     permutations = max(1, min(int(n_permutations), (batches * batch) // intermediate))
     kwargs = dict(n_permutations=permutations, removal_step=int(removal_step), seed=int(seed), progress=None,

@@ -65,7 +65,8 @@ from ._sampler import permutation_keys, permutations_from_keys, ranks_of, with_a
 from ._stopping import MaxPermutations, RunStatus, StoppingRule, now
 
 DEFAULT_BATCH_SIZE = 1024
-"""Coalitions per utility call when neither ``batch_size`` nor ``utility.preferred_batch_size`` is given."""
+"""Coalitions per utility call when neither ``batch_size`` nor ``utility.preferred_batch_size`` is given: the
+base of ``shed_jax.sharding.default_batch_size``'s memory rule (between 1x and 4x this, by ``n_players``)."""
 
 CHUNK_BATCHES = 16
 """The engine's chunk holds about this many utility batches (unless ``permutations_per_chunk`` is given)."""
@@ -450,7 +451,7 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
       removal_step: players removed per step (SHED's ``m``); 1 = classic permutation sampling.
       seed: permutation ``i`` is drawn from ``jax.random.fold_in(jax.random.key(seed), i)``.
       batch_size: coalitions per utility call; ``None`` -> ``utility.preferred_batch_size`` if present, else
-        ``DEFAULT_BATCH_SIZE``. Rounded up to a multiple of the device count. Does not change the estimate.
+        a memory rule from ``DEFAULT_BATCH_SIZE`` and ``n_players`` (``shed_jax.sharding.default_batch_size``). Rounded up to a multiple of the device count. Does not change the estimate.
       antithetic: pair every permutation with its reverse; the pair average is one sample.
       truncation_tol: TMC truncation tolerance (``None`` = off).
       stopping: rule(s) from ``shed_jax.shapley`` checked after every chunk (may stop before the cap).
@@ -504,7 +505,8 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
     if permutations_per_chunk is not None:
         permutations_per_chunk = check_positive_int(permutations_per_chunk, "permutations_per_chunk")
     if batch_size is None:
-        batch_size = _sharding.default_batch_size(utility, devices, DEFAULT_BATCH_SIZE)  # preferred: per device
+        batch_size = _sharding.default_batch_size(utility, devices, DEFAULT_BATCH_SIZE,  # preferred: per device
+                                                   n_players=n_players)
     batch_size = check_positive_int(batch_size, "batch_size")
 
     owner, n_groups = _check_groups(groups, n_groups, n_players)

@@ -308,15 +308,27 @@ def _sharded_functions(mesh, n_real: int, n_clusters: int, n_local_trials: int, 
     return _SHARDED_CACHE[seed_key], _SHARDED_CACHE[lloyd_key]
 
 
+def _padded_rows(mesh, *arrays) -> tuple[tuple, int]:
+    """Each ``(host_array, dtype)`` zero-padded along its first axis to ``N_pad``, a multiple of the device count
+    (the rows at index >= N are padding: weight 0 / never chosen, see above), as a global array split on the
+    ``data`` axis; returns ``(global arrays, N_pad)``."""
+    n_devices = mesh.devices.size
+    n_rows = arrays[0][0].shape[0]
+    n_pad = -(-n_rows // n_devices) * n_devices
+    out = []
+    for host, dtype in arrays:
+        padded = np.zeros((n_pad, *np.shape(host)[1:]), dtype)
+        padded[:n_rows] = host
+        out.append(_sharding.global_array(padded, mesh, "data"))
+    return tuple(out), n_pad
+
+
 def _kmeans_sharded(x_host, n_clusters, seed, max_iter, tol, init_host, chunk_size, n_local_trials, devices):
     """k-means with the points zero-padded to a multiple of D and split over the ``data`` axis."""
     mesh = _sharding.make_mesh(devices)
     n_devices = mesh.devices.size
     n_rows = x_host.shape[0]
-    n_pad = -(-n_rows // n_devices) * n_devices
-    padded = np.zeros((n_pad, x_host.shape[1]), np.float32)
-    padded[:n_rows] = x_host
-    x_global = _sharding.global_array(padded, mesh, "data")
+    (x_global,), n_pad = _padded_rows(mesh, (x_host, np.float32))
     # a row chunk larger than one device's block would only be clamped to it
     seed_fn, lloyd_fn = _sharded_functions(mesh, n_rows, n_clusters, n_local_trials,
                                            min(chunk_size, n_pad // n_devices))
@@ -461,13 +473,8 @@ def _member_proxies_sharded(x_host, centroids_host, labels_host, devices):
     """:func:`_member_proxies` with the rows zero-padded to a multiple of D and split on the ``data`` axis."""
     from jax.sharding import PartitionSpec as P
     mesh = _sharding.make_mesh(devices)
-    n_devices = mesh.devices.size
     n_rows = x_host.shape[0]
-    n_pad = -(-n_rows // n_devices) * n_devices
-    x_pad = np.zeros((n_pad, x_host.shape[1]), np.float32)
-    x_pad[:n_rows] = x_host
-    labels_pad = np.zeros((n_pad,), np.int32)
-    labels_pad[:n_rows] = labels_host
+    (x_global, labels_global), _ = _padded_rows(mesh, (x_host, np.float32), (labels_host, np.int32))
     axis = _sharding.LOGICAL_AXIS_RULES["data"]
     cache_key = ("proxies", tuple(mesh.devices.flat), n_rows)
     if cache_key not in _SHARDED_CACHE:
@@ -475,8 +482,7 @@ def _member_proxies_sharded(x_host, centroids_host, labels_host, devices):
             lambda x, c, lab: _member_proxies_impl(x, c, lab, n_rows, axis), mesh=mesh,
             in_specs=(P(axis, None), P(), P(axis)), out_specs=P(), check_vma=False))
     return _sharding.to_host(_SHARDED_CACHE[cache_key](
-        _sharding.global_array(x_pad, mesh, "data"), _sharding.global_array(centroids_host, mesh),
-        _sharding.global_array(labels_pad, mesh, "data")))
+        x_global, _sharding.global_array(centroids_host, mesh), labels_global))
 
 
 def proxies(x, centroids, labels) -> np.ndarray:

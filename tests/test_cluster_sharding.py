@@ -3,16 +3,11 @@
 Each device count runs in its own subprocess (``XLA_FLAGS`` with ``--xla_force_host_platform_device_count``;
 the script asserts ``jax.device_count()`` first, since a bad flag silently drops the count).
 """
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import run_on_fake_devices
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -52,32 +47,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(tmp_path, device_counts, timeout=300):
-    procs = {}
-    try:
-        for n in device_counts:
-            script = tmp_path / f"kmeans_{n}.py"
-            script.write_text(SCRIPT)
-            env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-                       XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count={n}")
-            procs[n] = subprocess.Popen([sys.executable, str(script), str(n)], env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
-        out = {}
-        for n, proc in procs.items():
-            stdout, stderr = proc.communicate(timeout=timeout)
-            assert proc.returncode == 0, stderr.decode()[-3000:]
-            line = [ln for ln in stdout.decode().splitlines() if ln.startswith("RESULT")][-1]
-            out[n] = json.loads(line[len("RESULT"):])
-        return out
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
 def test_kmeans_same_labels_on_1_2_8_devices(tmp_path):
-    out = _run(tmp_path, (1, 2, 8))
+    out = run_on_fake_devices(tmp_path, SCRIPT, (1, 2, 8))
     ref = out[1]
     assert ref["local_block_only"] == []          # one device: the unsharded path, no shard_map
     for n in (2, 8):

@@ -5,28 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from shed_jax import cli
+from _helpers import invoke, write_tiny_checkpoint
 from shed_jax.demo import synthetic
-from test_lm_finetune import tiny_config, tiny_tokenizer, tiny_weights
-from test_lm_proxy import save_hf_checkpoint
 
 SMALL = ["--steps", "2", "--seeds", "2", "--batch-size", "2", "--max-length", "48", "--prompt-format", "alpaca",
          "--max-eval", "6", "--bootstrap", "100", "--rank", "2", "--dtype", "float32", "-q"]
 
 
-def invoke(args):
-    return CliRunner().invoke(cli.cli, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = tiny_tokenizer()
-    config = tiny_config(len(tokenizer))
-    save_hf_checkpoint(directory, config, tiny_weights(config, seed=5), tokenizer)
-    return directory
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"), seed=5)
 
 
 @pytest.fixture(scope="module")

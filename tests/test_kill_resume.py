@@ -27,10 +27,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import hashing_embed
-from shed_jax import _faults, cli
+import _helpers as helpers
+from _helpers import hashing_encoder, invoke
 from shed_jax.demo import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,13 +56,13 @@ def refine_argv(work: Path) -> list[str]:
             "--permutations", "48", "--shapley-batch-size", "5", "--proxies-per-cluster", "1", "-q"]
 
 
-def value_argv(work: Path) -> list[str]:
-    return ["value", "--run-dir", str(work / "run"), "--valid", str(work / "data" / "valid.jsonl"),
-            "--permutations", "48", "--shapley-batch-size", "5", "--proxies-per-cluster", "1", "-q"]
+def value_argv(work: Path, permutations: int = 48, **options) -> list[str]:
+    options = {"shapley_batch_size": 5, "proxies_per_cluster": 1, **options}
+    return helpers.value_argv(work / "run", work / "data" / "valid.jsonl", permutations, **options)
 
 
 def cluster_argv(work: Path) -> list[str]:
-    return ["cluster", str(work / "data" / "train.jsonl"), "--run-dir", str(work / "run"), "--clusters", "6", "-q"]
+    return helpers.cluster_argv(work / "data" / "train.jsonl", work / "run", 6)
 
 
 @pytest.fixture(scope="module")
@@ -71,26 +70,6 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill_data")
     synthetic.make_demo(root, n_examples=120, n_topics=6, n_validation=30, seed=0)
     return root
-
-
-def _patched_embedding(monkeypatch):
-    from shed_jax import embed as embed_module
-
-    monkeypatch.setattr(embed_module, "_get_model", lambda *args, **kwargs: None)
-    monkeypatch.setattr(embed_module, "_encode", lambda encoder, texts, **kwargs: hashing_embed(list(texts)))
-
-
-def invoke(argv, monkeypatch, fault=None):
-    """Run the CLI in-process with the hashing encoder (the real embed_texts and its cache)."""
-    _faults._COUNTS.clear()
-    if fault:
-        monkeypatch.setenv("SHED_FAULT", fault)
-    else:
-        monkeypatch.delenv("SHED_FAULT", raising=False)
-    try:
-        return CliRunner().invoke(cli.cli, argv)
-    finally:
-        monkeypatch.delenv("SHED_FAULT", raising=False)
 
 
 def new_work(tmp_path, data, name="work") -> Path:
@@ -117,7 +96,7 @@ def reference(data, tmp_path_factory):
     shutil.copytree(data, work / "data")
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
-        _patched_embedding(monkeypatch)
+        hashing_encoder(monkeypatch)
         result = invoke(refine_argv(work), monkeypatch)
     assert result.exit_code == 0, result.output
     return {name: (work / name).read_bytes() for name in COMPARED}, normalised_summary(work)
@@ -150,7 +129,7 @@ def assert_nothing_half_written(work: Path, reference_bytes):
 
 def resume_and_compare(work: Path, monkeypatch, reference, argv=None):
     monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
-    _patched_embedding(monkeypatch)
+    hashing_encoder(monkeypatch)
     argv = argv or ["refine", "--resume", "--run-dir", str(work / "run"), "-q"]
     result = invoke(argv, monkeypatch)
     assert result.exit_code == 0, result.output
@@ -209,7 +188,7 @@ INT_POINTS = [
 def test_ctrl_c_then_resume_gives_the_uninterrupted_outputs(point, data, reference, tmp_path, monkeypatch):
     work = new_work(tmp_path, data)
     monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
-    _patched_embedding(monkeypatch)
+    hashing_encoder(monkeypatch)
     result = invoke(refine_argv(work), monkeypatch, fault=f"{point}:int")
     assert result.exit_code == 130, result.output
     assert "resume with: shed refine --resume --run-dir" in result.stderr
@@ -227,7 +206,7 @@ def test_shed_value_killed_then_resumed(fault, data, reference, tmp_path, monkey
     and selection as the uninterrupted refine."""
     work = new_work(tmp_path, data)
     monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
-    _patched_embedding(monkeypatch)
+    hashing_encoder(monkeypatch)
     assert invoke(cluster_argv(work), monkeypatch).exit_code == 0
     if fault.endswith(":kill"):
         killed = run_killed(value_argv(work), work, fault, compilation_cache)
@@ -258,7 +237,7 @@ def test_disk_full_writing_the_output_keeps_the_previous_output_and_resume_works
     work = new_work(tmp_path, data)
     (work / "out.jsonl").write_text("the previous output\n")
     monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
-    _patched_embedding(monkeypatch)
+    hashing_encoder(monkeypatch)
     result = invoke(refine_argv(work), monkeypatch, fault="write:out.jsonl:enospc")
     assert result.exit_code == 1
     line = one_line(result)
@@ -276,7 +255,7 @@ def test_disk_full_writing_a_checkpoint_keeps_the_previous_one_and_resume_works(
 
     work = new_work(tmp_path, data)
     monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
-    _patched_embedding(monkeypatch)
+    hashing_encoder(monkeypatch)
     result = invoke(refine_argv(work), monkeypatch, fault="checkpoint_save:2:enospc")
     assert result.exit_code == 1 and "No space left on device" in one_line(result)
     assert checkpointed_samples(work / "run" / "shapley_ckpt") == 16  # the previous step, intact
@@ -316,7 +295,7 @@ def test_a_really_full_disk_for_the_output(data, reference, tmp_path, monkeypatc
     argv = refine_argv(work)
     argv[argv.index("-o") + 1] = str(small_tmpfs / "out.jsonl")
     monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
-    _patched_embedding(monkeypatch)
+    hashing_encoder(monkeypatch)
     result = invoke(argv, monkeypatch)
     assert result.exit_code == 1 and "No space left on device" in one_line(result), result.output
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]  # no output, no temporary file
@@ -355,7 +334,7 @@ def test_a_read_only_output_directory_is_refused_before_any_work(data, tmp_path,
     argv = refine_argv(work)
     argv[argv.index("-o") + 1] = str(read_only_dir / "out.jsonl")
     monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
-    _patched_embedding(monkeypatch)
+    hashing_encoder(monkeypatch)
     result = invoke(argv, monkeypatch)
     assert result.exit_code == 2
     assert "readonly: output directory is not writable" in one_line(result)
@@ -367,7 +346,7 @@ def test_a_file_system_turning_read_only_keeps_the_run_and_resume_works(data, re
     """EROFS injected as the selection is written (the directory passed the check, then became read-only)."""
     work = new_work(tmp_path, data)
     monkeypatch.setenv("SHED_CACHE", str(work / "cache"))
-    _patched_embedding(monkeypatch)
+    hashing_encoder(monkeypatch)
     result = invoke(refine_argv(work), monkeypatch, fault="write:out.jsonl:erofs")
     assert result.exit_code == 1 and "Read-only file system" in one_line(result)
     assert not (work / "out.jsonl").exists() and not list(work.glob(".*.tmp"))
@@ -395,15 +374,10 @@ def test_default_auto_valuation_killed_then_resumed(data, tmp_path, monkeypatch,
     """The default M (`auto`: 16 players per cluster here) killed mid-valuation and resumed: the values of an
     uninterrupted run, byte for byte."""
     monkeypatch.setenv("SHED_CACHE", str(tmp_path / "cache"))
-    _patched_embedding(monkeypatch)
+    hashing_encoder(monkeypatch)
 
     def auto_value_argv(work):
-        argv = value_argv(work)
-        at = argv.index("--proxies-per-cluster")
-        argv = argv[:at] + argv[at + 2:]
-        at = argv.index("--permutations")
-        argv[at + 1] = "8"
-        return argv
+        return value_argv(work, 8, proxies_per_cluster=None)
 
     reference_work = new_work(tmp_path, data, "reference")
     assert invoke(cluster_argv(reference_work), monkeypatch).exit_code == 0

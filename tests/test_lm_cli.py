@@ -6,12 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from shed_jax import cli
+from _helpers import invoke, write_tiny_checkpoint
 from shed_jax.demo import synthetic
-from test_lm_finetune import tiny_config, tiny_tokenizer, tiny_weights
-from test_lm_proxy import save_hf_checkpoint
 
 LM_OPTIONS = ["--proxy-option", "steps=2", "--proxy-option", "warmup_steps=0", "--proxy-option", "batch_size=2",
               "--proxy-option", "max_length=48", "--proxy-option", "slots=4", "--proxy-option", "dtype=float32",
@@ -20,20 +17,12 @@ LM_OPTIONS = ["--proxy-option", "steps=2", "--proxy-option", "warmup_steps=0", "
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = tiny_tokenizer()
-    config = tiny_config(len(tokenizer))
-    save_hf_checkpoint(directory, config, tiny_weights(config, seed=2), tokenizer)
-    return directory
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"), seed=2)
 
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     return synthetic.make_demo(tmp_path_factory.mktemp("demo"), n_examples=60, n_topics=4, n_validation=16, seed=0)
-
-
-def invoke(args):
-    return CliRunner().invoke(cli.cli, [str(a) for a in args])
 
 
 def test_value_with_the_lm_proxy_short_form(checkpoint, demo_data, tmp_path, fake_embed):

@@ -342,6 +342,18 @@ def test_progress_callback_and_bar():
     assert res.n_permutations == 30
 
 
+def test_progress_true_is_the_projects_progress_bar(monkeypatch, capsys):
+    """``progress=True`` goes through shed_jax.progress: plain labelled lines off a terminal, no tqdm bar."""
+    monkeypatch.setenv("SHED_PROGRESS", "plain")
+    monkeypatch.setenv("SHED_PROGRESS_SECONDS", "0")
+    game = games.GloveGame(2, 2)
+    res = shapley.monte_carlo(game, 4, n_permutations=30, permutations_per_chunk=10, progress=True)
+    err = capsys.readouterr().err
+    assert res.n_permutations == 30
+    assert "Shapley: 30 permutations: 10/30 (33%)" in err and "20/30 (67%)" in err, err
+    assert "\r" not in err and "it/s" not in err and "perm/s" not in err
+
+
 def test_bad_arguments():
     game = games.GloveGame(2, 2)
     with pytest.raises(ValueError, match="removal_step"):

@@ -4,11 +4,7 @@ The 8-device run happens in a subprocess with XLA_FLAGS=--xla_force_host_platfor
 flag never affects this test process.
 """
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +15,7 @@ from jax.sharding import PartitionSpec
 from shed_jax import shapley, sharding
 from shed_jax.shapley import games
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import run_on_fake_devices
 
 CASES = [
     ("games.GloveGame(5, 6)", dict(n_permutations=60, removal_step=1, seed=3, batch_size=12)),
@@ -32,8 +28,8 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from shed_jax import shapley, sharding
     from shed_jax.shapley import games
-    assert jax.local_device_count() == 8, jax.devices()
-    cases = json.loads(sys.argv[1])
+    assert jax.local_device_count() == int(sys.argv[1]) == 8, jax.devices()
+    cases = json.loads(sys.argv[2])
     out = {"results": []}
     for game_src, kwargs in cases:
         game = eval(game_src, {"games": games})
@@ -57,15 +53,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_eight_devices_match_single_device(tmp_path):
-    script = tmp_path / "multi.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip())
-    proc = subprocess.run([sys.executable, str(script), json.dumps(CASES)], env=env, capture_output=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    line = [ln for ln in proc.stdout.decode().splitlines() if ln.startswith("RESULT")][-1]
-    out = json.loads(line[len("RESULT"):])
+    out = run_on_fake_devices(tmp_path, SCRIPT, (8,), json.dumps(CASES), timeout=600)[8]
     assert out["mesh_shape"] == {"coalitions": 8}
     assert out["n_shards"] == 8 and out["shard_shape"] == [2, 2]
     assert "multiple of the 8 devices" in out["indivisible_error"]
@@ -135,34 +123,8 @@ PROXY_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_on_devices(tmp_path, script_text, device_counts, *args, timeout=300):
-    """Runs ``script_text`` once per device count, in parallel subprocesses (each with its own fake CPU
-    devices, Eigen threads off); returns ``{n_devices: the JSON after RESULT}``. Always reaps the children."""
-    procs = {}
-    try:
-        for n in device_counts:
-            script = tmp_path / f"script_{n}.py"
-            script.write_text(script_text)
-            env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-                       XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count={n}")
-            procs[n] = subprocess.Popen([sys.executable, str(script), str(n), *args], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out = {}
-        for n, proc in procs.items():
-            stdout, stderr = proc.communicate(timeout=timeout)
-            assert proc.returncode == 0, stderr.decode()[-3000:]
-            line = [ln for ln in stdout.decode().splitlines() if ln.startswith("RESULT")][-1]
-            out[n] = json.loads(line[len("RESULT"):])
-        return out
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
 def test_embedding_proxy_sharded_over_1_2_8_devices(tmp_path):
-    out = _run_on_devices(tmp_path, PROXY_SCRIPT, (1, 2, 8))
+    out = run_on_fake_devices(tmp_path, PROXY_SCRIPT, (1, 2, 8))
     ref = out[1]
     for n in (2, 8):
         # each coalition is evaluated alone (chunk 1 on a CPU), so the split leaves every value unchanged

@@ -8,16 +8,12 @@ import json
 import shutil
 
 import pytest
-from click.testing import CliRunner
 
-from shed_jax import cli, synthetic
+from _helpers import invoke
+from shed_jax import synthetic
 from test_cli import fake_shapley  # noqa: F401  (a fixture)
 
 FAST = ["--clusters", "8", "--permutations", "4", "--proxy-option", "steps=4", "--proxies-per-cluster", "1"]
-
-
-def invoke(args):
-    return CliRunner().invoke(cli.cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

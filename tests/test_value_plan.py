@@ -8,14 +8,10 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from shed_jax import cli, proxies, shapley
+from _helpers import hashing_encoder, invoke, write_tiny_checkpoint
+from shed_jax import proxies, shapley
 from shed_jax.demo import synthetic
-
-
-def invoke(args):
-    return CliRunner().invoke(cli.cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +23,8 @@ def demo(tmp_path_factory):
 def cached_embed(monkeypatch, tmp_path):
     """The hashing encoder below the real embed_texts, so that embeddings go through the embedding cache as in a
     real run (the dry run reads the players' embeddings from there; it never embeds)."""
-    from conftest import hashing_embed
-    from shed_jax import embed as embed_module
-
     monkeypatch.setenv("SHED_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(embed_module, "_get_model", lambda *args, **kwargs: None)
-    monkeypatch.setattr(embed_module, "_encode", lambda encoder, texts, **kwargs: hashing_embed(list(texts)))
+    hashing_encoder(monkeypatch)
 
 
 def plan_and_run(run_dir, value_args):
@@ -65,15 +57,9 @@ def test_dry_run_and_run_agree_for_the_embedding_proxy(demo, tmp_path, cached_em
 @pytest.mark.slow
 def test_dry_run_and_run_agree_for_a_tiny_lm_under_a_time_budget(demo, tmp_path, cached_embed, monkeypatch):
     from test_lm_cli import LM_OPTIONS
-    from test_lm_finetune import tiny_config, tiny_tokenizer, tiny_weights
-    from test_lm_proxy import save_hf_checkpoint
 
     monkeypatch.setenv("SHED_ESTIMATE", "1")
-    checkpoint = tmp_path / "tiny-llama"
-    checkpoint.mkdir()
-    tokenizer = tiny_tokenizer()
-    config = tiny_config(len(tokenizer))
-    save_hf_checkpoint(checkpoint, config, tiny_weights(config, seed=2), tokenizer)
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny-llama", seed=2)
     run_dir = tmp_path / "run"
     assert invoke(["cluster", demo.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
     # the player budget alone gives M=8; a budget of 1 ms fits no M, so auto lowers it to 1 in both

@@ -5,13 +5,12 @@ of a fresh run with that count (computing only the new permutations), and any ot
 from __future__ import annotations
 
 import json
-import re
 import shutil
 
 import pytest
-from click.testing import CliRunner
 
-from shed_jax import _faults, cli, synthetic
+from _helpers import cluster_argv, invoke, one_line_error, value_argv
+from shed_jax import synthetic
 
 
 @pytest.fixture(scope="module")
@@ -19,36 +18,16 @@ def demo(tmp_path_factory):
     return synthetic.make_demo(tmp_path_factory.mktemp("demo"), n_examples=120, n_topics=6, n_validation=30, seed=1)
 
 
-def invoke(args, monkeypatch, fault=None):
-    _faults._COUNTS.clear()
-    if fault:
-        monkeypatch.setenv("SHED_FAULT", fault)
-    else:
-        monkeypatch.delenv("SHED_FAULT", raising=False)
-    try:
-        return CliRunner().invoke(cli.cli, [str(a) for a in args])
-    finally:
-        monkeypatch.delenv("SHED_FAULT", raising=False)
-
-
-def one_line_error(result, pattern):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("Error: ") and "Traceback" not in result.output, result.output
-    assert re.search(pattern, lines[-1]), lines[-1]
-    return lines[-1]
-
-
 def value_args(run, demo, permutations, *extra):
     # 6 clusters x 2 players, removal step 1: 11 coalitions per permutation, batch 11 -> 1 permutation per batch;
     # 2 permutations per chunk, so a checkpoint every 2 permutations
-    return ["value", "--run-dir", run, "--valid", demo.valid, "--permutations", permutations,
-            "--proxies-per-cluster", "2", "--removal-step", "1", "--shapley-batch-size", "11", "-q", *extra]
+    return value_argv(run, demo.valid, permutations, *extra, proxies_per_cluster=2, removal_step=1,
+                      shapley_batch_size=11)
 
 
 def clustered(tmp_path, demo, monkeypatch, name="run"):
     run = tmp_path / name
-    result = invoke(["cluster", demo.train, "--clusters", "6", "--run-dir", run, "-q"], monkeypatch)
+    result = invoke(cluster_argv(demo.train, run, 6), monkeypatch)
     assert result.exit_code == 0, result.output
     return run
 

@@ -5,9 +5,9 @@
     rundir.py     paths, schema version, lock, stage log, config.json, error log
     inputs.py     data + validation read once, checks before any work, stage fingerprints
     artifacts.py  Clusters, Examples, Values, Convergence, Selection, GroundTruth: save(run_dir) / load(run_dir)
-    stage.py      Run (one command in one run directory) and StageResult
-    embed.py  cluster.py  value.py  select.py      the stages
-    refine.py     run_embed / run_cluster / run_value / run_select / refine
+    stage.py      Run (one command in one run directory), Stage, the one skeleton run_stage, StageResult
+    embed.py  cluster.py  value.py  select.py      the stages: each a Stage (load, prepare, compute, files)
+    refine.py     PIPELINE (the four stages), run_embed / run_cluster / run_value / run_select / refine
 
 Data flows one way: data -> embed -> cluster -> (proxy x Shapley) value -> select -> write.
 """

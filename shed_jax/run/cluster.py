@@ -3,17 +3,14 @@ centroid (SHED's model-agnostic clustering). Writes :class:`~shed_jax.run.artifa
 :class:`~shed_jax.run.artifacts.Examples` a report shows."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from shed_jax._faults import fault_point
 from shed_jax.errors import PipelineError
-from shed_jax.progress import format_duration
 from shed_jax.run.artifacts import Clusters, Examples
-from shed_jax.run.stage import Run, StageResult
+from shed_jax.run.stage import Computed, Run, Stage, Started
 
-__all__ = ["EXAMPLES_PER_CLUSTER", "TEXT_LIMIT", "examples_of", "run_stage"]
+__all__ = ["EXAMPLES_PER_CLUSTER", "TEXT_LIMIT", "STAGE", "examples_of"]
 
 EXAMPLES_PER_CLUSTER = 3
 TEXT_LIMIT = 400
@@ -42,26 +39,26 @@ def examples_of(dataset, clusters: Clusters, per_cluster: int = EXAMPLES_PER_CLU
     return Examples(members, [str(n) for n in names], [int(c) for c in codes])
 
 
-def run_stage(run: Run) -> StageResult:
-    fp = run.inputs.fingerprints["cluster"]
+def _load(run: Run) -> tuple[Clusters, str]:
     n = len(run.inputs.dataset)
-    if run.is_up_to_date("cluster", Clusters.FILENAME):
-        rec = run.stages.record("cluster")
-        clusters = Clusters.load(run.dir, inertia=rec.get("inertia"))
-        if clusters.labels.shape != (n,):
-            raise PipelineError(f"{clusters.labels.shape[0]} labels for {n} records; delete it",
-                                path=run.run_dir / Clusters.FILENAME)
-        if not (run.run_dir / Examples.FILENAME).is_file():
-            examples_of(run.inputs.dataset, clusters).save(run.dir)
-        run.log(f"cluster: up to date ({clusters.n_clusters} clusters); loaded {Clusters.FILENAME}")
-        run.stages.skipped("cluster", fp)
-        return StageResult("cluster", clusters, fp, True, 0.0)
+    rec = run.stages.record("cluster")
+    clusters = Clusters.load(run.dir, inertia=rec.get("inertia"))
+    if clusters.labels.shape != (n,):
+        raise PipelineError(f"{clusters.labels.shape[0]} labels for {n} records; delete it",
+                            path=run.run_dir / Clusters.FILENAME)
+    if not (run.run_dir / Examples.FILENAME).is_file():  # derived from the clusters and the data: rebuilt
+        examples_of(run.inputs.dataset, clusters).save(run.dir)
+    return clusters, f"{clusters.n_clusters} clusters"
 
+
+def _prepare(run: Run) -> Started:
+    return Started(run.result("embed").embeddings)
+
+
+def _compute(run: Run, embeddings: np.ndarray) -> Computed:
     from shed_jax import cluster as _cluster
 
-    embeddings = run.result("embed").embeddings
-    run.stages.started("cluster", fp)
-    start = time.perf_counter()
+    n = len(run.inputs.dataset)
     candidates = np.flatnonzero(run.inputs.candidate_mask)
     k = run.inputs.n_clusters
     run.log(f"cluster: k-means K={k:,} on {candidates.size:,} candidate records")
@@ -73,12 +70,12 @@ def run_stage(run: Run) -> StageResult:
     clusters = Clusters(np.asarray(fit.centroids, dtype=np.float32), labels, candidates[local_proxies].astype(np.int64),
                         float(fit.inertia), int(fit.n_iter), bool(fit.converged))
     fault_point("kmeans")  # testing hook (shed_jax._faults)
-    clusters.save(run.dir)
-    examples_of(run.inputs.dataset, clusters).save(run.dir)
-    seconds = time.perf_counter() - start
     if not fit.converged:
         run.log(f"cluster: k-means did not converge in {fit.n_iter} iterations (inertia {fit.inertia:.4g})")
-    run.log(f"cluster: done in {format_duration(seconds)} ({fit.n_iter} iterations)")
-    run.stages.finished("cluster", fp, seconds, n_clusters=k, inertia=float(fit.inertia), n_iter=int(fit.n_iter),
-                        converged=bool(fit.converged))
-    return StageResult("cluster", clusters, fp, False, seconds)
+    return Computed(clusters, outputs=(clusters, examples_of(run.inputs.dataset, clusters)),
+                    record={"n_clusters": k, "inertia": float(fit.inertia), "n_iter": int(fit.n_iter),
+                            "converged": bool(fit.converged)},
+                    done=f" ({fit.n_iter} iterations)")
+
+
+STAGE = Stage("cluster", load=_load, prepare=_prepare, compute=_compute, files=(Clusters.FILENAME,))

@@ -7,16 +7,14 @@ directory, embeds nothing.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
-from shed_jax.progress import format_duration
-from shed_jax.run.stage import Run, StageResult
+from shed_jax.run.stage import Computed, Run, Stage, Started
 
-__all__ = ["Embeddings", "embedder", "run_stage"]
+__all__ = ["Embeddings", "STAGE", "embedder"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,27 +35,36 @@ def embedder(run: Run):
                    cache_dir=_embed.embedding_cache_dir())
 
 
-def run_stage(run: Run) -> StageResult:
-    from shed_jax import embed as _embed
+def _texts(run: Run) -> list[str]:
+    return run.inputs.dataset.texts(run.config.text)
 
-    fp = run.inputs.fingerprints["embed"]
-    skipped = run.stages.is_done("embed", fp)
-    start = time.perf_counter()
-    texts = run.inputs.dataset.texts(run.config.text)
-    if skipped:
-        run.log(f"embed: up to date ({len(texts)} records); loading from the embedding cache")
-    else:
-        run.log(f"embed: {len(texts):,} records with {run.config.model}")
-        run.stages.started("embed", fp)
+
+def _embed(run: Run, texts: list[str]) -> Embeddings:
     embeddings = np.asarray(embedder(run)(texts, progress=run.progress, label=f"embedding {len(texts):,} records"),
                             dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
         raise RuntimeError(f"embed_texts returned shape {embeddings.shape} for {len(texts)} texts")
-    seconds = time.perf_counter() - start
-    if skipped:
-        run.stages.skipped("embed", fp)
-    else:
-        run.log(f"embed: done in {format_duration(seconds)}")
-        run.stages.finished("embed", fp, seconds, n_examples=len(texts), dim=int(embeddings.shape[1]),
-                            cache_key=_embed.embedding_cache_key(texts, run.config.model))
-    return StageResult("embed", Embeddings(embeddings), fp, skipped, seconds)
+    return Embeddings(embeddings)
+
+
+def _load(run: Run) -> tuple[Embeddings, str]:
+    texts = _texts(run)
+    return _embed(run, texts), f"{len(texts)} records"
+
+
+def _prepare(run: Run) -> Started:
+    texts = _texts(run)
+    run.log(f"embed: {len(texts):,} records with {run.config.model}")
+    return Started(texts)
+
+
+def _compute(run: Run, texts: list[str]) -> Computed:
+    from shed_jax import embed as _embed_module
+
+    embedded = _embed(run, texts)  # written to the embedding cache, not to the run directory
+    return Computed(embedded, record={"n_examples": len(texts), "dim": int(embedded.embeddings.shape[1]),
+                                      "cache_key": _embed_module.embedding_cache_key(texts, run.config.model)})
+
+
+STAGE = Stage("embed", load=_load, prepare=_prepare, compute=_compute,
+              source="loading from the embedding cache", timed_load=True)

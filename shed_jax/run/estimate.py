@@ -26,7 +26,6 @@ logged when a real ``shed refine`` starts (``SHED_ESTIMATE=0`` turns that off).
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 
 from shed_jax.config import RefineConfig
 from shed_jax.progress import format_count, format_duration
-from shed_jax.run.inputs import RunInputs
+from shed_jax.run.inputs import RunInputs, estimate_enabled  # estimate_enabled: re-exported
 
 __all__ = ["Plan", "StageEstimate", "calibrate_embedder", "calibrate_kmeans", "estimate_enabled", "plan_run",
            "time_shapley"]
@@ -85,9 +84,6 @@ class Plan:
             f"estimated total: {'unknown' if total is None else format_duration(total)} on this machine"]
 
 
-def estimate_enabled() -> bool:
-    """Whether a real run logs its estimate when it starts (``SHED_ESTIMATE=0`` turns it off)."""
-    return os.environ.get("SHED_ESTIMATE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,7 +187,7 @@ def time_shapley(utility, n_players: int, *, removal_step: int, n_permutations: 
     """
     from shed_jax import shapley as _shapley
     from shed_jax.run.value import expected_evaluations
-    from shed_jax.shapley._engine import DEFAULT_BATCH_SIZE
+    from shed_jax.shapley import DEFAULT_BATCH_SIZE
 
     from shed_jax import sharding as _sharding
 

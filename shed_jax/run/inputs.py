@@ -25,9 +25,14 @@ from shed_jax.config import RefineConfig, check_budget, check_removal_step
 from shed_jax.data._json import check_input_file
 from shed_jax.errors import DataError, PipelineError, UserError
 
-__all__ = ["RunInputs", "STAGES", "sha256_file", "stage_fingerprints"]
+__all__ = ["RunInputs", "STAGES", "estimate_enabled", "sha256_file", "stage_fingerprints"]
 
 STAGES = ("embed", "cluster", "value", "select")
+
+
+def estimate_enabled() -> bool:
+    """Whether a real run logs its estimate when it starts (``SHED_ESTIMATE=0`` turns it off)."""
+    return os.environ.get("SHED_ESTIMATE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -15,14 +15,17 @@ import numpy as np
 
 from shed_jax.config import RefineConfig
 from shed_jax.io import atomic_write_json
+from shed_jax.run import cluster, embed, select, value
 from shed_jax.run.artifacts import Clusters, Values
 from shed_jax.run.processes import one_writer
 from shed_jax.run.select import load_for_select, select_from, write_output
-from shed_jax.run.stage import Log, Run, StageResult
+from shed_jax.run.stage import Log, Run, StageResult, pipeline
 
-__all__ = ["RefineResult", "refine", "run_cluster", "run_embed", "run_select", "run_value", "write_report"]
+__all__ = ["PIPELINE", "RefineResult", "refine", "run_cluster", "run_embed", "run_select", "run_value", "write_report"]
 
 logger = logging.getLogger("shed_jax.run")
+
+PIPELINE = pipeline(embed.STAGE, cluster.STAGE, value.STAGE, select.STAGE)  # the stages a command's Run computes
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ def run_embed(config: RefineConfig, *, progress: bool = True, log: Log | None = 
 
     Returns a :class:`StageResult` whose ``embeddings`` is (N, d) float32.
     """
-    with Run(config, progress=progress, log=log, restart=restart).open(need_valid=False, need_budget=False) as run:
+    with Run(config, pipeline=PIPELINE, progress=progress, log=log, restart=restart).open(
+            need_valid=False, need_budget=False) as run:
         return run.result("embed")
 
 
@@ -58,7 +62,7 @@ def run_cluster(config: RefineConfig, *, progress: bool = True, log: Log | None 
     :func:`refine`.
     """
     with one_writer(config, log, progress, distributed) as view:
-        with Run(view.config, progress=view.progress, log=view.log, restart=restart).open(
+        with Run(view.config, pipeline=PIPELINE, progress=view.progress, log=view.log, restart=restart).open(
                 need_valid=False, need_budget=False) as run:
             return run.result("cluster")
 
@@ -74,8 +78,8 @@ def run_value(config: RefineConfig, *, progress: bool = True, log: Log | None = 
     (:func:`shed_jax.run.value.check_checkpoint`). ``distributed``: as :func:`refine`.
     """
     with one_writer(config, log, progress, distributed) as view:
-        with Run(view.config, progress=view.progress, log=view.log, resume=resume, restart=restart).open(
-                need_valid=True, need_budget=False, valuation=True) as run:
+        with Run(view.config, pipeline=PIPELINE, progress=view.progress, log=view.log, resume=resume,
+                 restart=restart).open(need_valid=True, need_budget=False, check=("value",)) as run:
             return run.result("value")
 
 
@@ -92,12 +96,13 @@ def run_select(config: RefineConfig, *, progress: bool = True, log: Log | None =
         ``.scores.jsonl`` sidecar).
     """
     if values_path is None:
-        with Run(config, progress=progress, log=log).open(need_valid=True, need_budget=True, outputs=(output,)) as run:
+        with Run(config, pipeline=PIPELINE, progress=progress, log=log).open(need_valid=True, need_budget=True,
+                                                                         outputs=(output,)) as run:
             result = run.result("select")
             if output is not None:
                 write_output(run, output, run.result("cluster").artifact, run.result("value").artifact, result.artifact)
             return result
-    run = Run(config, progress=progress, log=log)
+    run = Run(config, pipeline=PIPELINE, progress=progress, log=log)
     clusters, values = load_for_select(run, output, values_path)
     run.dir.acquire_lock()
     try:
@@ -163,8 +168,8 @@ def refine(config: RefineConfig, *, progress: bool = True, log: Log | None = Non
 def _refine(config: RefineConfig, *, progress: bool, log: Log | None, resume: bool, report: bool, restart: bool
             ) -> RefineResult:
     wall = time.perf_counter()
-    with Run(config, progress=progress, log=log, resume=resume, restart=restart).open(
-            need_valid=True, need_budget=True, outputs=(config.output,), valuation=True) as run:
+    with Run(config, pipeline=PIPELINE, progress=progress, log=log, resume=resume, restart=restart).open(
+            need_valid=True, need_budget=True, outputs=(config.output,), check=("value",)) as run:
         run.log(f"run directory: {run.run_dir}")
         _log_plan(run)
         embedded = None

@@ -7,6 +7,7 @@ file given to ``shed select --values``.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -14,11 +15,11 @@ import numpy as np
 from shed_jax import data as _data
 from shed_jax.errors import DataError, PipelineError
 from shed_jax.io import finite_or_none, write_jsonl
-from shed_jax.progress import format_duration
 from shed_jax.run.artifacts import Clusters, Selection, Values
-from shed_jax.run.stage import Run, StageResult
+from shed_jax.run.stage import Computed, Run, Stage, Started, StageResult
 
-__all__ = ["SCORES_FILE", "run_stage", "score_rows", "select_from", "select_indices", "write_output"]
+__all__ = ["SCORES_FILE", "STAGE", "Scores", "choose", "score_rows", "select_from", "select_indices",
+           "write_output"]
 
 SCORES_FILE = "scores.jsonl"
 
@@ -74,10 +75,39 @@ def score_rows(dataset, clusters: Clusters, cluster_values: np.ndarray, stderr: 
     return rows
 
 
-def select_from(run: Run, clusters: Clusters, values: Values, *, values_source: str | None = None,
-                name: str | None = None) -> Selection:
-    """Choose the budget with the run's sampler and write ``selection.json`` and ``scores.jsonl`` (with ``name``:
-    ``selection-NAME.json`` and ``scores-NAME.jsonl``, leaving the run's own selection as it is)."""
+@dataclass(frozen=True, eq=False)
+class Scores:
+    """The per-record scores of a selection (:func:`score_rows`), saved as ``scores.jsonl`` (with ``name``:
+    ``scores-NAME.jsonl``)."""
+
+    rows: list
+    name: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return SCORES_FILE if self.name is None else f"scores-{self.name}.jsonl"
+
+    def save(self, run_dir) -> None:
+        write_jsonl(getattr(run_dir, "path", run_dir) / self.filename, self.rows)
+
+
+@dataclass(frozen=True, eq=False)
+class NamedSelection:
+    """A selection with other settings than the run's own, saved as ``selection-NAME.json``."""
+
+    selection: Selection
+    name: str
+
+    def save(self, run_dir) -> None:
+        from shed_jax.io import atomic_write_json
+
+        atomic_write_json(getattr(run_dir, "path", run_dir) / f"selection-{self.name}.json", self.selection.to_json())
+
+
+def choose(run: Run, clusters: Clusters, values: Values, *, values_source: str | None = None,
+           name: str | None = None) -> tuple[Selection, tuple]:
+    """Choose the budget with the run's sampler: the :class:`Selection` and what to save for it (the selection
+    and its :class:`Scores`; with ``name`` under ``selection-NAME.json``/``scores-NAME.jsonl``)."""
     cfg = run.config
     n_labelled = int((clusters.labels >= 0).sum())
     budget = run.inputs.budget(n_labelled, path=str(run.run_dir / Clusters.FILENAME))
@@ -86,15 +116,17 @@ def select_from(run: Run, clusters: Clusters, values: Values, *, values_source: 
     run.log(f"select: {budget:,} of {n_labelled:,} candidate records with {cfg.sampler}")
     selection = Selection(indices, cfg.sampler, budget, float(cfg.beta), cfg.seed, cfg.ratio, cfg.size, values_source,
                           n_labelled)
-    if name is None:
-        selection.save(run.dir)
-        scores_path = run.run_dir / SCORES_FILE
-    else:
-        from shed_jax.io import atomic_write_json
+    scores = Scores(score_rows(run.inputs.dataset, clusters, values.cluster_values, values.stderr, indices), name)
+    return selection, (selection if name is None else NamedSelection(selection, name), scores)
 
-        atomic_write_json(run.run_dir / f"selection-{name}.json", selection.to_json())
-        scores_path = run.run_dir / f"scores-{name}.jsonl"
-    write_jsonl(scores_path, score_rows(run.inputs.dataset, clusters, values.cluster_values, values.stderr, indices))
+
+def select_from(run: Run, clusters: Clusters, values: Values, *, values_source: str | None = None,
+                name: str | None = None) -> Selection:
+    """Choose the budget with the run's sampler and write ``selection.json`` and ``scores.jsonl`` (with ``name``:
+    ``selection-NAME.json`` and ``scores-NAME.jsonl``, leaving the run's own selection as it is)."""
+    selection, outputs = choose(run, clusters, values, values_source=values_source, name=name)
+    for output in outputs:
+        output.save(run.dir)
     return selection
 
 
@@ -149,22 +181,21 @@ def selection_name(wanted: dict, stored: dict) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", "-".join(str(p) for p in parts))
 
 
-def run_stage(run: Run) -> StageResult:
-    fp = run.inputs.fingerprints["select"]
-    if run.is_up_to_date("select", Selection.FILENAME, SCORES_FILE):
-        selection = Selection.load(run.dir)
-        run.log(f"select: up to date ({selection.budget} records, {selection.sampler}); loaded {Selection.FILENAME}")
-        run.stages.skipped("select", fp)
-        return StageResult("select", selection, fp, True, 0.0)
-    clusters = run.result("cluster").artifact
-    values = run.result("value").artifact
-    run.stages.started("select", fp)
-    start = time.perf_counter()
-    selection = select_from(run, clusters, values)
-    seconds = time.perf_counter() - start
-    run.log(f"select: done in {format_duration(seconds)}")
-    run.stages.finished("select", fp, seconds, budget=selection.budget)
-    return StageResult("select", selection, fp, False, seconds)
+def _load(run: Run) -> tuple[Selection, str]:
+    selection = Selection.load(run.dir)
+    return selection, f"{selection.budget} records, {selection.sampler}"
+
+
+def _prepare(run: Run) -> Started:
+    return Started((run.result("cluster").artifact, run.result("value").artifact))
+
+
+def _compute(run: Run, upstream: tuple[Clusters, Values]) -> Computed:
+    selection, outputs = choose(run, *upstream)
+    return Computed(selection, outputs=outputs, record={"budget": selection.budget})
+
+
+STAGE = Stage("select", load=_load, prepare=_prepare, compute=_compute, files=(Selection.FILENAME, SCORES_FILE))
 
 
 def check_values_match(values: Values, clusters: Clusters, path) -> None:

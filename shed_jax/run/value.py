@@ -31,10 +31,10 @@ from shed_jax.io import finite_or_none
 from shed_jax.progress import bar as progress_bar
 from shed_jax.progress import format_duration
 from shed_jax.run.artifacts import Clusters, Convergence, MemberValues, Values
-from shed_jax.run.stage import Run, StageResult
+from shed_jax.run.stage import Computed, Run, Stage, Started
 
 __all__ = ["CHECKPOINT_DIR", "ValuePlan", "check_checkpoint", "cluster_means", "expected_evaluations", "plan_value",
-           "players", "proxy_inputs", "run_stage", "valuation_key", "valuation_options"]
+           "players", "proxy_inputs", "STAGE", "valuation_key", "valuation_options"]
 
 CHECKPOINT_DIR = "shapley_ckpt"
 
@@ -113,7 +113,7 @@ def checkpointed_samples(ckpt_dir) -> int:
 def expected_evaluations(n_players: int, removal_step: int, n_permutations: int) -> int:
     """Utility evaluations of a run: :func:`shed_jax.shapley.expected_evaluations`, the count the engine uses
     (``ceil(n_players / removal_step) - 1`` per permutation, plus U(full) and U(empty))."""
-    from shed_jax.shapley._engine import expected_evaluations as _engine_count
+    from shed_jax.shapley import expected_evaluations as _engine_count
 
     return _engine_count(n_players, removal_step, n_permutations)
 
@@ -187,7 +187,7 @@ def plan_value(config, inputs, clusters: Clusters | None, *, make_inputs: Callab
     """
     from shed_jax.config import auto_proxies_per_cluster, check_removal_step
     from shed_jax.proxies import registry
-    from shed_jax.run.estimate import estimate_enabled
+    from shed_jax.run.inputs import estimate_enabled
 
     k = int(inputs.n_clusters if clusters is None else clusters.n_clusters)
     n_perm = int(config.n_permutations)
@@ -406,21 +406,31 @@ def _number(value) -> float | None:
     return None if value is None else finite_or_none(float(value))
 
 
-def run_stage(run: Run) -> StageResult:
-    fp = run.inputs.fingerprints["value"]
-    ckpt_dir = run.run_dir / CHECKPOINT_DIR
-    if run.is_up_to_date("value", Values.FILENAME):
-        values = Values.load(run.dir)
-        run.log(f"value: up to date ({values.n_permutations} permutations); loaded {Values.FILENAME}")
-        run.stages.skipped("value", fp)
-        return StageResult("value", values, fp, True, 0.0)
+def _load(run: Run) -> tuple[Values, str]:
+    values = Values.load(run.dir)
+    return values, f"{values.n_permutations} permutations"
 
+
+@dataclass(frozen=True, eq=False)
+class _Valuation:
+    """What :func:`_prepare` resolved for :func:`_compute`."""
+
+    clusters: Clusters
+    plan: ValuePlan
+    resumed_from: int
+    event: str
+    history_every: int
+
+
+def _prepare(run: Run) -> Started:
+    """Refuse a checkpoint the command would lose, resolve the :class:`ValuePlan`, and record the M used."""
+    ckpt_dir = run.run_dir / CHECKPOINT_DIR
     clusters = run.result("cluster").artifact
     rec = run.stages.record("value")
     options = valuation_options(run)
     check_checkpoint(run)  # other options: refused (or discarded with --restart) before anything is built
     recorded = _recorded_proxies_per_cluster(run, rec, options)
-    start = time.perf_counter()
+    since = time.perf_counter()
     embeddings = run.result("embed").embeddings
     plan = plan_value(run.config, run.inputs, clusters, make_inputs=lambda index: proxy_inputs(run, index),
                       embeddings=embeddings, proxies_per_cluster=recorded, log=run.log)
@@ -428,23 +438,31 @@ def run_stage(run: Run) -> StageResult:
     continuing = check_checkpoint(run, key=key)
     if ckpt_dir.exists() and not continuing and checkpointed_samples(ckpt_dir) > 0:  # never: refused above
         raise AssertionError("a checkpoint with work would be overwritten")
-    k, n_perm, per_cluster, step = plan.n_clusters, plan.n_permutations, plan.proxies_per_cluster, plan.removal_step
-    owners, member_index, utility, n_players = plan.owners, plan.member_index, plan.utility, plan.n_players
     if run.config.proxies_per_cluster == "auto" and recorded is None:
         _log_auto(run, plan)
+    n_perm = plan.n_permutations
     history_every = (int(rec.get("history_every") or 0) if continuing else 0) or max(1, n_perm // 100)
     resumed_from = checkpointed_samples(ckpt_dir) if continuing else 0
     event = "started" if not continuing else ("extended" if resumed_from >= int(rec.get("target_permutations") or 0)
                                                else "resumed")
-    run.dir.write_config(run.config, {**run.inputs.resolved(run.run_dir), "proxies_per_cluster": per_cluster,
-                                      "removal_step": step, "n_players": n_players})  # the M used
-    run.stages.started("value", fp, event=event)
-    run.stages.note("value", proxies_per_cluster=per_cluster, valuation=key, target_permutations=n_perm,
-                    history_every=history_every, m_options=_m_options(run))
+    resolved = {**run.inputs.resolved(run.run_dir), "proxies_per_cluster": plan.proxies_per_cluster,
+                "removal_step": plan.removal_step, "n_players": plan.n_players}
+    run.dir.write_config(run.config, resolved)  # the M used
+    notes = dict(proxies_per_cluster=plan.proxies_per_cluster, valuation=key, target_permutations=n_perm,
+                 history_every=history_every, m_options=_m_options(run))
+    return Started(_Valuation(clusters, plan, resumed_from, event, history_every), event=event, notes=notes,
+                   since=since)
+
+
+def _compute(run: Run, valuation: _Valuation) -> Computed:
+    ckpt_dir = run.run_dir / CHECKPOINT_DIR
+    plan, clusters, resumed_from = valuation.plan, valuation.clusters, valuation.resumed_from
+    k, n_perm, per_cluster, step = plan.n_clusters, plan.n_permutations, plan.proxies_per_cluster, plan.removal_step
+    owners, member_index, utility, n_players = plan.owners, plan.member_index, plan.utility, plan.n_players
     who = (f"K={k} proxies" if n_players == k
            else f"{n_players} proxies (up to {per_cluster} per cluster, K={k})")
-    if continuing:
-        verb = "extending" if event == "extended" else "resuming"
+    if valuation.event != "started":  # a checkpoint continued or extended
+        verb = "extending" if valuation.event == "extended" else "resuming"
         resume_note = f" ({verb} the checkpoint in shapley_ckpt/: {resumed_from} permutations done)"
     else:
         resume_note = ""
@@ -467,7 +485,7 @@ def run_stage(run: Run) -> StageResult:
                         f"{format_duration(status.elapsed_seconds / new * rest)} for the remaining {rest:,}")
 
     kwargs = dict(n_permutations=n_perm, removal_step=step, seed=run.config.seed, checkpoint_dir=str(ckpt_dir),
-                  progress=report, history_every=history_every)
+                  progress=report, history_every=valuation.history_every)
     if grouped:
         kwargs.update(groups=owners, n_groups=k)
     if run.config.shapley_batch_size is not None:
@@ -499,17 +517,20 @@ def run_stage(run: Run) -> StageResult:
                     _number(getattr(estimate, "u_full", None)), _number(getattr(estimate, "u_empty", None)),
                     np.asarray(clusters.proxy_index, np.int64), int(per_cluster),
                     MemberValues(member_index, owners, member_values, member_stderr) if n_players != k else None)
+    outputs = ()
     history = getattr(estimate, "history", None)
     if history and grouped:
-        Convergence(np.asarray(history["n_permutations"]), np.asarray(history["group_values"], np.float64),
-                    np.asarray(history["group_stderr"], np.float64)).save(run.dir)
+        outputs = (Convergence(np.asarray(history["n_permutations"]), np.asarray(history["group_values"], np.float64),
+                               np.asarray(history["group_stderr"], np.float64)),)
     elif history:
         history_values, history_stderr = cluster_means(np.asarray(history["values"], np.float64),
                                                        np.asarray(history["stderr"], np.float64), owners, k)
-        Convergence(np.asarray(history["n_permutations"]), history_values, history_stderr).save(run.dir)
-    values.save(run.dir)
-    seconds = time.perf_counter() - start
-    run.log(f"value: done in {format_duration(seconds)} ({values.n_evaluations:,} utility evaluations)")
-    run.stages.finished("value", fp, seconds, n_permutations=values.n_permutations,
-                        n_evaluations=values.n_evaluations, proxies_per_cluster=int(per_cluster))
-    return StageResult("value", values, fp, False, seconds)
+        outputs = (Convergence(np.asarray(history["n_permutations"]), history_values, history_stderr),)
+    return Computed(values, outputs=(*outputs, values),
+                    record={"n_permutations": values.n_permutations, "n_evaluations": values.n_evaluations,
+                            "proxies_per_cluster": int(per_cluster)},
+                    done=f" ({values.n_evaluations:,} utility evaluations)")
+
+
+STAGE = Stage("value", load=_load, prepare=_prepare, compute=_compute, files=(Values.FILENAME,),
+              check=check_checkpoint)

@@ -13,11 +13,12 @@ Public API::
 """
 from . import games
 from ._checkpoint import CheckpointMismatchError, MissingGroupStateError
-from ._engine import (DEFAULT_BATCH_SIZE, NonFiniteUtilityError, expected_block_bias_weight, expected_evaluations,
-                      monte_carlo)
+from ._driver import monte_carlo
 from ._estimator import ShapleyState, estimate, estimate_groups, init, merge, update
 from ._exact import MAX_EXACT_PLAYERS, coalition_values, exact, shapley_from_values
+from ._plan import DEFAULT_BATCH_SIZE, expected_block_bias_weight, expected_evaluations
 from ._result import ShapleyResult
+from ._steps import NonFiniteUtilityError
 from ._stopping import (AllOf, AnyOf, MaxEvaluations, MaxPermutations, RankStability, RunStatus,
                         StderrTolerance, StoppingRule, WallClock)
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import check_positive_int
-from ._engine import check_utility_players
+from ._plan import check_utility_players
 
 MAX_EXACT_PLAYERS = 20
 

@@ -150,3 +150,23 @@ def test_the_estimated_rounds_are_the_rounds_the_run_makes(small_model, n_permut
     result = shapley.monte_carlo(utility, n, n_permutations=n_permutations, removal_step=removal_step, seed=3)
     assert utility.n_rounds == expected
     assert result.n_evaluations == shapley.expected_evaluations(n, removal_step, n_permutations)
+
+
+def test_the_run_estimate_and_the_advice_use_the_counted_rounds(utility):
+    from shed_jax import shapley
+
+    n_permutations = 4
+    seconds = utility.estimate_run_seconds(n_permutations, removal_step=1, seed=0)
+    cost = utility.estimate_cost()
+    rounds = cost["rounds"]
+    assert rounds == utility.expected_rounds(n_permutations, removal_step=1, seed=0)
+    assert seconds == pytest.approx(rounds * cost["seconds_per_round"] + cost["seconds_compile"], rel=1e-9)
+    n_evaluations = shapley.expected_evaluations(len(PLAYER_PROMPTS), 1, n_permutations)
+    assert utility.cheaper_options(n_evaluations, n_permutations, seconds * 1.001) == []
+    options = dict(utility.cheaper_options(n_evaluations, n_permutations, seconds - 0.5 * cost["seconds_per_round"]))
+    fewer = [flag for flag in options if flag.startswith("--permutations ")]
+    assert fewer
+    p = int(fewer[0].split()[1])
+    expected_rounds = 1 + -(-(rounds - 1) * p // n_permutations)  # U(full)'s round, the rest in proportion
+    assert options[fewer[0]] == pytest.approx(expected_rounds * cost["seconds_per_round"] + cost["seconds_compile"],
+                                              rel=1e-9)

@@ -714,7 +714,11 @@ class LMProxyUtility:
         per_permutation = max(int(n_evaluations) - 2, 1) / max(int(n_permutations), 1)
 
         def total(permutations=n_permutations, steps=cfg.steps, width=None, items=None) -> float:
-            rounds = -(-int(per_permutation * permutations + 2) // self.n_slots)
+            counted = cost.get("rounds")  # the engine's own count for n_permutations (estimate_run_seconds)
+            if counted:  # U(full)'s round, then the rest in proportion to the permutations
+                rounds = 1 + -(-(int(counted) - 1) * int(permutations) // max(int(n_permutations), 1))
+            else:
+                rounds = -(-int(per_permutation * permutations + 2) // self.n_slots)
             train_round = train * steps / cfg.steps
             if width is not None:  # every step at most `width` wide: step time interpolated (linear) in the width
                 xs = sorted(step_s)

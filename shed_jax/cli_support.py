@@ -38,9 +38,12 @@ class OneLineGroup(click.Group):
         where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
         return _UsageError(" ".join(exc.format_message().split()) + where)
 
-    def make_context(self, *args, **kwargs):
+    def make_context(self, info_name, args, *rest, **kwargs):
+        argv = list(args)
         try:
-            return super().make_context(*args, **kwargs)
+            ctx = super().make_context(info_name, args, *rest, **kwargs)
+            ctx.meta["shed.argv"] = argv  # the command line, for RUN_DIR/logs/commands.log
+            return ctx
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.UsageError as exc:
@@ -222,8 +225,24 @@ def _write_traceback(exc: BaseException, run_dir: str | None) -> str:
     return path
 
 
-def _call(opts: _Opts, function, *, resume_hint: str | None = None, run_dir: str | None = None):
-    """Run ``function()``; user errors -> exit 2, bugs -> exit 1 with the traceback logged, Ctrl-C -> 130."""
+def _argv() -> list[str] | None:
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.meta.get("shed.argv")
+
+
+def _call(opts: _Opts, function, *, resume_hint: str | None = None, run_dir: str | None = None,
+          log_run_dir: str | None = None):
+    """Run ``function()``; user errors -> exit 2, bugs -> exit 1 with the traceback logged, Ctrl-C -> 130.
+
+    The command is appended to ``RUN_DIR/logs/commands.log`` (:mod:`shed_jax.command_log`) for ``run_dir``
+    (or ``log_run_dir``, for a command that reads a run directory without writing its outputs there)."""
+    from shed_jax import command_log
+
+    with command_log.recording(log_run_dir or run_dir, _argv()):
+        return _call_inner(opts, function, resume_hint=resume_hint, run_dir=run_dir)
+
+
+def _call_inner(opts: _Opts, function, *, resume_hint: str | None, run_dir: str | None):
     from shed_jax import interrupt
 
     try:

@@ -85,6 +85,16 @@ def _handler(signum, frame):
         raise KeyboardInterrupt
 
 
+def _log_exit(code: int) -> None:
+    """The end line of the command in progress in ``RUN_DIR/logs/commands.log`` (an ``os._exit`` skips it)."""
+    try:
+        from shed_jax.command_log import write_pending
+
+        write_pending(code)
+    except Exception:  # pragma: no cover - exiting anyway
+        pass
+
+
 def _grace_seconds() -> float:
     try:
         return max(0.0, float(os.environ.get("SHED_INTERRUPT_GRACE", _DEFAULT_GRACE)))
@@ -98,6 +108,7 @@ def _grace_expired(generation: int) -> None:
     if _state["installed"] and _state["generation"] == generation and _state["cooperative"] > 0:
         _write_stderr(f"\nthe step in flight is still running after {_grace_seconds():g} s; stopping now; "
                       f"{_resume_line()}\n")
+        _log_exit(130)
         os._exit(130)
 
 
@@ -120,6 +131,7 @@ def _watch(read_fd: int) -> None:
                 timer.start()
             elif _state["count"] >= 2:
                 _write_stderr(f"\ninterrupted again: stopping now; {_resume_line()}\n")
+                _log_exit(130)
                 os._exit(130)
 
 
@@ -175,4 +187,5 @@ def exit_now(code: int) -> None:
             stream.flush()
         except Exception:  # pragma: no cover
             pass
+    _log_exit(code)
     os._exit(code)

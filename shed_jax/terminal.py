@@ -136,7 +136,7 @@ def show_command(run_dir, top, as_json, quiet, verbose):
     """
     opts = _Opts(quiet, verbose, as_json)
     directory = Path(run_dir).expanduser().resolve()
-    data = _call(opts, lambda: show_data(directory, top), run_dir=None)
+    data = _call(opts, lambda: show_data(directory, top), run_dir=None, log_run_dir=directory)
     opts.emit({"command": "show", **data}, show_lines(data))
 
 

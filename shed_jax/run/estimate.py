@@ -16,8 +16,10 @@ its time from a short calibration on this machine:
   shape (its cost depends on shapes, not values), run through the Shapley engine for a short chunk of
   permutations after a warm-up call that compiles it (:func:`time_shapley`); seconds per evaluation x the
   run's evaluations, plus the compilation and the texts the proxy embeds (validation set, players) at the
-  encoder's rate. A utility that can estimate its own cost (``estimate_seconds(n_evaluations)``, e.g. the LM proxy) is
-  asked instead.
+  encoder's rate. A utility that can estimate its own cost is asked instead: ``estimate_run_seconds(n_permutations,
+  removal_step=, seed=, batch_size=)`` when it has it (the LM proxy: the rounds of fine-tunes the engine makes it
+  run, counted by the engine itself, times its timed per-round cost, plus compilation), else
+  ``estimate_seconds(n_evaluations)``.
 - **select** and the report: a fixed allowance of :data:`SELECT_AND_REPORT_SECONDS` (not calibrated; 0.5 s
   and 2.2 s measured for 6,000 records and K=1,000 on the loaded 2-core development machine).
 

@@ -222,8 +222,13 @@ def plan_value(config, inputs, clusters: Clusters | None, *, make_inputs: Callab
     if estimate and callable(own_estimate) and estimate_enabled():
         if log is not None:
             log(f"value: estimating the {config.proxy} proxy's time on this machine")
-        seconds = float(own_estimate(expected_evaluations(len(member_index), step, n_perm)))
-        calibration = {"source": "the utility's own estimate_seconds",
+        run_estimate = getattr(utility, "estimate_run_seconds", None)  # counts the rounds the engine makes it run
+        if callable(run_estimate):
+            seconds = float(run_estimate(n_perm, removal_step=step, seed=int(config.seed),
+                                         batch_size=config.shapley_batch_size))
+        else:
+            seconds = float(own_estimate(expected_evaluations(len(member_index), step, n_perm)))
+        calibration = {"source": "the utility's own estimate_" + ("run_seconds" if callable(run_estimate) else "seconds"),
                        "n_evaluations": expected_evaluations(len(member_index), step, n_perm)}
     if config.proxies_per_cluster == "auto" and proxies_per_cluster is None and seconds is not None:
         per_evaluation = seconds / expected_evaluations(len(member_index), step, n_perm)

@@ -294,7 +294,8 @@ def test_config_validation_and_registry(env):
     for bad, message in (({"rank": 0}, "rank: must be"), ({"targets": ("qkv",)}, "targets:"),
                          ({"metric": "f1"}, "metric: unknown 'f1', allowed"), ({"dtype": "float16"}, "dtype:"),
                          ({"prompt_format": "llama2"}, "prompt_format:"), ({"warmup_steps": 50}, "warmup_steps:"),
-                         ({"choice_score": "max"}, "choice_score:"), ({"max_length": 4}, "max_length:")):
+                         ({"choice_score": "max"}, "choice_score:"), ({"max_length": 4}, "max_length:"),
+                         ({"attention_impl": "flash"}, "attention_impl: unknown 'flash'")):
         with pytest.raises(ValueError, match=message):
             LMProxyConfig(**bad)
     for field in LMProxyConfig.__dataclass_fields__.values():

@@ -51,7 +51,7 @@ from shed_jax.errors import UserError
 from shed_jax.lm import prompts as prompt_lib
 from shed_jax.lm.finetune import FinetuneRecipe, SlotTrainer
 from shed_jax.lm.prompts import bucket_for
-from shed_jax.lm.model import LORA_TARGETS, init_lora
+from shed_jax.lm.model import ATTENTION_IMPLS, LORA_TARGETS, init_lora
 from shed_jax.lm.scoring import StackScorer, full_choice_metric, letter_metric, loss_metric
 from shed_jax.progress import format_duration
 from shed_jax.proxies.base import as_mask_batch
@@ -123,6 +123,8 @@ class LMProxyConfig:
     eval_batch_size: int = _field(16, "Validation sequences per scoring chunk (per slot).")
     logits_chunk: int = _field(16, "Sequence positions per chunk of full-vocabulary logits.")
     remat: bool = _field(True, "Recompute each block in the backward pass (saves memory).")
+    attention_impl: str = _field("auto", "Attention kernel: auto (cuDNN fused attention on NVIDIA GPUs in bfloat16, "
+                                         "XLA elsewhere), xla or cudnn.")
     cache: bool = _field(True, "Remember the values of coalitions already computed (the utility is deterministic).")
 
     def __post_init__(self):
@@ -164,6 +166,8 @@ class LMProxyConfig:
         need(self.choice_score in ("sum", "mean"), "choice_score",
              f"unknown {self.choice_score!r}, allowed sum, mean")
         need(self.dtype in DTYPES, "dtype", f"unknown {self.dtype!r}, allowed {', '.join(DTYPES)}")
+        need(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
+             f"unknown {self.attention_impl!r}, allowed {', '.join(ATTENTION_IMPLS)}")
 
     def compute_dtype(self, backend: str | None = None) -> str:
         """``dtype`` resolved for ``backend`` (default: JAX's): what the values depend on (the run's fingerprint)."""
@@ -400,9 +404,11 @@ class LMProxyUtility:
                                                       train_on_prompt=config.train_on_prompt)
         val = tokenize_validation(validation, tokenizer, config, seed)
         graphdef, base_state = nnx.split(model)
-        return cls(graphdef=graphdef, base_state=base_state, model_config=model.config, tokenizer=tokenizer,
-                   player_table=player_table, validation=val, config=config, seed=seed, source=source,
-                   n_slots=n_slots, progress=progress)
+        utility = cls(graphdef=graphdef, base_state=base_state, model_config=model.config, tokenizer=tokenizer,
+                      player_table=player_table, validation=val, config=config, seed=seed, source=source,
+                      n_slots=n_slots, progress=progress)
+        utility.attention_impl = getattr(model, "attention_impl", None) or "xla"
+        return utility
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def __call__(self, masks):
@@ -729,6 +735,7 @@ class LMProxyUtility:
                              "num_kv_heads": cfg.num_kv_heads, "intermediate_size": cfg.intermediate_size},
             "lora_parameters": _lora_parameter_count(cfg, self.config.rank, self.config.targets),
             "backend": jax.default_backend(), "compute_dtype": compute_dtype(self.config.dtype),
+            "attention_impl": getattr(self, "attention_impl", "xla"),
             "diverged_fine_tunes": self.n_diverged, "diverged_counted_as_empty": self.n_diverged_as_empty,
             "divergence_policy": "retry at learning_rate / 10, then count as U(empty)",
             "config": self.config.to_dict(),
@@ -758,7 +765,7 @@ def build_lm_proxy(inputs, config: LMProxyConfig) -> LMProxyUtility:
                         field="--proxy-option model")
     dtype = jnp.bfloat16 if compute_dtype(config.dtype) == "bfloat16" else jnp.float32
     try:
-        loaded = load(path, dtype=dtype, param_dtype=dtype)
+        loaded = load(path, dtype=dtype, param_dtype=dtype, attention_impl=config.attention_impl)
     except ModelNotFoundError as exc:
         raise UserError(str(exc), field="--proxy-option model") from None
     if loaded.tokenizer is None:

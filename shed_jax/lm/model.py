@@ -542,17 +542,20 @@ class Decoder(nnx.Module):
         hidden, _ = jax.lax.scan(body, hidden, (self.blocks.arrays(), adapters))
         return rms_norm(hidden, self.norm[...], config.rms_norm_eps, jnp.float32)
 
-    def unembed(self, hidden: jax.Array) -> jax.Array:
-        """LM head: hidden ``(..., hidden_size)`` -> float32 logits ``(..., vocab_size)``.
+    def unembed(self, hidden: jax.Array, out_dtype=jnp.float32) -> jax.Array:
+        """LM head: hidden ``(..., hidden_size)`` -> logits ``(..., vocab_size)`` in ``out_dtype`` (float32 by default).
 
-        The matmul runs in the compute dtype with float32 accumulation.
+        The matmul runs in the compute dtype with float32 accumulation; ``out_dtype=bfloat16`` rounds the result
+        (half the memory of a chunk of full-vocabulary logits; see :func:`shed_jax.lm.scoring.target_logprob_sums`).
         """
         hidden = hidden.astype(self.dtype)
         if self.lm_head is None:
-            return jnp.einsum("...h,vh->...v", hidden, self.embed_tokens[...].astype(self.dtype),
-                              preferred_element_type=jnp.float32)
-        return jnp.einsum("...h,hv->...v", hidden, self.lm_head[...].astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+            logits = jnp.einsum("...h,vh->...v", hidden, self.embed_tokens[...].astype(self.dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            logits = jnp.einsum("...h,hv->...v", hidden, self.lm_head[...].astype(self.dtype),
+                                preferred_element_type=jnp.float32)
+        return logits.astype(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------- LoRA

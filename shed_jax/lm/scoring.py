@@ -44,6 +44,8 @@ __all__ = [
     "METRICS",
     "target_logprob_sums",
     "target_logprobs",
+    "head_dtype",
+    "picked_log_softmax",
     "last_position_logits",
     "StackScorer",
     "letter_metric",
@@ -52,6 +54,26 @@ __all__ = [
 ]
 
 METRICS = ("mc_prob", "mc_accuracy", "mc_full_choice", "loss")
+
+
+def head_dtype(model):
+    """The dtype of full-vocabulary logits in the loss head: bfloat16 when the model computes in bfloat16 (half the
+    memory and bandwidth of a logits chunk), else float32. The log-sum-exp is float32 either way
+    (:func:`picked_log_softmax`)."""
+    return jnp.bfloat16 if jnp.dtype(getattr(model, "dtype", jnp.float32)) == jnp.dtype(jnp.bfloat16) else jnp.float32
+
+
+def picked_log_softmax(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """``log softmax(logits)[..., targets]`` as float32, for float32 or bfloat16 ``logits`` ``(..., V)`` (targets
+    ``(...)``). bfloat16 logits are never rounded further: the maximum is exact, and ``exp(logit - max)``, its sum and
+    its log are float32 (the subtraction happens after the upcast, which XLA fuses: no float32 copy is stored)."""
+    if logits.dtype == jnp.float32:
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)
+    peak = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)).astype(jnp.float32)
+    total = jnp.sum(jnp.exp(logits.astype(jnp.float32) - peak), axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    return picked - (jnp.log(total) + peak[..., 0])
 
 
 def target_logprob_sums(model, hidden: jax.Array, targets: jax.Array, weights: jax.Array, *,
@@ -63,8 +85,9 @@ def target_logprob_sums(model, hidden: jax.Array, targets: jax.Array, weights: j
         hidden: ``(B, T, H)`` final hidden states.
         targets: ``(B, T)`` int32 next-token ids.
         weights: ``(B, T)`` float32 weights (0 for padding and uncounted tokens).
-        logits_chunk: positions per chunk; ``B x logits_chunk x vocab`` float32 logits live at a time, and
-            the backward pass recomputes them chunk by chunk.
+        logits_chunk: positions per chunk; ``B x logits_chunk x vocab`` logits live at a time, and
+            the backward pass recomputes them chunk by chunk. Logits are bfloat16 when the model computes in
+            bfloat16 (:func:`head_dtype`), with a float32 log-sum-exp; float32 otherwise.
     """
     batch, length, width = hidden.shape
     chunk = max(1, min(int(logits_chunk), length))
@@ -80,10 +103,8 @@ def target_logprob_sums(model, hidden: jax.Array, targets: jax.Array, weights: j
 
     @jax.checkpoint
     def chunk_logprob(hidden_chunk, target_chunk, weight_chunk):
-        logits = model.unembed(hidden_chunk).astype(jnp.float32)                     # (B, c, V)
-        log_norm = jax.nn.logsumexp(logits, axis=-1)
-        picked = jnp.take_along_axis(logits, target_chunk[..., None], axis=-1)[..., 0]
-        return jnp.sum((picked - log_norm) * weight_chunk, axis=-1)                  # (B,)
+        logits = model.unembed(hidden_chunk, head_dtype(model))                       # (B, c, V)
+        return jnp.sum(picked_log_softmax(logits, target_chunk) * weight_chunk, axis=-1)  # (B,)
 
     def body(total, xs):
         return total + chunk_logprob(*xs), None
@@ -104,9 +125,8 @@ def target_logprobs(model, hidden: jax.Array, targets: jax.Array, *, positions_c
 
     def body(_, xs):
         hidden_chunk, target_chunk = xs
-        logits = model.unembed(hidden_chunk).astype(jnp.float32)                      # (c, V)
-        picked = jnp.take_along_axis(logits, target_chunk[:, None], axis=-1)[:, 0]
-        return None, picked - jax.nn.logsumexp(logits, axis=-1)
+        logits = model.unembed(hidden_chunk, head_dtype(model))                       # (c, V)
+        return None, picked_log_softmax(logits, target_chunk)
 
     _, out = jax.lax.scan(body, None, (hidden_c, targets_c))
     return out.reshape(-1)[:n_positions]

@@ -477,3 +477,38 @@ def test_packed_scoring_equals_padded_scoring_and_transformers(env, adapters):
             np.testing.assert_allclose(np.asarray(packed(base_adapter))[0], reference, rtol=1e-5)
         else:
             np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow  # four step compilations (~65 CPU-s)
+def test_slots_from_the_compilers_memory_analysis(env):
+    """With a memory budget, the slot count comes from two trial compiles of the real step (1 and 2 slots: the
+    marginal bytes of a slot by XLA's memory analysis); a fake small budget of 3.5 slots gives 3 slots, and the step
+    compiled at 3 slots fits the budget beyond its fixed part; answers are remembered (no further compile)."""
+    from shed_jax.lm import _slots
+    from shed_jax.lm.finetune import SlotTrainer
+
+    config = LMProxyConfig(model=env.checkpoint, metric="loss", **{**CONFIG, "slots": None}, memory_budget_mb=1)
+    utility = build_lm_proxy(_inputs(env, env.instructions), config)
+    sizing = utility.slot_sizing
+    assert sizing is not None and sizing["per_slot_bytes"] > 0
+    assert utility.n_slots == sizing["slots"] == max(1, min(8, (1 << 20) // sizing["per_slot_bytes"]))
+    assert utility.describe()["slot_sizing"] == sizing
+    table = P.encode_instructions(env.loaded.tokenizer, PLAYER_PROMPTS[:6], PLAYER_RESPONSES[:6],
+                                  prompt_format="chat", max_length=64)
+    trainer = utility.trainer
+    built = []
+
+    def make(n):
+        built.append(n)
+        return SlotTrainer(trainer.graphdef, trainer.base_state, table, trainer.recipe, n_slots=n,
+                           lora_init=jax.tree_util.tree_map(lambda x: x[0], trainer._fresh.lora), max_length=64)
+
+    budget = 3 * sizing["per_slot_bytes"] + sizing["per_slot_bytes"] // 2
+    fake = _slots.slots_from_compiler(make, budget, cap=8, key="test")
+    assert fake["slots"] == 3 and fake["per_slot_bytes"] == sizing["per_slot_bytes"] and built == [1, 2]
+    assert _slots.slots_from_compiler(make, budget, cap=8, key="test") == fake and built == [1, 2]  # remembered
+    at_three = _slots.compiled_step_bytes(make(3).compiled_memory())
+    assert at_three - fake["fixed_bytes"] <= budget
+    # an explicit slot count compiles nothing
+    assert build_lm_proxy(_inputs(env, env.instructions),
+                          LMProxyConfig(model=env.checkpoint, metric="loss", **CONFIG)).slot_sizing is None

@@ -51,6 +51,7 @@ from shed_jax.errors import UserError
 from shed_jax.lm import prompts as prompt_lib
 from shed_jax.lm.finetune import FinetuneRecipe, SlotTrainer
 from shed_jax.lm.prompts import bucket_for
+from shed_jax.lm._slots import slots_from_compiler
 from shed_jax.lm.model import ATTENTION_IMPLS, LORA_TARGETS, init_lora
 from shed_jax.lm.scoring import StackScorer, full_choice_metric, letter_metric, loss_metric
 from shed_jax.progress import format_duration
@@ -237,20 +238,27 @@ def per_slot_bytes(model_config, config: LMProxyConfig) -> int:
     return 16 * _lora_parameter_count(model_config, config.rank, config.targets) + block + residual + logits
 
 
+def slot_budget_bytes(config: LMProxyConfig, backend: str | None = None) -> int:
+    """The memory for the slots: ``memory_budget_mb``, else 2048 MiB on a CPU, else half the accelerator's free
+    memory (at least 1 GiB)."""
+    backend = jax.default_backend() if backend is None else backend
+    if config.memory_budget_mb is not None:
+        return config.memory_budget_mb << 20
+    if backend == "cpu":
+        return 2048 << 20
+    stats = jax.local_devices()[0].memory_stats() or {}
+    limit, used = stats.get("bytes_limit", 16 << 30), stats.get("bytes_in_use", 0)
+    return max((limit - used) // 2, 1 << 30)
+
+
 def default_slots(model_config, config: LMProxyConfig, *, backend: str | None = None) -> int:
-    """``config.slots``, or as many slots as the memory budget allows (1..64; at most 8 on a CPU, where a
-    wider batch no longer speeds up the 2-16 cores)."""
+    """``config.slots``, or as many slots as the memory budget allows by the formula :func:`per_slot_bytes` (1..64;
+    at most 8 on a CPU, where a wider batch no longer speeds up the 2-16 cores). :class:`LMProxyUtility` asks the
+    compiler instead where it can (:func:`shed_jax.lm._slots.slots_from_compiler`)."""
     if config.slots is not None:
         return config.slots
     backend = jax.default_backend() if backend is None else backend
-    if config.memory_budget_mb is not None:
-        budget = config.memory_budget_mb << 20
-    elif backend == "cpu":
-        budget = 2048 << 20
-    else:
-        stats = jax.local_devices()[0].memory_stats() or {}
-        limit, used = stats.get("bytes_limit", 16 << 30), stats.get("bytes_in_use", 0)
-        budget = max((limit - used) // 2, 1 << 30)
+    budget = slot_budget_bytes(config, backend)
     cap = 8 if backend == "cpu" else 64
     return int(max(1, min(cap, budget // max(per_slot_bytes(model_config, config), 1))))
 
@@ -361,12 +369,25 @@ class LMProxyUtility:
         self.config, self.seed, self.source = config, int(seed), source
         self.model_config = model_config
         self.n_players = len(player_table)
+        lora0 = init_lora(model_config, rank=config.rank, targets=config.targets,
+                          key=jax.random.fold_in(jax.random.key(self.seed), 0x10AA))
+        self.slot_sizing = None
+        if n_slots is None and config.slots is None and (jax.default_backend() != "cpu"
+                                                         or config.memory_budget_mb is not None):
+            # the compiler's memory analysis of the real step (on a CPU only with an explicit budget: there the cap
+            # of 8 slots decides, and the two trial compiles would cost minutes for nothing)
+            self.slot_sizing = slots_from_compiler(
+                lambda n: SlotTrainer(graphdef, base_state, player_table, config.recipe(), n_slots=n,
+                                      lora_init=lora0, max_length=config.max_length),
+                slot_budget_bytes(config), cap=8 if jax.default_backend() == "cpu" else 64,
+                key=(repr(model_config), config.recipe(), config.rank, tuple(config.targets), config.max_length,
+                     player_table.width, jax.default_backend()))
+            if self.slot_sizing is not None:
+                n_slots = self.slot_sizing["slots"]
         self.n_slots = int(n_slots or default_slots(model_config, config))
         self.preferred_batch_size = self.n_slots * max(1, 16 // self.n_slots)
         self.validation = validation
         self.progress = progress
-        lora0 = init_lora(model_config, rank=config.rank, targets=config.targets,
-                          key=jax.random.fold_in(jax.random.key(self.seed), 0x10AA))
         self.trainer = SlotTrainer(graphdef, base_state, player_table, config.recipe(), n_slots=self.n_slots,
                                    lora_init=lora0, max_length=config.max_length)
         self.scorer = StackScorer(graphdef, base_state, validation.table, mode=validation.mode,
@@ -727,6 +748,7 @@ class LMProxyUtility:
         return {
             "type": "lm", "source": self.source, "n_players": self.n_players, "seed": self.seed,
             "n_slots": self.n_slots, "preferred_batch_size": self.preferred_batch_size,
+            "slot_sizing": self.slot_sizing or "formula",
             "metric": self.validation.metric, "n_validation": self.validation.n_items,
             "n_validation_sequences": len(self.validation.table),
             "train_buckets": list(self.trainer.buckets), "score_widths": [g.width for g in self.scorer.groups],

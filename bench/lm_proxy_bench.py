@@ -27,6 +27,13 @@ for S slots, minus the same for 1 slot, divided by S - 1 (the marginal cost of a
     .venv/bin/python bench/lm_proxy_bench.py --model smollm2 --slots 1,8,32,64 --dtype bfloat16   # on a GPU
 
 Prints JSON and writes ``bench/results/lm_proxy_bench_<model>.json``.
+
+Dolly mode (``--dolly N``): N dolly records tokenised as the proxy does (``--length`` is max_length), for each model
+of ``--model`` (comma list, e.g. ``tiny,smollm2``): padded vs packed trainers at the proxy's default slot count and a
+loop of single (1-slot) fine-tunes on the same coalitions, timed interleaved; writes
+``bench/results/lm_proxy_bench_dolly.json``:
+
+    .venv/bin/python bench/lm_proxy_bench.py --dolly 400 --model tiny,smollm2 --length 256 --steps 2 --rounds 3
 """
 from __future__ import annotations
 

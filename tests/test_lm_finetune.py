@@ -224,6 +224,25 @@ def test_packed_and_padded_finetunes_agree(setup, trainer):
     assert all(segment.max() >= 2 for _, segment in plan)
 
 
+@pytest.mark.slow  # two more compilations (~75 s under load here)
+def test_slot_batch_does_not_change_the_adapters(setup, trainer):
+    """Slots vmapped all at once (the accelerator default) and in lax.map groups of 2 (3 slots: a group and a
+    remainder) fine-tune to the same adapters as the CPU default (one slot at a time inside the step)."""
+    assert trainer.slot_batch == 1  # the CPU default
+    reference = jax.tree_util.tree_map(np.asarray, trainer.train(COALITIONS, seed=7).lora)
+    reference_losses = np.asarray(trainer.last_losses)
+    for slot_batch in (3, 2):
+        other = SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=3,
+                            lora_init=setup["lora0"], buckets=(2 * setup["table"].width,), slot_batch=slot_batch)
+        lora = other.train(COALITIONS, seed=7).lora
+        np.testing.assert_allclose(np.asarray(other.last_losses), reference_losses, rtol=1e-5)
+        for slot in range(len(COALITIONS)):
+            assert _travel_rel_diff(_slot(lora, slot), _slot(reference, slot), setup["lora0"]) < 1e-3
+    with pytest.raises(ValueError, match="slot_batch"):
+        SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=3,
+                    lora_init=setup["lora0"], slot_batch=0)
+
+
 def test_packed_loss_equals_padded_loss(setup):
     """One batch's loss from packed rows (segment ids, restarted positions) equals the padded batch's loss."""
     from shed_jax.lm.packing import first_fit_decreasing, packed_layout

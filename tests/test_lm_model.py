@@ -404,3 +404,33 @@ def test_cudnn_packed_attention_under_vmap_scan_and_remat_matches_xla():
     np.testing.assert_allclose(np.asarray(loss_c, np.float32), np.asarray(loss_x, np.float32), rtol=2e-2)
     for a, b in zip(jax.tree.leaves(grad_c), jax.tree.leaves(grad_x)):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=5e-2, atol=5e-3)
+
+
+def test_attention_impl_auto_resolves_to_xla_here():
+    """``auto`` is cuDNN only on an NVIDIA GPU in bf16/f16; on this CPU (and in float32 anywhere) it is XLA."""
+    from shed_jax.lm.model import resolve_attention_impl
+
+    assert resolve_attention_impl("auto", jnp.float32) is None
+    if jax.default_backend() == "cpu":
+        assert resolve_attention_impl("auto", jnp.bfloat16) is None
+        assert _model(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, attention_impl="auto").attention_impl is None
+    assert resolve_attention_impl("xla") is None and resolve_attention_impl("cudnn") == "cudnn"
+
+    class FakeGpu:
+        platform, device_kind = "gpu", "NVIDIA H200"
+
+    class FakeCpu:
+        platform, device_kind = "cpu", "cpu"
+
+    assert resolve_attention_impl("auto", jnp.bfloat16, device=FakeGpu()) == "cudnn"
+    assert resolve_attention_impl("auto", jnp.float32, device=FakeGpu()) is None
+    assert resolve_attention_impl("auto", jnp.bfloat16, device=FakeCpu()) is None
+    with pytest.raises(ValueError, match="attention_impl: unknown 'flash'"):
+        resolve_attention_impl("flash")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU (none here)")
+def test_attention_impl_auto_is_cudnn_on_an_nvidia_gpu():
+    from shed_jax.lm.model import resolve_attention_impl
+
+    assert resolve_attention_impl("auto", jnp.bfloat16) == "cudnn"

@@ -294,7 +294,8 @@ def test_config_validation_and_registry(env):
     for bad, message in (({"rank": 0}, "rank: must be"), ({"targets": ("qkv",)}, "targets:"),
                          ({"metric": "f1"}, "metric: must be one of auto, mc_prob"), ({"dtype": "float16"}, "dtype:"),
                          ({"prompt_format": "llama2"}, "prompt_format:"), ({"warmup_steps": 50}, "warmup_steps:"),
-                         ({"choice_score": "max"}, "choice_score:"), ({"max_length": 4}, "max_length:")):
+                         ({"choice_score": "max"}, "choice_score:"), ({"max_length": 4}, "max_length:"),
+                         ({"attention_impl": "flash"}, "attention_impl: unknown 'flash'")):
         with pytest.raises(ValueError, match=message):
             LMProxyConfig(**bad)
     for field in LMProxyConfig.__dataclass_fields__.values():  # declared with option(), like every config
@@ -430,3 +431,84 @@ def test_non_finite_slots_flags_losses_and_adapters():
     losses = np.ones((4, 3), np.float32)
     losses[1, 0] = np.nan
     assert np.asarray(_non_finite_slots(lora, losses)).tolist() == [True, False, True]
+
+
+def _torch_log_probs(checkpoint, sequences):
+    """float64 log-softmax of transformers' (PyTorch) float32 logits, each sequence unpadded (an independent
+    reference: another implementation, no packing, no masks)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, torch_dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for sequence in sequences:
+            logits = model(torch.tensor([sequence])).logits[0].double()
+            out.append(torch.log_softmax(logits, -1).numpy())
+    return out
+
+
+@pytest.mark.slow  # six scorers compile, and transformers (~35 CPU-s); the default suite scores packed by hand above
+def test_packed_scoring_equals_padded_scoring_and_transformers(env, adapters):
+    """Validation rows packed into shared rows (segment ids) with only weighted / last positions unembedded give the
+    padded scorer's values (float32: 2e-6 relative for sums of log-probabilities, 1e-5 absolute for letter logits),
+    and, with the zero-effect initial adapter, transformers' per-sequence sums (1e-5 relative)."""
+    tokenizer, model = env.loaded.tokenizer, env.loaded.model
+    graphdef, state = nnx.split(model)
+    base_adapter = jax.tree_util.tree_map(lambda x: jnp.zeros_like(x[:1]), adapters)  # a = b = 0: no effect
+    for metric, validation in (("mc_full_choice", env.mc), ("loss", env.instructions), ("mc_prob", env.mc)):
+        val = lm_proxy.tokenize_validation(validation, tokenizer, LMProxyConfig(metric=metric, **CONFIG), seed=0)
+        kwargs = dict(mode=val.mode, letter_ids=val.letter_ids, lora_scale=2.0, eval_batch_size=2, logits_chunk=5,
+                      max_length=64)
+        packed = StackScorer(graphdef, state, val.table, pack=True, **kwargs)
+        padded = StackScorer(graphdef, state, val.table, pack=False, **kwargs)
+        # packing packed: fewer rows than sequences, several sequences in a row
+        assert packed.plan.source.shape[0] * packed.plan.source.shape[1] < len(val.table)
+        assert packed.plan.segment.max() >= 2
+        if val.mode == "targets":  # only weighted positions are unembedded
+            assert int((packed.plan.pick_weight != 0).sum()) == int((val.table.target_weights != 0).sum())
+        got, expected = np.asarray(packed(adapters)), np.asarray(padded(adapters))
+        assert got.shape == expected.shape
+        if val.mode == "targets":
+            np.testing.assert_allclose(got, expected, rtol=2e-6)
+            sequences = [val.table.ids[r, : val.table.lengths[r]].tolist() for r in range(len(val.table))]
+            log_probs = _torch_log_probs(env.checkpoint, sequences)
+            reference = [sum(log_probs[r][t - 1, s[t]] for t in range(int(val.table.prompt_lengths[r]), len(s)))
+                         for r, s in enumerate(sequences)]
+            np.testing.assert_allclose(np.asarray(packed(base_adapter))[0], reference, rtol=1e-5)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow  # four step compilations (~65 CPU-s)
+def test_slots_from_the_compilers_memory_analysis(env):
+    """With a memory budget, the slot count comes from two trial compiles of the real step (1 and 2 slots: the
+    marginal bytes of a slot by XLA's memory analysis); a fake small budget of 3.5 slots gives 3 slots, and the step
+    compiled at 3 slots fits the budget beyond its fixed part; answers are remembered (no further compile)."""
+    from shed_jax.lm import _slots
+    from shed_jax.lm.finetune import SlotTrainer
+
+    config = LMProxyConfig(model=env.checkpoint, metric="loss", **{**CONFIG, "slots": None}, memory_budget_mb=1)
+    utility = build_lm_proxy(_inputs(env, env.instructions), config)
+    sizing = utility.slot_sizing
+    assert sizing is not None and sizing["per_slot_bytes"] > 0
+    assert utility.n_slots == sizing["slots"] == max(1, min(8, (1 << 20) // sizing["per_slot_bytes"]))
+    assert utility.describe()["slot_sizing"] == sizing
+    table = P.encode_instructions(env.loaded.tokenizer, PLAYER_PROMPTS[:6], PLAYER_RESPONSES[:6],
+                                  prompt_format="chat", max_length=64)
+    trainer = utility.trainer
+    built = []
+
+    def make(n):
+        built.append(n)
+        return SlotTrainer(trainer.graphdef, trainer.base_state, table, trainer.recipe, n_slots=n,
+                           lora_init=jax.tree_util.tree_map(lambda x: x[0], trainer._fresh.lora), max_length=64)
+
+    budget = 3 * sizing["per_slot_bytes"] + sizing["per_slot_bytes"] // 2
+    fake = _slots.slots_from_compiler(make, budget, cap=8, key="test")
+    assert fake["slots"] == 3 and fake["per_slot_bytes"] == sizing["per_slot_bytes"] and built == [1, 2]
+    assert _slots.slots_from_compiler(make, budget, cap=8, key="test") == fake and built == [1, 2]  # remembered
+    at_three = _slots.compiled_step_bytes(make(3).compiled_memory())
+    assert at_three - fake["fixed_bytes"] <= budget
+    # an explicit slot count compiles nothing
+    assert build_lm_proxy(_inputs(env, env.instructions),
+                          LMProxyConfig(model=env.checkpoint, metric="loss", **CONFIG)).slot_sizing is None

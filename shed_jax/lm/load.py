@@ -262,7 +262,8 @@ def load(path_or_name: str | os.PathLike, *, dtype="auto", param_dtype=None,
         default on a CPU, ``load(path).logits(ids)`` matches transformers' float32 logits to ~1e-6.
       param_dtype: storage dtype of the weights; None (the default) keeps the checkpoint's own dtype
         (the dtype of its embedding matrix; float32 for a GGUF file, whose weights are dequantised).
-      attention_impl: None (XLA) or "cudnn"; see :class:`Decoder`.
+      attention_impl: None / "xla" (XLA), "cudnn" or "auto" (cuDNN on an NVIDIA GPU in bfloat16, XLA
+        otherwise); see :class:`Decoder`.
 
     Returns:
       a :class:`LanguageModel` (``.tokenizer``, ``.config``, ``.model``, ``.logits(ids)``).

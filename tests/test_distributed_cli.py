@@ -136,7 +136,11 @@ def single(data, tmp_path_factory):
 
 def _process_1_wrote_only_its_log(work: Path) -> None:
     logs = sorted(p.name for p in (work / "run" / "logs").iterdir())
-    assert logs == ["process-1.log"], logs
+    assert logs == ["commands.log", "process-1.log"], logs
+    from shed_jax import command_log
+
+    commands = command_log.read(work / "run")  # process 0's end line only (no start line, none of process 1)
+    assert [(c["event"], c["exit_status"]) for c in commands] == [("end", 0)], commands
     text = (work / "run" / "logs" / "process-1.log").read_text()
     assert "process 1 of 2" in text and "cluster:" in text
 

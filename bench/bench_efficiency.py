@@ -18,9 +18,11 @@ against the exact values, averaged (root mean square) over the seeds, and the co
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from bench.runner import Result
+from bench.runner import Result, save_figure
 
 BATCH = 128
 
@@ -95,8 +97,6 @@ def plot(entry: dict, path) -> bool:
     curves = entry.get("info", {}).get("curves")
     if not curves:
         return False
-    import os
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,10 +115,5 @@ def plot(entry: dict, path) -> bool:
         ax.set_title(game, fontsize=9)
         ax.grid(True, which="both", linewidth=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, Path(path))
     return True

@@ -279,13 +279,20 @@ def plot(entry: dict, path: Path) -> bool:
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("ratio (median, min-max)")
     ax.set_title(bench.description, fontsize=8)
+    save_figure(fig, path)
+    return True
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` to ``path`` as PNG atomically (a temporary file, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
-    return True
 
 
 def markdown(report: dict) -> str:

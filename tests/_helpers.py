@@ -122,3 +122,11 @@ def write_tiny_checkpoint(directory, *, seed: int = 0, num_layers: int = 2) -> P
     config = tiny_config(len(tokenizer), num_layers=num_layers)
     save_hf_checkpoint(directory, config, tiny_weights(config, seed=seed), tokenizer)
     return Path(directory)
+
+
+def reap(procs) -> None:
+    """Kill every subprocess in ``procs`` still running and wait for all (tests always clean up their processes)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from shed_jax import distributed
+from _helpers import reap
 
 ROOT = Path(__file__).resolve().parents[1]
 HEARTBEAT_S = 5
@@ -69,13 +70,6 @@ def _start(tmp_path, n_processes, n_local, extra_env=None):
     return procs
 
 
-def _reap(procs):
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def _result(stdout: bytes) -> dict:
     line = [ln for ln in stdout.decode().splitlines() if ln.startswith("RESULT")][-1]
     return json.loads(line[len("RESULT"):])
@@ -92,7 +86,7 @@ def _run(tmp_path, n_processes, n_local, timeout=240):
             outs.append(_result(stdout))
         return outs
     finally:
-        _reap(procs)
+        reap(procs)
 
 
 @pytest.mark.slow
@@ -124,7 +118,7 @@ def test_dead_peer_makes_the_other_exit_within_the_timeout(tmp_path):
                          "processes with --resume"], stderr.decode()[-2000:]
         assert waited < HEARTBEAT_S + 60
     finally:
-        _reap(procs)
+        reap(procs)
 
 
 def test_initialize_argument_errors():

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 
 from shed_jax import cli
 from shed_jax.demo import synthetic
+from _helpers import reap
 
 ROOT = Path(__file__).resolve().parents[1]
 HEARTBEAT_S = 5
@@ -84,13 +85,6 @@ def _start(argv, work: Path, n_processes: int, n_local: int, faults: dict | None
     return procs
 
 
-def _reap(procs):
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def _finish(procs, timeout=DEADLINE_S):
     """(returncode, stdout, stderr) of each process, all within ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -106,7 +100,7 @@ def _run(argv, work, n_processes, n_local, faults=None):
     try:
         return _finish(procs)
     finally:
-        _reap(procs)
+        reap(procs)
 
 
 def _outputs(work: Path) -> dict:
@@ -171,7 +165,7 @@ def test_killed_process_makes_the_other_exit_with_one_line_then_resume_finishes_
         _, stderr = procs[0].communicate(timeout=HEARTBEAT_S + 30)
         waited = time.monotonic() - killed_at
     finally:
-        _reap(procs)
+        reap(procs)
     assert procs[0].returncode == 3, stderr[-3000:]
     # every line but gloo's own connection notice (native, printed once at the first collective)
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("[Gloo]")]

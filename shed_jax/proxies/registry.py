@@ -41,7 +41,7 @@ class _Builtin:
 
 _BUILTIN: dict[str, _Builtin] = {
     "embedding": _Builtin("shed_jax.proxies.embedding", "shed_jax.proxies.embedding_config:EmbeddingProxyConfig"),
-    "lm": _Builtin("shed_jax.proxies.lm", "shed_jax.proxies.lm:LMProxyConfig", spec_field="model"),
+    "lm": _Builtin("shed_jax.proxies.lm", "shed_jax.proxies.lm_config:LMProxyConfig", spec_field="model"),
 }
 _REGISTERED: dict[str, "ProxySpec"] = {}
 

@@ -18,6 +18,16 @@ def _as_count(value: Any, name: str, path: Any) -> int:
                         field=name) from None
 
 
+def _counts(n_examples, count, field: str, path) -> tuple[int, int]:
+    """``(N, count)`` as ints, with ``N >= 1`` (a data set with candidates)."""
+    n = _as_count(n_examples, "n_examples", path)
+    c = _as_count(count, field, path)
+    if n < 1:
+        raise DataError(f"the data set has no candidate examples (n_examples={n})", path=path,
+                        field="n_examples")
+    return n, c
+
+
 def check_budget(n_examples: int, budget: int, *, path=None) -> int:
     """Check that ``budget`` examples can be selected from ``n_examples``; return ``budget`` as ``int``.
 
@@ -25,11 +35,7 @@ def check_budget(n_examples: int, budget: int, *, path=None) -> int:
         DataError: non-integers, ``n_examples < 1``, ``budget < 1`` or ``budget > n_examples`` (the
             message names ``path`` when given).
     """
-    n = _as_count(n_examples, "n_examples", path)
-    b = _as_count(budget, "budget", path)
-    if n < 1:
-        raise DataError(f"the data set has no candidate examples (n_examples={n})", path=path,
-                        field="n_examples")
+    n, b = _counts(n_examples, budget, "budget", path)
     if b < 1:
         raise DataError(f"must be a positive number of examples, got {b}", path=path, field="budget")
     if b > n:
@@ -44,11 +50,7 @@ def check_clusters(n_examples: int, n_clusters: int, *, path=None) -> int:
     Raises:
         DataError: non-integers, ``N < 1``, ``K < 1`` or ``K > N``.
     """
-    n = _as_count(n_examples, "n_examples", path)
-    k = _as_count(n_clusters, "n_clusters", path)
-    if n < 1:
-        raise DataError(f"the data set has no candidate examples (n_examples={n})", path=path,
-                        field="n_examples")
+    n, k = _counts(n_examples, n_clusters, "n_clusters", path)
     if k < 1:
         raise DataError(f"must be a positive number of clusters, got {k}", path=path, field="n_clusters")
     if k > n:

@@ -44,6 +44,15 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"not valid JSON: {exc}", path=path) from None
 
 
+def _read_object_with_list(path: Path, key: str) -> dict:
+    """The JSON object in ``path``, which must hold a list under ``key`` (else :class:`DataError` naming it)."""
+    payload = _read_json(path)
+    if not isinstance(payload, dict) or not isinstance(payload.get(key), list):
+        article = "an" if key[0] in "aeiou" else "a"
+        raise DataError(f"expected an object with {article} '{key}' list", path=path, field=key)
+    return payload
+
+
 def _read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(2, "not found", str(path))
@@ -132,9 +141,7 @@ class Examples:
     @classmethod
     def load(cls, run_dir) -> "Examples":
         path = _dir(run_dir) / cls.FILENAME
-        payload = _read_json(path)
-        if not isinstance(payload, dict) or not isinstance(payload.get("members"), list):
-            raise DataError("expected an object with a 'members' list", path=path, field="members")
+        payload = _read_object_with_list(path, "members")
         return cls(payload["members"], payload.get("categories"), payload.get("category_codes"))
 
     def record_categories(self) -> list[str] | None:
@@ -219,9 +226,7 @@ class Values:
         path = Path(path)
         if not path.is_file():
             raise DataError("values file not found", path=path)
-        payload = _read_json(path)
-        if not isinstance(payload, dict) or not isinstance(payload.get("cluster_values"), list):
-            raise DataError("expected an object with a 'cluster_values' list", path=path, field="cluster_values")
+        payload = _read_object_with_list(path, "cluster_values")
         values = _floats(payload["cluster_values"], path, "cluster_values")
         if not np.all(np.isfinite(values)):
             raise DataError("cluster_values must be a flat list of finite numbers", path=path, field="cluster_values")
@@ -314,9 +319,7 @@ class Selection:
     @classmethod
     def load(cls, run_dir) -> "Selection":
         path = _dir(run_dir) / cls.FILENAME
-        payload = _read_json(path)
-        if not isinstance(payload, dict) or not isinstance(payload.get("indices"), list):
-            raise DataError("expected an object with an 'indices' list", path=path, field="indices")
+        payload = _read_object_with_list(path, "indices")
         try:
             indices = np.asarray(payload["indices"], dtype=np.int64).reshape(-1)
         except (TypeError, ValueError):

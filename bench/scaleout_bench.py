@@ -256,6 +256,7 @@ def main() -> None:
     parser.add_argument("--lm-batch", type=int, default=16)
     parser.add_argument("--refine-n", type=int, default=600)
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON report (default bench/results/scaleout.json)")
     parser.add_argument("--pin-cores", action="store_true",
                         help="run the D-device worker on D cores only (sched_setaffinity), i.e. one core per device: "
                              "XLA:CPU's intra-op pool otherwise lets one device use every core")
@@ -289,8 +290,10 @@ def main() -> None:
             "speedup_vs_first": {str(n): base / best[n] for n in devices}}
     report["load_after"] = os.getloadavg()
     text = json.dumps(report, indent=2)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, args.out)
     print(text)
 
 

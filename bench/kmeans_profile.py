@@ -3,7 +3,8 @@
 For each ``--chunk-sizes`` value, in one process and alternating with scikit-learn's Lloyd (same data, same
 initial centroids, ``--iters`` iterations, tol = 0) every repeat:
 
-* ``gemm_s``: the chunked assignment GEMM alone (``x_block @ centroids.T`` over all row chunks, no argmin);
+* ``gemm_s``: the chunked assignment GEMM alone (``x_block @ centroids.T`` over the ``N // chunk`` whole row
+  chunks, no argmin);
 * ``assign_s``: one full assignment (``kernels.kmeans.assign_labels``: GEMM + nearest-centroid reduction);
 * ``update_s``: one centroid update (``cluster._update_centroids``: segment sums, counts, empty-cluster check);
 * ``lloyd_s``: the whole jitted Lloyd loop (``cluster._lloyd``), and ``sklearn_s`` for scikit-learn's.

@@ -21,6 +21,12 @@ Workloads (all synthetic, deterministic, no downloads):
 * ``kmeans``: ``shed_jax.cluster.kmeans`` on ``--kmeans-n`` x ``--dim`` random unit rows, ``--kmeans-k``
   clusters, ``--kmeans-iters`` Lloyd iterations, after a warm-up call.
 
+One device is not one core: XLA:CPU runs dots and its library (YNNPACK) fusions on an intra-op thread pool
+with one thread per core even with ``--xla_cpu_multi_thread_eigen=false``, so a 1-device k-means already keeps
+every core busy (the k-means worker reports per-thread CPU seconds, ``busy_threads_cpu_s``) and splitting it
+over fake devices on the same cores cannot be faster. ``--pin-cores`` runs the D-device worker on D cores
+(``sched_setaffinity``), one core per device, which measures how the sharded algorithm scales with devices.
+
 Rounds alternate the device counts (1, 2, 1, 2, ...) ``--repeats`` times so that load from other processes
 hits all alike; the JSON reports every time, the min per device count and the speed-up of the min over the
 1-device min. This machine has 2 cores: more than 2 devices cannot beat 2x and show overhead.
@@ -52,6 +58,9 @@ def _unit(rng, shape):
 
 
 def worker(args) -> dict:
+    if args.pin_cores:  # one core per device: the D-device run gets the first D cores (fewer if the machine has fewer)
+        cores = sorted(os.sched_getaffinity(0))[:max(1, args.n_devices if args.process_id is None else 1)]
+        os.sched_setaffinity(0, cores)
     if args.process_id is not None:
         from shed_jax import distributed
         distributed.initialize(f"127.0.0.1:{args.port}", 2, args.process_id, initialization_timeout_s=120)
@@ -86,10 +95,15 @@ def worker(args) -> dict:
         t0 = time.perf_counter()
         kmeans(x, args.kmeans_k, **kw)
         out["warmup_seconds"] = time.perf_counter() - t0
+        from bench.kmeans_profile import busy_threads, thread_cpu
+        threads_before = thread_cpu()
         t0, c0 = time.perf_counter(), time.process_time()
         result = kmeans(x, args.kmeans_k, **kw)
         out["seconds"] = time.perf_counter() - t0
         out["cpu_seconds"] = time.process_time() - c0
+        # XLA:CPU runs dots and library fusions on its intra-op thread pool (one thread per core) even with
+        # --xla_cpu_multi_thread_eigen=false: this list shows how many cores the run kept busy.
+        out["busy_threads_cpu_s"] = busy_threads(threads_before, thread_cpu())
         out["inertia"] = float(result.inertia)
         labels = np.asarray(result.labels)
         out["labels_digest"] = int((labels.astype(np.int64) * np.arange(1, labels.size + 1)).sum() % (2 ** 61 - 1))
@@ -180,11 +194,12 @@ def _worker_command(args, workload: str, n_devices: int) -> list[str]:
     for name in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n", "kmeans_k", "kmeans_iters", "lm_slots",
                  "lm_steps", "lm_batch"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    return cmd
+    return cmd + (["--pin-cores"] if args.pin_cores else [])
 
 
 def _worker_env(n_local: int) -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+    path = os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    return dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
                 XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count={n_local}")
 
 
@@ -241,6 +256,10 @@ def main() -> None:
     parser.add_argument("--lm-batch", type=int, default=16)
     parser.add_argument("--refine-n", type=int, default=600)
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON report (default bench/results/scaleout.json)")
+    parser.add_argument("--pin-cores", action="store_true",
+                        help="run the D-device worker on D cores only (sched_setaffinity), i.e. one core per device: "
+                             "XLA:CPU's intra-op pool otherwise lets one device use every core")
     parser.add_argument("--worker", choices=["value", "kmeans", "lm"], help=argparse.SUPPRESS)
     parser.add_argument("--n-devices", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
@@ -254,7 +273,7 @@ def main() -> None:
               "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "settings": {
                   k: getattr(args, k) for k in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n",
                                                 "kmeans_k", "kmeans_iters", "lm_slots", "lm_steps", "lm_batch",
-                                                "refine_n", "repeats")}, "workloads": {}}
+                                                "refine_n", "repeats", "pin_cores")}, "workloads": {}}
     for workload in args.workloads:
         devices = [1, "2x1"] if workload.endswith("-2proc") else args.devices
         runs = {n: [] for n in devices}
@@ -271,8 +290,10 @@ def main() -> None:
             "speedup_vs_first": {str(n): base / best[n] for n in devices}}
     report["load_after"] = os.getloadavg()
     text = json.dumps(report, indent=2)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, args.out)
     print(text)
 
 

@@ -2,7 +2,9 @@
 (jax.distributed, gloo CPU collectives), each with one fake CPU device, against one process with one device and
 the same slot count (4): the same U(full), U(empty) and cluster values (within 1e-5 relative to the utility's
 scale), the same selection and output; and the split is real: inside every process the adapters' local shard holds
-2 of the 4 slots (the slot axis spans the global mesh), while the base weights are whole on each device.
+2 of the 4 slots (the slot axis spans the global mesh), while the base weights are whole on each device. A process
+killed during the fine-tunes makes the other exit with the watchdog's one line, and `--resume` on both finishes with
+the uninterrupted run's outputs.
 
 The LM is a tiny random Llama written by the test (tests/_helpers.write_tiny_checkpoint); the embedding is the
 hashing stand-in of conftest.py. Every process is started with a deadline and killed in ``finally``.
@@ -67,16 +69,21 @@ def _argv(setup, work: Path) -> list[str]:
             "--proxies-per-cluster", "1", "--proxy", f"lm:{setup.checkpoint}", *LM_OPTIONS, "-q"]
 
 
-def _run(argv, work: Path, n_processes: int):
+def _start(argv, work: Path, n_processes: int, faults: dict | None = None):
     port = _free_port()
     procs = []
+    for process_id in range(n_processes):
+        extra = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n_processes),
+                 "--process-id", str(process_id)] if n_processes > 1 else []
+        procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(ROOT / "tests"), str(work / "shards"),
+                                       *argv, *extra], env=_env(work, 1, (faults or {}).get(process_id)),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _run(argv, work: Path, n_processes: int):
+    procs = _start(argv, work, n_processes)
     try:
-        for process_id in range(n_processes):
-            extra = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n_processes),
-                     "--process-id", str(process_id)] if n_processes > 1 else []
-            procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(ROOT / "tests"), str(work / "shards"),
-                                           *argv, *extra], env=_env(work, 1), stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
         return _finish(procs)
     finally:
         reap(procs)
@@ -90,13 +97,21 @@ def _outputs(work: Path) -> dict:
             "out": (work / "out.jsonl").read_bytes()}
 
 
+@pytest.fixture(scope="module")
+def one(setup, tmp_path_factory):
+    """The reference: one process with one device (its work directory)."""
+    work = tmp_path_factory.mktemp("dist_lm_one")
+    for code, _, err in _run(_argv(setup, work), work, 1):
+        assert code == 0, err[-3000:]
+    return work
+
+
 @pytest.mark.slow
-def test_lm_proxy_on_two_processes_equals_one_process_and_splits_the_slots(setup, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    for work, n in ((one, 1), (two, 2)):
-        work.mkdir()
-        for code, _, err in _run(_argv(setup, work), work, n):
-            assert code == 0, err[-3000:]
+def test_lm_proxy_on_two_processes_equals_one_process_and_splits_the_slots(setup, one, tmp_path):
+    two = tmp_path / "two"
+    two.mkdir()
+    for code, _, err in _run(_argv(setup, two), two, 2):
+        assert code == 0, err[-3000:]
     want, got = _outputs(one), _outputs(two)
     scale = max(abs(want["u_full"]), abs(want["u_empty"]))
     assert got["u_full"] == pytest.approx(want["u_full"], rel=1e-5)
@@ -113,6 +128,37 @@ def test_lm_proxy_on_two_processes_equals_one_process_and_splits_the_slots(setup
         assert shards["lora_local"] == [[2] + shards["lora_global"][1:]]
         assert shards["base_local"] == [shards["base_global"]]  # base weights replicated
     assert not (two / "run" / "logs" / "process-1.log").read_text().count("Traceback")
+
+
+@pytest.mark.slow
+def test_a_process_killed_during_lm_fine_tunes_stops_the_other_then_resume_finishes_identically(setup, one, tmp_path):
+    from test_distributed_cli import HEARTBEAT_S
+
+    work = tmp_path / "two"
+    work.mkdir()
+    # process 1 dies (SIGKILL) after dispatching its 3rd fine-tune step, inside the valuation's rounds
+    procs = _start(_argv(setup, work), work, 2, faults={1: "lm_step:3:kill"})
+    try:
+        procs[1].wait(timeout=600)
+        assert procs[1].returncode == -9
+        _, stderr = procs[0].communicate(timeout=HEARTBEAT_S + 60)
+    finally:
+        reap(procs)
+    assert procs[0].returncode == 3, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("[Gloo]")]
+    assert lines == [f"shed: process 1 of 2 stopped responding (heartbeat timeout {HEARTBEAT_S} s); rerun all "
+                     "processes with --resume"], stderr[-3000:]
+    assert not (work / "out.jsonl").exists()
+    procs = _start(["refine", "--resume", "--run-dir", str(work / "run"), "-q"], work, 2)
+    try:
+        for code, _, err in _finish(procs):
+            assert code == 0, err[-3000:]
+    finally:
+        reap(procs)
+    want, got = _outputs(one), _outputs(work)
+    scale = max(abs(want["u_full"]), abs(want["u_empty"]))
+    np.testing.assert_allclose(got["values"], want["values"], rtol=0, atol=1e-5 * scale)
+    assert got["selection"] == want["selection"] and got["out"] == want["out"]
 
 
 def test_slots_that_do_not_fill_every_process_device_are_one_line_error(setup, monkeypatch):

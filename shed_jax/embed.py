@@ -27,6 +27,10 @@ Several GPUs. When the model sits on a CUDA device and this process sees more th
 ``SHED_EMBED_POOL=0`` turns the pool off. The pool is started once per model and stopped at exit (or by
 :func:`clear_model_cache`).
 
+Several processes. In a ``--distributed`` run of several processes (:mod:`shed_jax.distributed`), each process
+embeds its share of the distinct texts (every P-th, from its index) and the shares meet by a gather of the float32
+rows, so every process holds the same embeddings without a shared file system (:mod:`shed_jax._embed_share`).
+
 Loaded models are kept per ``(model, device)`` for the life of the process (:func:`clear_model_cache`).
 torch and sentence_transformers are imported lazily, inside the functions that need them.
 """
@@ -42,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from shed_jax import _embed_share
 from shed_jax._faults import fault_point
 from shed_jax.config import check_positive_int
 from shed_jax.io import atomic_write_npy
@@ -125,21 +130,37 @@ def embed_texts(texts: Sequence[str], *, model: str = DEFAULT_MODEL, batch_size:
     batch_size = check_positive_int(batch_size, "batch_size")
     num_threads = check_positive_int(num_threads, "num_threads", allow_none=True)
 
-    cache_path = None
+    cache_path = cached = None
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"{embedding_cache_key(texts, model)}.npy"
         cached = _read_cache(cache_path, len(texts))
-        if cached is not None:
-            _log.debug("embeddings of %d texts loaded from cache %s", len(texts), cache_path)
-            return cached
+    split = _embed_share.processes()  # several processes: each embeds its share (shed_jax._embed_share)
+    # with several processes all of them decide together: none waits on a gather that its peers skip
+    hit = cached is not None if split is None else _embed_share.everyone(cached is not None)
+    if hit:
+        _log.debug("embeddings of %d texts loaded from cache %s", len(texts), cache_path)
+        return cached
 
     unique_texts, inverse = _unique(texts)
-    encoder = _get_model(model, device)
     label = label or f"embedding {len(texts):,} texts"
     if len(unique_texts) < len(texts):
         label += f" ({len(unique_texts):,} distinct)"
-    embeddings = _encode(encoder, unique_texts, batch_size=batch_size, progress=progress,
-                         num_threads=num_threads, label=label)[inverse]
+
+    def encode(indices) -> np.ndarray:
+        part = [unique_texts[i] for i in indices]
+        shown = label if len(part) == len(unique_texts) else \
+            f"{label}: {len(part):,} of them in process {split[0]} of {split[1]}"
+        return _encode(_get_model(model, device), part, batch_size=batch_size, progress=progress,
+                       num_threads=num_threads, label=shown)
+
+    if split is None:
+        embeddings = encode(range(len(unique_texts)))[inverse]
+    else:
+        first = np.empty(len(unique_texts), np.int64)  # each distinct text's first row (a cached copy's row)
+        first[inverse[::-1]] = np.arange(len(texts) - 1, -1, -1)
+        embeddings = _embed_share.gather_shares(
+            len(unique_texts), split, lambda indices: cached[first[indices]] if cached is not None else encode(indices)
+        )[inverse]
     fault_point("embed")  # testing hook (shed_jax._faults): nothing unless SHED_FAULT names it
     if cache_path is not None:
         _save_npy(cache_path, embeddings)

@@ -215,15 +215,13 @@ def across_processes(function, mesh: Mesh, jittable: bool = True):
     same numpy array on every process (:func:`to_host`). Every process must make the same calls in the same
     order (the deterministic host loop of the engine does).
 
-    Raises:
-      ValueError: ``jittable=False`` (a host-orchestrated utility such as the LM proxy) with several processes:
-        not supported yet.
+    ``jittable=False`` (the host step of a host-orchestrated utility such as the LM proxy) returns ``function``
+    unchanged: that step is built over this process's devices only (its bookkeeping is small and every process
+    computes the same), and the utility itself spreads its work over the global mesh and gathers its values
+    (:mod:`shed_jax.lm.slot_sharding`).
     """
-    if jax.process_count() == 1:
+    if jax.process_count() == 1 or not jittable:
         return function
-    if not jittable:
-        raise ValueError("a utility with jittable = False (e.g. the LM proxy) cannot run across several "
-                         f"processes yet ({jax.process_count()} processes); run it in one process per host")
 
     def to_global(leaf):
         if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):

@@ -275,7 +275,8 @@ class SlotTrainer:
             self._data = tuple(jnp.asarray(a) for a in padded) + (jnp.asarray(self._lengths_host),)
         lora_stack = stack_adapters(lora_init, self.n_slots)
         self._fresh = SlotState(lora_stack, jax.vmap(self.optimizer.init)(lora_stack))
-        # slots over the local devices (shed_jax.lm.slot_sharding; nothing changes on one device)
+        # slots over the devices, every process's in a multi-process run (shed_jax.lm.slot_sharding; nothing
+        # changes on one device)
         self.mesh = slot_sharding.slot_mesh(self.n_slots)
         self.base_state = slot_sharding.place_replicated(self.base_state, self.mesh)
         self._data = slot_sharding.place_replicated(self._data, self.mesh)
@@ -406,7 +407,7 @@ class SlotTrainer:
         active = np.zeros(self.n_slots, bool)
         active[: len(member_lists)] = [len(m) > 0 for m in member_lists]
         slots = self._refill(self._slots, self._fresh, jnp.ones(self.n_slots, bool))
-        active_device = slot_sharding.place_slots(jnp.asarray(active), self.mesh)
+        active_device = slot_sharding.place_slots(active, self.mesh)
         lr_scale = jnp.float32(self.lr_scale)
         losses = []
         def after_step(slots, loss):
@@ -439,7 +440,7 @@ class SlotTrainer:
         """``(n_slots,)`` bool: the slots whose last :meth:`train` had a non-finite loss at some step or ended with
         a non-finite adapter entry (a diverged fine-tune). One host sync; call before the next :meth:`train`."""
         losses = self.last_losses if self.last_losses is not None else jnp.zeros((0, self.n_slots), jnp.float32)
-        return np.asarray(_non_finite_slots(slots.lora, losses))
+        return slot_sharding.to_host(_non_finite_slots(slots.lora, losses))  # every process's slots
 
     def with_learning_rate(self, learning_rate: float) -> "SlotTrainer":
         """A trainer with the same base weights, data, initial adapter and compiled steps whose updates follow

@@ -55,7 +55,7 @@ from shed_jax.lm.finetune import SlotTrainer
 from shed_jax.lm._slots import slots_from_compiler
 from shed_jax.lm.model import init_lora
 from shed_jax.lm.scoring import StackScorer
-from shed_jax.lm.slot_sharding import local_slot_devices
+from shed_jax.lm import slot_sharding
 from shed_jax.proxies import _lm_estimate
 from shed_jax.proxies._lm_rounds import RoundCounter, empty_rides_along, group_rows
 from shed_jax.proxies._lm_sizing import _lora_parameter_count, default_slots, per_slot_bytes, slot_budget_bytes
@@ -98,8 +98,14 @@ class LMProxyUtility:
         self.config, self.seed, self.source = config, int(seed), source
         self.model_config = model_config
         self.n_players = len(player_table)
-        # slots = local devices x per-device slots (shed_jax.lm.slot_sharding splits the slot axis over them)
-        per_device = 1 if config.slots is not None else local_slot_devices()
+        # slots = devices x per-device slots (shed_jax.lm.slot_sharding splits the slot axis over them): this
+        # process's devices, or every process's in a multi-process run (the global mesh)
+        devices = slot_sharding.slot_device_count()
+        per_device = 1 if config.slots is not None else devices
+        if config.slots is not None and slot_sharding.multi_process() and config.slots % devices:
+            raise UserError(f"slots={config.slots}: a run of {jax.process_count()} processes splits the slots over "
+                            f"their {devices} devices, so slots must be a multiple of {devices}",
+                            field="--proxy-option slots")
         lora0 = init_lora(model_config, rank=config.rank, targets=config.targets,
                           key=jax.random.fold_in(jax.random.key(self.seed), 0x10AA))
         self.slot_sizing = None
@@ -303,7 +309,7 @@ class LMProxyUtility:
             diverged = trainer.diverged(slots)[: len(members)]  # one host sync (the round's block_until_ready)
             middle = time.perf_counter()
             interrupt.check()
-            rows = np.asarray(self.scorer(slots.lora))
+            rows = slot_sharding.to_host(self.scorer(slots.lora))  # every process's slots (a gather across them)
             round_bar.update()
         finally:
             round_bar.close()

@@ -230,6 +230,7 @@ def plan_value(config, inputs, clusters: Clusters | None, *, make_inputs: Callab
             seconds = float(own_estimate(expected_evaluations(len(member_index), step, n_perm)))
         calibration = {"source": "the utility's own estimate_" + ("run_seconds" if callable(run_estimate) else "seconds"),
                        "n_evaluations": expected_evaluations(len(member_index), step, n_perm)}
+        seconds = _same_in_every_process(seconds)
     if config.proxies_per_cluster == "auto" and proxies_per_cluster is None and seconds is not None:
         per_evaluation = seconds / expected_evaluations(len(member_index), step, n_perm)
 
@@ -251,6 +252,16 @@ def plan_value(config, inputs, clusters: Clusters | None, *, make_inputs: Callab
     return ValuePlan(int(per_cluster), np.asarray(member_index, np.int64), np.asarray(owners, np.int64), k, int(step),
                      n_perm, expected_evaluations(len(member_index), step, n_perm), utility, model_inputs, seconds,
                      calibration, budget_m, clusters is not None)
+
+
+def _same_in_every_process(seconds: float) -> float:
+    """Process 0's estimate in every process of a ``--distributed`` run: the processes time their own steps, and
+    the decisions made from the estimate (``auto`` M) must be the same everywhere. Unchanged in one process."""
+    from shed_jax import distributed
+
+    if not distributed.is_initialized():
+        return seconds
+    return float(distributed.broadcast_text("value-estimate", repr(float(seconds))))
 
 
 def _log_estimate(run: Run, plan: ValuePlan) -> None:

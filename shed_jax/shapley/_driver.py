@@ -198,7 +198,10 @@ def monte_carlo(utility: Callable[[jax.Array], jax.Array], n_players: int, n_per
     jittable = is_jittable(utility)
     static_key = ("chunk", plan.key, truncation_tol, tuple(devices), history_every is not None, jittable, n_groups)
     make_step = make_chunk_step if jittable else make_host_chunk_step
-    step = cached(utility, static_key, lambda get: make_step(get, plan, truncation_tol, mesh,
+    # a host utility under several processes: its step's bookkeeping stays in each process (the same everywhere);
+    # the utility spreads its own work over the global mesh (shed_jax.lm.slot_sharding)
+    step_mesh = mesh if jittable or jax.process_count() == 1 else None
+    step = cached(utility, static_key, lambda get: make_step(get, plan, truncation_tol, step_mesh,
                                                            history_every is not None, n_groups))
     step = _sharding.across_processes(step, mesh, jittable)
     group_args = None

@@ -224,6 +224,46 @@ def test_packed_and_padded_finetunes_agree(setup, trainer):
     assert all(segment.max() >= 2 for _, segment in plan)
 
 
+@pytest.mark.parametrize("slot_batch", [1, pytest.param(3, marks=pytest.mark.slow)])  # 3: one more compile
+def test_packing_across_slots_equals_separate_finetunes(setup, slot_batch):
+    """Rows of all slots packed together (each row's adapter gathered by its slot; rows in chunks of one slot's
+    rows on a CPU, or all at once) fine-tune each coalition exactly as its own separate fine-tune (float32): the
+    same losses as the per-slot packed trainer to rtol 1e-5, adapters to 1e-3 of the distance travelled. An empty
+    slot keeps the initial adapter and contributes no rows."""
+    shared = SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=4,
+                         lora_init=setup["lora0"], buckets=(2 * setup["table"].width,), slot_batch=slot_batch,
+                         pack_across_slots=True)
+    assert shared.across_slots and shared.row_chunk == RECIPE.batch_size * slot_batch
+    members = COALITIONS + [np.zeros(0, np.int64)]
+    lora = shared.train(members, seed=7).lora
+    losses = np.asarray(shared.last_losses)
+    for slot, coalition in enumerate(COALITIONS):
+        reference = reference_finetune(setup, coalition, seed=7)
+        assert _travel_rel_diff(_slot(lora, slot), reference, setup["lora0"]) < 1e-3
+        assert _max_rel_diff(_slot(lora, slot), setup["lora0"]) > 1e-2
+    assert _max_rel_diff(_slot(lora, 3), setup["lora0"]) == 0.0
+    per_slot = SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=3,
+                           lora_init=setup["lora0"], buckets=(2 * setup["table"].width,))
+    per_slot.train(COALITIONS, seed=7)
+    np.testing.assert_allclose(losses[:, :3], np.asarray(per_slot.last_losses), rtol=1e-5)
+    assert np.all(losses[:, 3] == 0)
+    # a step holds the rows of all active slots (not the most rows one slot needs x slots), padded to a bucket
+    rows = shared.schedules(members, seed=7)
+    active = np.array([True, True, True, False])
+    plan = shared.shared_plan(rows, active)
+    separate = per_slot.packed_plan(rows[:3], np.ones(3, bool))
+    for (source, segment, row_slot), (alone, _) in zip(plan, separate):
+        real = segment.max(axis=1) > 0
+        assert set(row_slot[real]) <= {0, 1, 2} and real.sum() <= 3 * alone.shape[1]
+        assert source.shape[0] in shared.shared_row_buckets and source.shape[0] % shared.row_chunk == 0
+
+
+def test_packing_across_slots_needs_packing(setup):
+    with pytest.raises(ValueError, match="pack_across_slots: needs packing"):
+        SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=2, lora_init=setup["lora0"],
+                    packing=False, pack_across_slots=True)
+
+
 @pytest.mark.slow  # two more compilations (~75 s under load here)
 def test_slot_batch_does_not_change_the_adapters(setup, trainer):
     """Slots vmapped all at once (the accelerator default) and in lax.map groups of 2 (3 slots: a group and a

@@ -49,6 +49,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
@@ -76,6 +77,7 @@ __all__ = [
     "make_optimizer",
     "minibatch_schedule",
     "sequence_loss",
+    "shared_row_buckets",
     "stack_adapters",
 ]
 
@@ -273,8 +275,7 @@ class SlotTrainer:
             raise ValueError("pack_across_slots: needs packing (recipe.pack or packing=True)")
         most_rows = self.n_slots * recipe.batch_size
         self.row_chunk = min(recipe.batch_size * self.slot_batch, most_rows)
-        self.shared_row_buckets = tuple(sorted({-(-b // self.row_chunk) * self.row_chunk
-                                                for b in row_buckets(most_rows)}))
+        self.shared_row_buckets = shared_row_buckets(most_rows, self.row_chunk)
         padded = [np.pad(a, ((0, 0), (0, pad)))[:, :top] for a in (table.ids, table.targets, table.target_weights)]
         if self.packing:  # flat tables, one padding token (weight 0) appended at index N * top
             self._pad_index = len(table) * top
@@ -572,6 +573,25 @@ class SlotTrainer:
         names = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                  "alias_size_in_bytes", "generated_code_size_in_bytes")
         return {name: int(getattr(analysis, name, 0) or 0) for name in names}
+
+
+def shared_row_buckets(max_rows: int, chunk: int) -> tuple[int, ...]:
+    """Row counts of a step packed across slots: a ladder at most 1/8 apart (1..8, then 9, 10, .. 16, 18, .. 32,
+    36, ..), each rounded up to a multiple of ``chunk`` when ``chunk < max_rows`` (the rows then run in chunks),
+    the last ``max_rows`` (rounded likewise). The total rows of many slots vary little from step to step, so few of
+    them are used (each compiles once).
+
+    >>> shared_row_buckets(32, 32), shared_row_buckets(32, 4)
+    ((1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 22, 24, 26, 28, 30, 32), (4, 8, 12, 16, 20, 24, 28, 32))
+    """
+    ladder, size = [], 1
+    while size < max_rows:
+        ladder.append(size)
+        size += max(1, 2 ** int(math.floor(math.log2(size))) // 8)
+    ladder.append(int(max_rows))
+    if chunk >= max_rows:
+        return tuple(ladder)
+    return tuple(sorted({-(-b // chunk) * chunk for b in ladder}))
 
 
 def default_slot_batch(n_slots: int, backend: str | None = None) -> int:

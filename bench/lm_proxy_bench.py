@@ -29,7 +29,8 @@ for S slots, minus the same for 1 slot, divided by S - 1 (the marginal cost of a
 Prints JSON and writes ``bench/results/lm_proxy_bench_<model>.json``.
 
 Dolly mode (``--dolly N``): N dolly records tokenised as the proxy does (``--length`` is max_length), for each model
-of ``--model`` (comma list, e.g. ``tiny,smollm2``): padded vs packed (per slot) vs shared (packed across slots: one step's rows are all its slots' packed rows) trainers at the proxy's default slot count and a
+of ``--model`` (comma list, e.g. ``tiny,smollm2``): padded vs packed (per slot) vs shared (packed across slots, the
+default on one device: one step's rows are all its slots' packed rows) trainers at the proxy's default slot count and a
 loop of single (1-slot) fine-tunes on the same coalitions, timed interleaved; writes
 ``bench/results/lm_proxy_bench_dolly.json``:
 
@@ -485,6 +486,9 @@ def main_dolly(args):
         info["shared_vs_packed"] = info["shared"]["coalition_steps_per_s"] / info["packed"]["coalition_steps_per_s"]
         info["shared_vs_packed_median"] = (info["shared"]["coalition_steps_per_s_median"]
                                            / info["packed"]["coalition_steps_per_s_median"])
+        info["shared_vs_loop"] = info["shared"]["coalition_steps_per_s"] / info["loop"]["coalition_steps_per_s"]
+        info["shared_vs_loop_median"] = (info["shared"]["coalition_steps_per_s_median"]
+                                         / info["loop"]["coalition_steps_per_s_median"])
         info["batched_vs_loop"] = info["packed"]["coalition_steps_per_s"] / info["loop"]["coalition_steps_per_s"]
         info["batched_vs_loop_median"] = (info["packed"]["coalition_steps_per_s_median"]
                                           / info["loop"]["coalition_steps_per_s_median"])

@@ -13,7 +13,9 @@ NeurIPS 2024). Here the model is a frozen :class:`~shed_jax.lm.model.Decoder` pl
   ``value_and_grad``, ``optax`` update). Inactive slots compute but keep their state (``jnp.where``);
 * shapes are fixed: ``n_slots`` is fixed; by default (``recipe.pack``) each slot's minibatch at a step is packed
   into rows of the widest bucket with segment ids (:mod:`shed_jax.lm.packing`), and the step's row count is the
-  smallest of :func:`shed_jax.lm.packing.row_buckets` that holds the most rows any slot needs; unpacked, a step's
+  smallest of :func:`shed_jax.lm.packing.row_buckets` that holds the most rows any slot needs (packed across slots,
+  the default on one device: the step's rows are all active slots' rows together, bucketed by
+  :func:`shared_row_buckets`, each row's adapter gathered by its slot); unpacked, a step's
   sequence width is the smallest bucket of a fixed ladder (:func:`shed_jax.lm.prompts.length_buckets`) that holds
   the longest row any slot draws at that step.
   Each width (row count) compiles once; new coalitions never retrace (tested by counting traces);
@@ -237,6 +239,13 @@ class SlotTrainer:
             slot_batch)`` such groups one after another (``lax.map``), still one dispatch. None:
             :func:`default_slot_batch` (all slots on accelerators, 1 on a CPU), all slots when they are split over
             several devices (:mod:`shed_jax.lm.slot_sharding`). Values do not depend on it.
+        pack_across_slots: with packing, put the packed rows of all active slots of a step together (one batch of
+            rows, each row's adapter gathered by its slot: :meth:`shared_plan`), so that a step's cost follows the
+            total rows of its slots instead of ``n_slots`` x the most rows any one slot needs. Each slot's loss is
+            still its own token mean over its own rows (no cross-slot term); the rows run in chunks of
+            :attr:`row_chunk` rows (``slot_batch``: one row at a time on a CPU; all at once where all slots are
+            vmapped, as on accelerators) with gradients accumulated. None: on when the slots are on one device (off when they are split over
+            several: :mod:`shed_jax.lm.slot_sharding`). Values do not depend on it (to float round-off).
 
     Attributes:
         n_traces: times the step function was traced (one per sequence-width or row-count bucket used).
@@ -269,12 +278,14 @@ class SlotTrainer:
         self.packing = bool(recipe.pack if packing is None else packing)
         self.row_buckets = row_buckets(recipe.batch_size)
         # packing across slots: one step's rows are all active slots' packed rows together (row_slot says whose)
-        self.across_slots = bool(self.packing and pack_across_slots
+        self.across_slots = bool(self.packing and (pack_across_slots is None or pack_across_slots)
                                  and slot_sharding.slot_mesh(self.n_slots) is None)
         if pack_across_slots and not self.packing:
             raise ValueError("pack_across_slots: needs packing (recipe.pack or packing=True)")
         most_rows = self.n_slots * recipe.batch_size
-        self.row_chunk = min(recipe.batch_size * self.slot_batch, most_rows)
+        # rows per chunk: all at once where every slot is vmapped (accelerators), else slot_batch rows (one row at a
+        # time on a CPU: a small working set, and no rows padded to round a step up to a multiple of the chunk)
+        self.row_chunk = most_rows if self.slot_batch >= self.n_slots else self.slot_batch
         self.shared_row_buckets = shared_row_buckets(most_rows, self.row_chunk)
         padded = [np.pad(a, ((0, 0), (0, pad)))[:, :top] for a in (table.ids, table.targets, table.target_weights)]
         if self.packing:  # flat tables, one padding token (weight 0) appended at index N * top

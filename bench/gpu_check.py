@@ -296,7 +296,10 @@ def section_throughput(ctx) -> dict:
     for members in rounds[1:]:
         rows = trainer.schedules(members, 0)
         real_tokens += int(lengths[rows].sum())
-        if trainer.packing:
+        if trainer.across_slots:
+            computed_tokens += sum(int(np.prod(step[0].shape)) for step in
+                                   trainer.shared_plan(rows, np.ones(n_slots, bool)))
+        elif trainer.packing:
             computed_tokens += sum(int(np.prod(source.shape)) for source, _ in
                                    trainer.packed_plan(rows, np.ones(n_slots, bool)))
         start = time.perf_counter()
@@ -311,6 +314,7 @@ def section_throughput(ctx) -> dict:
     flops = 6.0 * n_matmul * real_tokens
     out = {"dtype": dtype, "attention_impl": utility.attention_impl, "n_slots": n_slots,
            "slot_sizing": utility.slot_sizing, "slot_batch": trainer.slot_batch, "packing": trainer.packing,
+           "packed_across_slots": trainer.across_slots,
            "recipe": {"steps": recipe.steps, "batch_size": recipe.batch_size, "max_length": config.max_length,
                       "rank": config.rank, "remat": recipe.remat, "logits_chunk": recipe.logits_chunk},
            "build_s": build_s, "compile_round_s": compile_s, "rounds_s": times, "coalition_steps": coalition_steps,

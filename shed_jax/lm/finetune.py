@@ -244,8 +244,9 @@ class SlotTrainer:
             total rows of its slots instead of ``n_slots`` x the most rows any one slot needs. Each slot's loss is
             still its own token mean over its own rows (no cross-slot term); the rows run in chunks of
             :attr:`row_chunk` rows (``slot_batch``: one row at a time on a CPU; all at once where all slots are
-            vmapped, as on accelerators) with gradients accumulated. None: on when the slots are on one device (off when they are split over
-            several: :mod:`shed_jax.lm.slot_sharding`). Values do not depend on it (to float round-off).
+            vmapped, as on accelerators) with gradients accumulated. None: on when the slots are on one device (off
+            when they are split over several: :mod:`shed_jax.lm.slot_sharding`). Values do not depend on it (to
+            float round-off).
 
     Attributes:
         n_traces: times the step function was traced (one per sequence-width or row-count bucket used).
@@ -592,8 +593,10 @@ def shared_row_buckets(max_rows: int, chunk: int) -> tuple[int, ...]:
     the last ``max_rows`` (rounded likewise). The total rows of many slots vary little from step to step, so few of
     them are used (each compiles once).
 
-    >>> shared_row_buckets(32, 32), shared_row_buckets(32, 4)
-    ((1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 22, 24, 26, 28, 30, 32), (4, 8, 12, 16, 20, 24, 28, 32))
+    >>> shared_row_buckets(32, 32)
+    (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 22, 24, 26, 28, 30, 32)
+    >>> shared_row_buckets(32, 4)
+    (4, 8, 12, 16, 20, 24, 28, 32)
     """
     ladder, size = [], 1
     while size < max_rows:

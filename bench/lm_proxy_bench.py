@@ -29,7 +29,8 @@ for S slots, minus the same for 1 slot, divided by S - 1 (the marginal cost of a
 Prints JSON and writes ``bench/results/lm_proxy_bench_<model>.json``.
 
 Dolly mode (``--dolly N``): N dolly records tokenised as the proxy does (``--length`` is max_length), for each model
-of ``--model`` (comma list, e.g. ``tiny,smollm2``): padded vs packed trainers at the proxy's default slot count and a
+of ``--model`` (comma list, e.g. ``tiny,smollm2``): padded vs packed (per slot) vs shared (packed across slots, the
+default on one device: one step's rows are all its slots' packed rows) trainers at the proxy's default slot count and a
 loop of single (1-slot) fine-tunes on the same coalitions, timed interleaved; writes
 ``bench/results/lm_proxy_bench_dolly.json``:
 
@@ -404,9 +405,9 @@ def dolly_variants(args, jax, model, table, default_slots_fn):
             "rank": args.rank, "remat": recipe.remat}
     variants = {}
     coalitions = draws(n_slots)       # the same coalitions for the padded, packed and loop variants
-    for name, packing in (("padded", False), ("packed", True)):
+    for name, packing, across in (("padded", False, False), ("packed", True, False), ("shared", True, True)):
         trainer = SlotTrainer(graphdef, state, table, recipe, n_slots=n_slots, lora_init=lora0,
-                              max_length=table.width, packing=packing)
+                              max_length=table.width, packing=packing, pack_across_slots=across)
         batches = iter(coalitions)
         start = time.perf_counter()
         jax.block_until_ready(trainer.train(next(batches), 0))
@@ -470,7 +471,7 @@ def main_dolly(args):
         log(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
             f"{key} {all_variants[key][1] / times[key][-1]:.3f}" for key in all_variants) + " coalition-steps/s")
     for name, info in result["models"].items():
-        for variant in ("padded", "packed", "loop"):
+        for variant in ("padded", "packed", "shared", "loop"):
             key = f"{name}:{variant}"
             steps = all_variants[key][1]
             info[variant] = {"all_s": times[key], "best_s": min(times[key]), "median_s": statistics.median(times[key]),
@@ -479,6 +480,15 @@ def main_dolly(args):
         info["packed_vs_padded"] = info["packed"]["coalition_steps_per_s"] / info["padded"]["coalition_steps_per_s"]
         info["packed_vs_padded_median"] = (info["packed"]["coalition_steps_per_s_median"]
                                            / info["padded"]["coalition_steps_per_s_median"])
+        info["shared_vs_padded"] = info["shared"]["coalition_steps_per_s"] / info["padded"]["coalition_steps_per_s"]
+        info["shared_vs_padded_median"] = (info["shared"]["coalition_steps_per_s_median"]
+                                           / info["padded"]["coalition_steps_per_s_median"])
+        info["shared_vs_packed"] = info["shared"]["coalition_steps_per_s"] / info["packed"]["coalition_steps_per_s"]
+        info["shared_vs_packed_median"] = (info["shared"]["coalition_steps_per_s_median"]
+                                           / info["packed"]["coalition_steps_per_s_median"])
+        info["shared_vs_loop"] = info["shared"]["coalition_steps_per_s"] / info["loop"]["coalition_steps_per_s"]
+        info["shared_vs_loop_median"] = (info["shared"]["coalition_steps_per_s_median"]
+                                         / info["loop"]["coalition_steps_per_s_median"])
         info["batched_vs_loop"] = info["packed"]["coalition_steps_per_s"] / info["loop"]["coalition_steps_per_s"]
         info["batched_vs_loop_median"] = (info["packed"]["coalition_steps_per_s_median"]
                                           / info["loop"]["coalition_steps_per_s_median"])

@@ -117,7 +117,8 @@ def lm_utility(tmp_path_factory):
 def test_ctrl_c_stops_a_fine_tune_after_the_step_in_flight(lm_utility, monkeypatch):
     steps = []
     trainer = lm_utility.trainer
-    step_name = "_packed_step" if trainer.packing else "_step"  # packed slot-steps are the default (issue 18)
+    # packed across slots is the default on one device; packed per slot and padded steps otherwise (issue 18)
+    step_name = "_shared_step" if trainer.across_slots else "_packed_step" if trainer.packing else "_step"
     original = getattr(trainer, step_name)
 
     def counting(*args, **kwargs):

@@ -32,7 +32,8 @@ def utility(tmp_path_factory):
 def test_the_estimate_times_steps_not_a_round_of_fine_tunes(utility, monkeypatch):
     calls = {"step": 0, "score": 0}
     trainer, scorer = utility.trainer, utility.scorer
-    step_name = "_packed_step" if trainer.packing else "_step"  # packed slot-steps are the default (issue 18)
+    # packed across slots is the default on one device; packed per slot and padded steps otherwise (issue 18)
+    step_name = "_shared_step" if trainer.across_slots else "_packed_step" if trainer.packing else "_step"
     step, score = getattr(trainer, step_name), scorer._score_group
 
     def counting_step(*args, **kwargs):
@@ -56,8 +57,10 @@ def test_the_estimate_times_steps_not_a_round_of_fine_tunes(utility, monkeypatch
     assert calls["step"] == len(timed["train_widths"]) and 1 <= len(timed["train_widths"]) <= 2
     assert calls["score"] == len(timed["score_widths"]) == 1  # the widest; narrower ones in proportion
     assert utility.n_fine_tunes == 0
-    # widths: packed rows per step (packing) or padded sequence widths
-    assert set(cost["step_width_share"]) <= set(trainer.row_buckets if trainer.packing else trainer.buckets)
+    # widths: rows per step (packed across slots: the rows of all slots), packed rows, or padded sequence widths
+    buckets = (trainer.shared_row_buckets if trainer.across_slots else trainer.row_buckets if trainer.packing
+               else trainer.buckets)
+    assert set(cost["step_width_share"]) <= set(buckets)
     assert sum(cost["step_width_share"].values()) == pytest.approx(1.0)
     assert cost["seconds_compile"] > 0 and cost["seconds_per_round"] > 0
     # scaled: 40 evaluations are 20 rounds of 2 slots, plus the compilation of every width, once

@@ -174,19 +174,40 @@ def test_batched_finetunes_equal_single_finetunes(setup, trainer):
     assert losses.shape == (RECIPE.steps, 3) and np.all(np.isfinite(losses))
 
 
+def _step_shapes(trainer, member_lists, seed):
+    """The row counts of the steps of one :meth:`SlotTrainer.train` call (packed across slots: the shared rows)."""
+    rows = trainer.schedules(member_lists, seed)
+    active = np.zeros(trainer.n_slots, bool)
+    active[: len(member_lists)] = [len(m) > 0 for m in member_lists]
+    if trainer.across_slots:
+        return {source.shape[0] for source, _, _ in trainer.shared_plan(rows, active)}
+    return {source.shape[1] for source, _ in trainer.packed_plan(rows, active)}
+
+
 def test_no_retrace_and_slot_placement_does_not_matter(setup, trainer):
+    """New coalitions compile nothing new: each step shape (row count) is traced once, whatever the coalitions."""
     first = trainer.train(COALITIONS, seed=7).lora
     coalition_two = _slot(first, 2)
+    seen = _step_shapes(trainer, COALITIONS, 7)
     traces = trainer.n_traces
     # the same coalition in another slot, next to other companions; one slot left empty
-    moved = trainer.train([np.array([7, 6, 5, 4, 1]), np.array([0, 2])], seed=7).lora
-    assert trainer.n_traces == traces
+    moved_members = [np.array([7, 6, 5, 4, 1]), np.array([0, 2])]
+    new_shapes = _step_shapes(trainer, moved_members, 7) - seen
+    moved = trainer.train(moved_members, seed=7).lora
+    assert trainer.n_traces == traces + len(new_shapes)   # packed across slots: fewer slots may mean fewer rows
+    seen |= new_shapes
+    traces = trainer.n_traces
     assert _travel_rel_diff(_slot(moved, 0), coalition_two, setup["lora0"]) < 1e-3
     # the empty slot holds the initial adapter
     assert _max_rel_diff(_slot(moved, 2), setup["lora0"]) == 0.0
     # a different seed gives different minibatches, hence a different adapter
+    new_shapes = _step_shapes(trainer, [np.array([7, 6, 5, 4, 1])], 8) - seen
     other_seed = trainer.train([np.array([7, 6, 5, 4, 1])], seed=8).lora
     assert _travel_rel_diff(_slot(other_seed, 0), coalition_two, setup["lora0"]) > 0.1
+    assert trainer.n_traces == traces + len(new_shapes)
+    traces = trainer.n_traces
+    trainer.train(COALITIONS, seed=7)       # every shape seen now: nothing is traced again
+    trainer.train(moved_members, seed=7)
     assert trainer.n_traces == traces
 
 
@@ -222,6 +243,48 @@ def test_packed_and_padded_finetunes_agree(setup, trainer):
     plan = trainer.packed_plan(rows, np.ones(3, bool))
     assert max(source.shape[1] for source, _ in plan) < RECIPE.batch_size
     assert all(segment.max() >= 2 for _, segment in plan)
+
+
+@pytest.mark.slow  # two more compilations (~100 s under load here); the default trainer (packed across slots) is
+# also checked against separate fine-tunes by test_batched_finetunes_equal_single_finetunes
+@pytest.mark.parametrize("slot_batch", [1, 3])
+def test_packing_across_slots_equals_separate_finetunes(setup, slot_batch):
+    """Rows of all slots packed together (each row's adapter gathered by its slot; rows one at a time as on a
+    CPU, or in chunks of 3 rows) fine-tune each coalition exactly as its own separate fine-tune (float32): the
+    same losses as the per-slot packed trainer to rtol 1e-5, adapters to 1e-3 of the distance travelled. An empty
+    slot keeps the initial adapter and contributes no rows."""
+    shared = SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=4,
+                         lora_init=setup["lora0"], buckets=(2 * setup["table"].width,), slot_batch=slot_batch,
+                         pack_across_slots=True)
+    assert shared.across_slots and shared.row_chunk == (slot_batch if slot_batch < 4 else 4 * RECIPE.batch_size)
+    members = COALITIONS + [np.zeros(0, np.int64)]
+    lora = shared.train(members, seed=7).lora
+    losses = np.asarray(shared.last_losses)
+    for slot, coalition in enumerate(COALITIONS):
+        reference = reference_finetune(setup, coalition, seed=7)
+        assert _travel_rel_diff(_slot(lora, slot), reference, setup["lora0"]) < 1e-3
+        assert _max_rel_diff(_slot(lora, slot), setup["lora0"]) > 1e-2
+    assert _max_rel_diff(_slot(lora, 3), setup["lora0"]) == 0.0
+    per_slot = SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=3,
+                           lora_init=setup["lora0"], buckets=(2 * setup["table"].width,))
+    per_slot.train(COALITIONS, seed=7)
+    np.testing.assert_allclose(losses[:, :3], np.asarray(per_slot.last_losses), rtol=1e-5)
+    assert np.all(losses[:, 3] == 0)
+    # a step holds the rows of all active slots (not the most rows one slot needs x slots), padded to a bucket
+    rows = shared.schedules(members, seed=7)
+    active = np.array([True, True, True, False])
+    plan = shared.shared_plan(rows, active)
+    separate = per_slot.packed_plan(rows[:3], np.ones(3, bool))
+    for (source, segment, row_slot), (alone, _) in zip(plan, separate):
+        real = segment.max(axis=1) > 0
+        assert set(row_slot[real]) <= {0, 1, 2} and real.sum() <= 3 * alone.shape[1]
+        assert source.shape[0] in shared.shared_row_buckets and source.shape[0] % shared.row_chunk == 0
+
+
+def test_packing_across_slots_needs_packing(setup):
+    with pytest.raises(ValueError, match="pack_across_slots: needs packing"):
+        SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=2, lora_init=setup["lora0"],
+                    packing=False, pack_across_slots=True)
 
 
 @pytest.mark.slow  # two more compilations (~75 s under load here)

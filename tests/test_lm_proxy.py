@@ -160,14 +160,21 @@ def test_utility_shapes_empty_value_and_determinism(env, utility):
     np.testing.assert_allclose(values[0], expected_empty, rtol=1e-5)
     assert values[2] == values[4]                       # the same coalition twice in one batch
     assert np.ptp(values[1:4]) > 1e-4                   # fine-tuning moves the score
-    assert utility.n_traces["train"] == 1               # one width bucket (see PLAYER_PROMPTS)
+    # one trace per step shape used: one width bucket (see PLAYER_PROMPTS); packed across slots (the default on one
+    # device) a step's row count follows the rows of all its slots, one trace per row bucket used
+    trainer = utility.trainer
+    most = len(trainer.shared_row_buckets) if trainer.across_slots else 1
+    assert 1 <= utility.n_traces["train"] <= most
     traces = dict(utility.n_traces)
     again = np.asarray(utility(masks[::-1]))[::-1]      # no cache: recomputed, in other slots
     np.testing.assert_allclose(again, values, rtol=1e-5, atol=1e-6)
-    assert utility.n_traces == traces                   # new batches never retrace
+    assert utility.n_traces == traces                   # new batches of the same rows never retrace
     # one coalition at a time (two slots idle) agrees with the batch
     one_by_one = np.array([float(utility(m[None])[0]) for m in masks[:4]])
     np.testing.assert_allclose(one_by_one, values[:4], rtol=1e-5, atol=1e-6)
+    assert utility.n_traces["score"] == traces["score"] and utility.n_traces["train"] <= most
+    traces = dict(utility.n_traces)
+    utility(masks[1:2])                                  # a row count seen before: nothing traced again
     assert utility.n_traces == traces
     # U(empty) computed in a free slot of a training round (an inactive slot) is the same number
     utility._empty_value = None

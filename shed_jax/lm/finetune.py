@@ -13,7 +13,9 @@ NeurIPS 2024). Here the model is a frozen :class:`~shed_jax.lm.model.Decoder` pl
   ``value_and_grad``, ``optax`` update). Inactive slots compute but keep their state (``jnp.where``);
 * shapes are fixed: ``n_slots`` is fixed; by default (``recipe.pack``) each slot's minibatch at a step is packed
   into rows of the widest bucket with segment ids (:mod:`shed_jax.lm.packing`), and the step's row count is the
-  smallest of :func:`shed_jax.lm.packing.row_buckets` that holds the most rows any slot needs; unpacked, a step's
+  smallest of :func:`shed_jax.lm.packing.row_buckets` that holds the most rows any slot needs (packed across slots,
+  the default on one device: the step's rows are all active slots' rows together, bucketed by
+  :func:`shared_row_buckets`, each row's adapter gathered by its slot); unpacked, a step's
   sequence width is the smallest bucket of a fixed ladder (:func:`shed_jax.lm.prompts.length_buckets`) that holds
   the longest row any slot draws at that step.
   Each width (row count) compiles once; new coalitions never retrace (tested by counting traces);
@@ -49,6 +51,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
@@ -76,6 +79,7 @@ __all__ = [
     "make_optimizer",
     "minibatch_schedule",
     "sequence_loss",
+    "shared_row_buckets",
     "stack_adapters",
 ]
 
@@ -235,6 +239,14 @@ class SlotTrainer:
             slot_batch)`` such groups one after another (``lax.map``), still one dispatch. None:
             :func:`default_slot_batch` (all slots on accelerators, 1 on a CPU), all slots when they are split over
             several devices (:mod:`shed_jax.lm.slot_sharding`). Values do not depend on it.
+        pack_across_slots: with packing, put the packed rows of all active slots of a step together (one batch of
+            rows, each row's adapter gathered by its slot: :meth:`shared_plan`), so that a step's cost follows the
+            total rows of its slots instead of ``n_slots`` x the most rows any one slot needs. Each slot's loss is
+            still its own token mean over its own rows (no cross-slot term); the rows run in chunks of
+            :attr:`row_chunk` rows (``slot_batch``: one row at a time on a CPU; all at once where all slots are
+            vmapped, as on accelerators) with gradients accumulated. None: on when the slots are on one device (off
+            when they are split over several: :mod:`shed_jax.lm.slot_sharding`). Values do not depend on it (to
+            float round-off).
 
     Attributes:
         n_traces: times the step function was traced (one per sequence-width or row-count bucket used).
@@ -245,7 +257,8 @@ class SlotTrainer:
 
     def __init__(self, graphdef, base_state, table: TokenTable, recipe: FinetuneRecipe, *, n_slots: int,
                  lora_init, max_length: int | None = None, buckets: Sequence[int] | None = None,
-                 packing: bool | None = None, slot_batch: int | None = None):
+                 packing: bool | None = None, slot_batch: int | None = None,
+                 pack_across_slots: bool | None = None):
         if n_slots < 1:
             raise ValueError(f"n_slots: must be >= 1, got {n_slots}")
         if slot_batch is not None and not (isinstance(slot_batch, int) and slot_batch >= 1):
@@ -265,6 +278,16 @@ class SlotTrainer:
         self._lengths_host = np.minimum(table.lengths, top)
         self.packing = bool(recipe.pack if packing is None else packing)
         self.row_buckets = row_buckets(recipe.batch_size)
+        # packing across slots: one step's rows are all active slots' packed rows together (row_slot says whose)
+        self.across_slots = bool(self.packing and (pack_across_slots is None or pack_across_slots)
+                                 and slot_sharding.slot_mesh(self.n_slots) is None)
+        if pack_across_slots and not self.packing:
+            raise ValueError("pack_across_slots: needs packing (recipe.pack or packing=True)")
+        most_rows = self.n_slots * recipe.batch_size
+        # rows per chunk: all at once where every slot is vmapped (accelerators), else slot_batch rows (one row at a
+        # time on a CPU: a small working set, and no rows padded to round a step up to a multiple of the chunk)
+        self.row_chunk = most_rows if self.slot_batch >= self.n_slots else self.slot_batch
+        self.shared_row_buckets = shared_row_buckets(most_rows, self.row_chunk)
         padded = [np.pad(a, ((0, 0), (0, pad)))[:, :top] for a in (table.ids, table.targets, table.target_weights)]
         if self.packing:  # flat tables, one padding token (weight 0) appended at index N * top
             self._pad_index = len(table) * top
@@ -288,6 +311,7 @@ class SlotTrainer:
         self.last_losses = None
         self._step = jax.jit(self._step_impl, static_argnames=("width",), donate_argnums=(1,))
         self._packed_step = jax.jit(self._packed_step_impl, static_argnames=("n_rows",), donate_argnums=(1,))
+        self._shared_step = jax.jit(self._shared_step_impl, static_argnames=("n_rows",), donate_argnums=(1,))
         self._refill = jax.jit(_refill, donate_argnums=(0,))
 
     @property
@@ -302,6 +326,11 @@ class SlotTrainer:
         """One AdamW step of one slot on ``loss_fn(lora)``; the update is scaled by ``lr_scale`` (exactly a
         learning rate times ``lr_scale``: AdamW's update, weight decay included, is linear in the rate)."""
         loss, grads = jax.value_and_grad(loss_fn)(lora)
+        new_lora, new_opt_state = self._apply(grads, lora, opt_state, is_active, lr_scale)
+        return new_lora, new_opt_state, loss
+
+    def _apply(self, grads, lora, opt_state, is_active, lr_scale):
+        """The AdamW update of one slot from its gradient (inactive: unchanged)."""
         updates, new_opt_state = self.optimizer.update(grads, opt_state, lora)
         updates = jax.tree_util.tree_map(lambda u: u * lr_scale.astype(u.dtype), updates)
         new_lora = optax.apply_updates(lora, updates)
@@ -310,7 +339,7 @@ class SlotTrainer:
             return jnp.where(is_active, new, old)
 
         return (jax.tree_util.tree_map(keep, new_lora, lora),
-                jax.tree_util.tree_map(keep, new_opt_state, opt_state), loss)
+                jax.tree_util.tree_map(keep, new_opt_state, opt_state))
 
     def _step_impl(self, base_state, slots: SlotState, data, rows, active, lr_scale, *, width: int):
         self.n_traces += 1  # trace-time only
@@ -352,6 +381,76 @@ class SlotTrainer:
         lora, opt_state, losses = self._over_slots(lambda xs: one_slot(base_state, *xs),
                                                    (slots.lora, slots.opt_state, source, segment, active))
         return SlotState(lora, opt_state), losses
+
+    def _shared_step_impl(self, base_state, slots: SlotState, data, source, segment, row_slot, active, lr_scale, *,
+                          n_rows: int):
+        """One step of every slot on packed rows shared by all slots: ``source``/``segment`` ``(n_rows, T)``,
+        ``row_slot`` ``(n_rows,)`` the slot of each row (padding rows: any slot, segment 0, weight 0). Each slot's
+        loss is its own token mean (its weighted log-probabilities over its rows, divided by its own weight total),
+        so the gradient of the sum over slots is, per slot, exactly its separate fine-tune's gradient. Rows run in
+        chunks of ``row_chunk`` (a scan accumulating gradients; one chunk on accelerators)."""
+        self.n_traces += 1  # trace-time only
+        graphdef, recipe, n_slots = self.graphdef, self.recipe, self.n_slots
+        ids_flat, targets_flat, weights_flat, columns_flat = data
+        totals = jax.ops.segment_sum(jnp.sum(weights_flat[source], axis=1), row_slot, num_segments=n_slots)
+        inverse = 1.0 / jnp.maximum(totals, 1.0)                                                     # (S,)
+        by_layer = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), slots.lora)  # (L, S, ...) for the scan
+
+        def chunk_loss(lora_by_layer, chunk_source, chunk_segment, chunk_slot):
+            model = nnx.merge(graphdef, base_state)
+            ids, targets = ids_flat[chunk_source], targets_flat[chunk_source]
+            weights, positions = weights_flat[chunk_source], columns_flat[chunk_source]
+            hidden = model(ids, positions=positions, segment_ids=chunk_segment, lora=lora_by_layer,
+                           lora_index=chunk_slot, lora_scale=recipe.lora_scale, remat=recipe.remat)
+            sums = target_logprob_sums(model, hidden, targets, weights, logits_chunk=recipe.logits_chunk)
+            per_slot = -jax.ops.segment_sum(sums, chunk_slot, num_segments=n_slots) * inverse        # (S,)
+            return jnp.sum(per_slot), per_slot
+
+        grad_fn = jax.value_and_grad(chunk_loss, has_aux=True)
+        n_chunks = n_rows // self.row_chunk if n_rows > self.row_chunk else 1
+        if n_chunks == 1:
+            (_, losses), grads = grad_fn(by_layer, source, segment, row_slot)
+        else:
+            def body(carry, xs):
+                (_, part), g = grad_fn(by_layer, *xs)
+                return jax.tree_util.tree_map(jnp.add, carry, (g, part)), None
+
+            zero = (jax.tree_util.tree_map(jnp.zeros_like, by_layer), jnp.zeros(n_slots, jnp.float32))
+            chunks = tuple(a.reshape((n_chunks, self.row_chunk) + a.shape[1:]) for a in (source, segment, row_slot))
+            (grads, losses), _ = jax.lax.scan(body, zero, chunks)
+        grads = jax.tree_util.tree_map(lambda g: jnp.swapaxes(g, 0, 1), grads)                    # (S, L, ...)
+        lora, opt_state = jax.vmap(lambda g, l, o, a: self._apply(g, l, o, a, lr_scale))(
+            grads, slots.lora, slots.opt_state, active)
+        return SlotState(lora, opt_state), losses
+
+    def shared_plan(self, rows: np.ndarray, active: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per step, ``(source, segment, row_slot)`` of the active slots' packed minibatches ``rows``
+        ``(n_slots, steps, batch_size)`` put together (slot order), ``(n_rows, T)``, ``(n_rows, T)``, ``(n_rows,)``
+        int32; ``n_rows`` is the :attr:`shared_row_buckets` entry that holds the step's rows (padding rows: slot 0,
+        segment 0). A step's cost follows the total rows of its slots, not the most any one slot needs."""
+        n_slots, steps, batch = rows.shape
+        top = self.buckets[-1]
+        lengths = self._lengths_host[rows].reshape(n_slots * steps, batch)
+        placement = first_fit_decreasing(lengths, top)
+        source, segment = packed_layout(rows.reshape(n_slots * steps, batch), lengths, placement, n_rows=batch,
+                                        width=top, table_width=top, pad_index=self._pad_index)
+        source = source.reshape(n_slots, steps, batch, top)
+        segment = segment.reshape(n_slots, steps, batch, top)
+        used = ((np.arange(batch)[None, None, :] < placement.n_rows.reshape(n_slots, steps)[:, :, None])
+                & np.asarray(active, bool)[:, None, None])                                      # (S, steps, batch)
+        slot_of = np.broadcast_to(np.arange(n_slots, dtype=np.int32)[:, None], (n_slots, batch))
+        plan = []
+        for step in range(steps):  # host: one boolean selection per step
+            keep = used[:, step]
+            n_rows = bucket_for(max(int(keep.sum()), 1), self.shared_row_buckets)
+            step_source = np.full((n_rows, top), self._pad_index, np.int32)
+            step_segment = np.zeros((n_rows, top), np.int32)
+            step_slot = np.zeros(n_rows, np.int32)
+            count = int(keep.sum())
+            step_source[:count], step_segment[:count] = source[:, step][keep], segment[:, step][keep]
+            step_slot[:count] = slot_of[keep]
+            plan.append((step_source, step_segment, step_slot))
+        return plan
 
     def _over_slots(self, one_slot, per_slot):
         """``one_slot`` over the leading slot axis of ``per_slot``: ``jax.vmap`` of all slots at once, or, with
@@ -419,6 +518,11 @@ class SlotTrainer:
 
         if not active.any():
             pass
+        elif self.across_slots:
+            for source, segment, row_slot in self.shared_plan(rows, active):  # one dispatch per step; no host sync
+                slots, loss = self._shared_step(self.base_state, slots, self._data, source, segment, row_slot,
+                                                active_device, lr_scale, n_rows=source.shape[0])
+                after_step(slots, loss)
         elif self.packing:
             for source, segment in self.packed_plan(rows, active):  # one dispatch per step; no host sync
                 source, segment = slot_sharding.place_slots((source, segment), self.mesh)
@@ -459,6 +563,12 @@ class SlotTrainer:
         ``memory_analysis()``; compiling it also fills the jit cache when the shapes match a later call."""
         lr_scale = jnp.float32(1.0)
         active = jnp.ones(self.n_slots, bool)
+        if self.across_slots:
+            n_rows = self.shared_row_buckets[-1] if n_rows is None else int(n_rows)
+            shape = jax.ShapeDtypeStruct((n_rows, self.buckets[-1]), jnp.int32)
+            slot_shape = jax.ShapeDtypeStruct((n_rows,), jnp.int32)
+            return self._shared_step.lower(self.base_state, self._fresh, self._data, shape, shape, slot_shape,
+                                           active, lr_scale, n_rows=n_rows).compile()
         if self.packing:
             n_rows = self.recipe.batch_size if n_rows is None else int(n_rows)
             shape = jax.ShapeDtypeStruct((self.n_slots, n_rows, self.buckets[-1]), jnp.int32)
@@ -476,6 +586,27 @@ class SlotTrainer:
         names = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                  "alias_size_in_bytes", "generated_code_size_in_bytes")
         return {name: int(getattr(analysis, name, 0) or 0) for name in names}
+
+
+def shared_row_buckets(max_rows: int, chunk: int) -> tuple[int, ...]:
+    """Row counts of a step packed across slots: a ladder at most 1/8 apart (1..8, then 9, 10, .. 16, 18, .. 32,
+    36, ..), each rounded up to a multiple of ``chunk`` when ``chunk < max_rows`` (the rows then run in chunks),
+    the last ``max_rows`` (rounded likewise). The total rows of many slots vary little from step to step, so few of
+    them are used (each compiles once).
+
+    >>> shared_row_buckets(32, 32)
+    (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 22, 24, 26, 28, 30, 32)
+    >>> shared_row_buckets(32, 4)
+    (4, 8, 12, 16, 20, 24, 28, 32)
+    """
+    ladder, size = [], 1
+    while size < max_rows:
+        ladder.append(size)
+        size += max(1, 2 ** int(math.floor(math.log2(size))) // 8)
+    ladder.append(int(max_rows))
+    if chunk >= max_rows:
+        return tuple(ladder)
+    return tuple(sorted({-(-b // chunk) * chunk for b in ladder}))
 
 
 def default_slot_batch(n_slots: int, backend: str | None = None) -> int:

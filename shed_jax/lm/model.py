@@ -295,8 +295,9 @@ def _project(x, weight, bias, adapter, lora_scale, dtype):
     if bias is not None:
         y = y + bias.astype(dtype)[None, None, :]
     if adapter is not None:
-        low = jnp.einsum("btd,dr->btr", x, adapter["a"].astype(dtype))
-        delta = jnp.einsum("btr,re->bte", low, adapter["b"].astype(dtype))
+        per_row = adapter["a"].ndim == 3  # one adapter per row: a (B, d_in, r), b (B, r, d_out)
+        low = jnp.einsum("btd,bdr->btr" if per_row else "btd,dr->btr", x, adapter["a"].astype(dtype))
+        delta = jnp.einsum("btr,bre->bte" if per_row else "btr,re->bte", low, adapter["b"].astype(dtype))
         y = y + (lora_scale * delta).astype(dtype)
     return y
 
@@ -354,12 +355,16 @@ def _attention(config, attention_impl, q, k, v, kv_lengths, segment_ids):
 
 
 def _block(config, dtype, attention_impl, hidden, layer, adapters, cos, sin, kv_lengths, lora_scale,
-           segment_ids=None):
-    """One pre-norm decoder block on ``hidden`` (B, T, H) in ``dtype``; ``layer``: one layer's arrays."""
+           segment_ids=None, lora_index=None):
+    """One pre-norm decoder block on ``hidden`` (B, T, H) in ``dtype``; ``layer``: one layer's arrays;
+    ``lora_index`` (B,): each row's adapter among the leading axis of ``adapters``' leaves (gathered here)."""
     batch, seq_len, _ = hidden.shape
 
     def adapter(name):
-        return None if adapters is None else adapters.get(name)
+        found = None if adapters is None else adapters.get(name)
+        if found is None or lora_index is None:
+            return found
+        return {"a": found["a"][lora_index], "b": found["b"][lora_index]}
 
     x = rms_norm(hidden, layer["attn_norm"], config.rms_norm_eps, dtype)
     q = _project(x, layer["q_proj"], layer.get("q_bias"), adapter("q_proj"), lora_scale, dtype)
@@ -501,7 +506,8 @@ class Decoder(nnx.Module):
     def __call__(self, input_ids: jax.Array, *, attention_mask: jax.Array | None = None,
                  lora: Mapping[str, Mapping[str, jax.Array]] | None = None,
                  lora_scale: float | jax.Array = 1.0, remat: bool | str = False,
-                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
+                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                 lora_index: jax.Array | None = None) -> jax.Array:
         """Final-norm hidden states, float32 ``(B, T, hidden_size)``.
 
         Args:
@@ -520,6 +526,10 @@ class Decoder(nnx.Module):
           segment_ids: optional int32 ``(B, T)``: packed rows, several sequences per row; a token attends only
             to earlier tokens of its own segment (block-diagonal causal attention). Segments are contiguous
             and numbered from 1; 0 marks padding (at the end of a row). Excludes ``attention_mask``.
+          lora_index: optional int32 ``(B,)``: several adapters, one per row. ``lora``'s leaves then carry an
+            adapter axis after the layer axis, ``a (L, A, d_in, r)``, ``b (L, A, r, d_out)``, and row ``b`` uses
+            adapter ``lora_index[b]`` (rows of different coalitions in one batch; the gradient of each adapter
+            collects its own rows only).
         """
         config, dtype = self.config, self.dtype
         seq_len = input_ids.shape[1]
@@ -535,7 +545,7 @@ class Decoder(nnx.Module):
         def body(carry, layer_and_adapters):
             layer, layer_adapters = layer_and_adapters
             out = _block(config, dtype, self.attention_impl, carry, layer, layer_adapters,
-                         cos, sin, kv_lengths, lora_scale, segment_ids)
+                         cos, sin, kv_lengths, lora_scale, segment_ids, lora_index)
             return out, None
 
         body = remat_body(body, remat)

@@ -55,7 +55,8 @@ def measure_cost(utility, *, n_sample_rounds: int = 32, max_timed_widths: int = 
 
     The training widths come from the minibatch schedules of seeded random coalitions (sizes uniform in
     ``1..n_players``, as the prefixes of Monte Carlo permutations are; host work only); each step of a round
-    is padded to the widest sequence among its slots (packed steps: its width is its number of packed rows).
+    is padded to the widest sequence among its slots (packed steps: its width is its number of packed rows; packed
+    across slots: the rows of all its slots).
     At most ``max_timed_widths`` training widths (the narrowest and widest used) are timed, and
     ``max_timed_score_widths`` scoring widths (the widest first); the others are interpolated linearly in the
     width (a scoring width below the narrowest timed one: proportionally to the width, which errs long).
@@ -82,7 +83,11 @@ def measure_cost(utility, *, n_sample_rounds: int = 32, max_timed_widths: int = 
                    for _ in range(utility.n_slots)]
         rows = trainer.schedules(members, utility.seed)
         sample_rows = rows if sample_rows is None else sample_rows
-        if trainer.packing:  # a packed step's cost follows its rows of max_length tokens (the "width" here)
+        if trainer.across_slots:  # packed across slots: the step's rows of all slots (the "width" here)
+            plan = trainer.shared_plan(rows, np.ones(utility.n_slots, bool))
+            widths.extend(int(step[0].shape[0]) for step in plan)
+            sample_plans = plan if sample_plans is None else sample_plans
+        elif trainer.packing:  # a packed step's cost follows its rows of max_length tokens (the "width" here)
             plan = trainer.packed_plan(rows, np.ones(utility.n_slots, bool))
             widths.extend(int(source.shape[1]) for source, _ in plan)
             sample_plans = plan if sample_plans is None else sample_plans
@@ -107,7 +112,11 @@ def measure_cost(utility, *, n_sample_rounds: int = 32, max_timed_widths: int = 
         active = jnp.ones(utility.n_slots, bool)
         lr_scale = jnp.float32(trainer.lr_scale)
         for width in train_timed:
-            if trainer.packing:  # a step of `width` packed rows, cut from the widest sampled plan
+            if trainer.across_slots:  # a step of `width` rows shared by the slots, cut from the widest sampled plan
+                source, segment, row_slot = max(sample_plans, key=lambda step: step[0].shape[0])
+                source = np.resize(source, (width, source.shape[1]))
+                segment, row_slot = np.resize(segment, source.shape), np.resize(row_slot, (width,))
+            elif trainer.packing:  # a step of `width` packed rows, cut from the widest sampled plan
                 source, segment = max(sample_plans, key=lambda step: step[0].shape[1])
                 source = np.resize(source, (source.shape[0], width, source.shape[2]))
                 segment = np.resize(segment, source.shape)
@@ -115,6 +124,9 @@ def measure_cost(utility, *, n_sample_rounds: int = 32, max_timed_widths: int = 
                 row = jnp.asarray(sample_rows[:, 0])
 
             def step(slots=slots):
+                if trainer.across_slots:
+                    return trainer._shared_step(trainer.base_state, slots, trainer._data, source, segment, row_slot,
+                                                active, lr_scale, n_rows=width)
                 if trainer.packing:
                     return trainer._packed_step(trainer.base_state, slots, trainer._data, source, segment,
                                                 active, lr_scale, n_rows=width)

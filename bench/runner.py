@@ -106,6 +106,22 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
                Metric("onnx_mean_cosine", "", "mean cosine of ONNX fp32 embeddings with torch's"),
                Metric("onnx_int8_mean_cosine", "", "mean cosine of ONNX int8 embeddings with torch's")),
               plot=("onnx_over_torch", "onnx_int8_over_torch")),
+    Benchmark("pydvl", "shed_jax vs pyDVL permutation Monte Carlo: same data, same logistic-regression utility; "
+              "evaluations/s and time to RMSE 0.005 / 0.002 against a long reference run", "bench_pydvl",
+              tuple(Metric(f"{d}_{name}", unit, f"{label}: {text}")
+                    for d, label in (("breast_cancer", "breast cancer, n=100"),
+                                     ("dolly_embeddings", "dolly15k embeddings, n=100"))
+                    for name, unit, text in (
+                        ("time_ratio_0.005", "x", "pyDVL's best time to RMSE 0.005 over shed_jax's best"),
+                        ("time_ratio_0.002", "x", "pyDVL's best time to RMSE 0.002 over shed_jax's best"),
+                        ("time_ratio_plain_0.002", "x", "the same, shed_jax plain permutation sampling"),
+                        ("evals_per_s_ratio", "x", "shed_jax evaluations/s over pyDVL's best"),
+                        ("shed_evals_per_s", "evals/s", "shed_jax, plain, compilation included"),
+                        ("pydvl_n_jobs1_evals_per_s", "evals/s", "pyDVL, joblib n_jobs=1"),
+                        ("pydvl_n_jobs2_evals_per_s", "evals/s", "pyDVL, joblib n_jobs=2"),
+                        ("shed_antithetic_s_to_0.002", "s", "shed_jax antithetic, time to RMSE 0.002"),
+                        ("pydvl_s_to_0.002", "s", "pyDVL's best, time to RMSE 0.002"))),
+              plot=("breast_cancer_time_ratio_0.002", "dolly_embeddings_time_ratio_0.002")),
     Benchmark("efficiency", "estimator error against exact Shapley values vs utility evaluations (removal steps "
               "1/5/20, antithetic, truncation)", "bench_efficiency",
               (Metric("airport_m1_rmse_at_max", "", "airport game n=100, m=1: RMSE at the largest budget"),

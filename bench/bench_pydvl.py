@@ -291,10 +291,11 @@ def utility_agreement(utility, python: Path | None, data: dict, n: int, count: i
 def _plan(quick: bool) -> dict:
     if quick:
         return {"datasets": [("breast_cancer", 12)], "reference_permutations": None, "shed_permutations": 64,
-                "chunk": 8, "pydvl_permutations": 4, "pydvl_seconds": 20.0, "n_jobs": (1,)}
+                "chunk": 16, "shed_settings": SHED_SETTINGS[:2], "pydvl_permutations": 4, "pydvl_seconds": 20.0,
+                "n_jobs": (1,)}
     return {"datasets": [("breast_cancer", 100), ("dolly_embeddings", 100)], "reference_permutations": 8192,
-            "shed_permutations": 2048, "chunk": 32, "pydvl_permutations": 2000, "pydvl_seconds": 90.0,
-            "n_jobs": (1, 2)}
+            "shed_permutations": 2048, "chunk": 32, "shed_settings": SHED_SETTINGS, "pydvl_permutations": 2000,
+            "pydvl_seconds": 90.0, "n_jobs": (1, 2)}
 
 
 def _load(name: str, n: int) -> dict:
@@ -327,7 +328,7 @@ def run(quick: bool, repeats: int) -> Result:
                 "agreement": utility_agreement(utility, python, data, n), "repeats": []}
         for r in range(repeats):
             rep: dict = {"shed": {}, "pydvl": {}}
-            for setting, antithetic, tol in SHED_SETTINGS:
+            for setting, antithetic, tol in plan["shed_settings"]:
                 out = shed_run(utility, n, plan["shed_permutations"], seed=r, antithetic=antithetic, tol=tol,
                                chunk=plan["chunk"])
                 points = _shed_points(out, ref["values"])
@@ -349,8 +350,9 @@ def run(quick: bool, repeats: int) -> Result:
             book["repeats"].append(rep)
             rows[r].update(_metrics(name, rep))
         info["datasets"][name] = book
-    config = {"plan": {k: v for k, v in plan.items()}, "utility": SETTINGS, "targets": list(TARGETS),
-              "shed_settings": [{"name": s[0], "antithetic": s[1], "truncation_tol": s[2]} for s in SHED_SETTINGS]}
+    config = {"plan": {k: v for k, v in plan.items() if k != "shed_settings"}, "utility": SETTINGS,
+              "targets": list(TARGETS), "shed_settings": [{"name": s[0], "antithetic": s[1], "truncation_tol": s[2]}
+                                                          for s in plan["shed_settings"]]}
     return Result(config=config, repeats=rows, info=info)
 
 

@@ -109,8 +109,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("pydvl", "shed_jax vs pyDVL permutation Monte Carlo: same data, same logistic-regression utility; "
               "evaluations/s and time to RMSE 0.005 / 0.002 against a long reference run", "bench_pydvl",
               tuple(Metric(f"{d}_{name}", unit, f"{label}: {text}")
-                    for d, label in (("breast_cancer", "breast cancer, n=100"),
-                                     ("dolly_embeddings", "dolly15k embeddings, n=100"))
+                    for d, label in (("breast_cancer", "breast cancer"), ("dolly_embeddings", "dolly15k embeddings"))
                     for name, unit, text in (
                         ("time_ratio_0.005", "x", "pyDVL's best time to RMSE 0.005 over shed_jax's best"),
                         ("time_ratio_0.002", "x", "pyDVL's best time to RMSE 0.002 over shed_jax's best"),

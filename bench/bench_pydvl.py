@@ -293,15 +293,15 @@ def _plan(quick: bool) -> dict:
         return {"datasets": [("breast_cancer", 12)], "reference_permutations": None, "shed_permutations": 64,
                 "chunk": 16, "shed_settings": SHED_SETTINGS[:2], "pydvl_permutations": 4, "pydvl_seconds": 20.0,
                 "n_jobs": (1,)}
-    return {"datasets": [("breast_cancer", 100), ("dolly_embeddings", 100)], "reference_permutations": 8192,
-            "shed_permutations": 2048, "chunk": 32, "shed_settings": SHED_SETTINGS, "pydvl_permutations": 2000,
-            "pydvl_seconds": 90.0, "n_jobs": (1, 2)}
+    return {"datasets": [("breast_cancer", 50), ("dolly_embeddings", 50)], "reference_permutations": 4096,
+            "shed_permutations": 512, "chunk": 16, "shed_settings": SHED_SETTINGS, "pydvl_permutations": 2000,
+            "pydvl_seconds": 60.0, "n_jobs": (1, 2)}
 
 
 def _load(name: str, n: int) -> dict:
     if name == "breast_cancer":
         return breast_cancer(n)
-    return dolly_embeddings(n, 300)
+    return dolly_embeddings(n, 250)
 
 
 def run(quick: bool, repeats: int) -> Result:

@@ -31,7 +31,8 @@ second half of the trajectory), mapped to seconds through the run's own evaluati
 (extrapolated linearly past its end): one noisy early crossing does not decide it. The first checkpoint that
 is at or under the target is recorded too (``*_measured``; absent if the run never got there). Ratios:
 pyDVL's best time (over J) over shed_jax's best (over its settings), and plain over plain (the same
-estimator on both sides: the engine's speed alone).
+estimator on both sides: the engine's speed alone); ``time_ratio_steady``: the evaluations each side needs
+over its steady rate (the second half of its run: no compilation, no start-up), i.e. what a long run sees.
 
 Without ``.venv-pydvl``: the full mode reports the benchmark as skipped with the reason; ``--quick`` still runs
 the shed_jax side and the reference (so CI checks that path and its JSON) and says in ``info`` why pyDVL was
@@ -239,9 +240,10 @@ def time_to_targets(points: list[dict], targets=TARGETS) -> dict:
             seconds = float(secs[-1] + (needed - evals[-1]) / rate)
         hit = np.nonzero(errs <= target)[0]
         out[key] = {"seconds": seconds, "evaluations": needed, "extrapolated": bool(needed > evals[-1]),
+                    "steady_seconds": needed / rate,
                     "measured_seconds": float(secs[hit[0]]) if hit.size else None,
                     "measured_evaluations": float(evals[hit[0]]) if hit.size else None}
-    out["c"] = c
+    out["c"], out["steady_rate"] = c, rate
     return out
 
 
@@ -378,17 +380,75 @@ def _metrics(name: str, rep: dict) -> dict:
         row[f"{name}_pydvl_s_to_{key}"] = pydvl_best
         row[f"{name}_time_ratio_{key}"] = pydvl_best / shed_best
         row[f"{name}_time_ratio_plain_{key}"] = pydvl_best / shed["plain"]["to_target"][key]["seconds"]
+        steady = {side: min(out["to_target"][key]["steady_seconds"] for out in book.values())
+                  for side, book in (("pydvl", pydvl), ("shed", shed))}
+        row[f"{name}_time_ratio_steady_{key}"] = steady["pydvl"] / steady["shed"]
     return row
 
 
-def main(argv=None) -> int:  # python -m bench.bench_pydvl [--quick]: this benchmark alone, JSON to stdout
+def markdown(report: dict) -> str:
+    """A markdown table of the pydvl entry of a ``python -m bench`` JSON report (for bench/RESULTS.md)."""
+    entry = next(e for e in report["benchmarks"] if e["name"] == "pydvl")
+    if entry["status"] != "ok":
+        return f"pydvl: {entry['status']}: {entry.get('reason') or entry.get('error')}\n"
+    lines = [f"Command: `{report['command']}` ({report['date']}; load average {entry['load_average_before'][0]:.1f} "
+             f"before, {entry['load_average_after'][0]:.1f} after; {entry['seconds']:.0f} s).", ""]
+    for name, book in entry["info"]["datasets"].items():
+        if "skipped" in book:
+            lines += [f"**{name}**: skipped: {book['skipped']}", ""]
+            continue
+        ref, agree = book["reference"], book["agreement"]
+        lines += [f"**{name}**: {book['source']}. Reference: {ref['kind']} (RMS standard error "
+                  f"{ref['rms_stderr']:.5f}). The two sides' utilities differ by at most {agree['max_abs_diff']:.1e} "
+                  f"on {agree['coalitions']} random coalitions.", "",
+                  "| side | evaluations/s | RMSE at end | evaluations | s to RMSE 0.005 (measured) "
+                  "| s to RMSE 0.002 (measured) | s to RMSE 0.002 at the steady rate |",
+                  "|---|---|---|---|---|---|---|"]
+        best: dict = {}
+        for rep in book["repeats"][:1]:
+            for side in ("shed", "pydvl"):
+                for setting, out in rep[side].items():
+                    cells, to_target = [], time_to_targets(out["trajectory"])  # from the stored (thinned) run
+                    for target in TARGETS:
+                        t = to_target[f"{target:g}"]
+                        measured = "-" if t["measured_seconds"] is None else f"{t['measured_seconds']:.2f}"
+                        cells.append(f"{t['seconds']:.2f}{' (extrapolated)' if t['extrapolated'] else ''} "
+                                     f"({measured})")
+                    label = f"shed_jax {setting}" if side == "shed" else f"pyDVL {setting.replace('_', ' ')}"
+                    for target in TARGETS:
+                        for kind in ("seconds", "steady_seconds"):
+                            slot = (side, f"{target:g}", kind)
+                            best[slot] = min(best.get(slot, np.inf), to_target[f"{target:g}"][kind])
+                    lines.append(f"| {label} | {out['evaluations_per_s']:,.0f} | {out['final_rmse']:.4f} | "
+                                 f"{out['evaluations']:,} | " + " | ".join(cells) +
+                                 f" | {to_target['0.002']['steady_seconds']:.2f} |")
+        if any(slot[0] == "pydvl" for slot in best):
+            def ratio(target, kind):
+                return best[("pydvl", f"{target:g}", kind)] / best[("shed", f"{target:g}", kind)]
+
+            ratios = [f"RMSE {target:g}: {ratio(target, 'seconds'):.1f}x ({ratio(target, 'steady_seconds'):.1f}x "
+                      "at the steady rates)" for target in TARGETS]
+            rates = [out["evaluations_per_s"] for out in book["repeats"][0]["pydvl"].values()]
+            lines += ["", "Time to the same error, pyDVL's best over shed_jax's best: " + "; ".join(ratios) +
+                      f". Evaluations/s, shed_jax plain over pyDVL's best: "
+                      f"{book['repeats'][0]['shed']['plain']['evaluations_per_s'] / max(rates):.1f}x."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:  # python -m bench.bench_pydvl [--quick] | --markdown REPORT.json
     import argparse
 
     from bench.runner import _json_default
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="print the markdown table of a python -m bench JSON report and exit")
     args = parser.parse_args(argv)
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        return 0
     result = run(args.quick, 1)
     json.dump({"config": result.config, "repeats": result.repeats, "info": result.info}, sys.stdout,
               default=_json_default, indent=1)

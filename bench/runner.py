@@ -117,6 +117,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
                         ("time_ratio_0.005", "x", "pyDVL's best time to RMSE 0.005 over shed_jax's best"),
                         ("time_ratio_0.002", "x", "pyDVL's best time to RMSE 0.002 over shed_jax's best"),
                         ("time_ratio_plain_0.002", "x", "the same, shed_jax plain permutation sampling"),
+                        ("time_ratio_steady_0.002", "x", "the same at each side's steady rate (no compilation, "
+                                                         "no start-up)"),
                         ("evals_per_s_ratio", "x", "shed_jax evaluations/s over pyDVL's best"),
                         ("shed_evals_per_s", "evals/s", "shed_jax, plain, compilation included"),
                         ("pydvl_n_jobs1_evals_per_s", "evals/s", "pyDVL, joblib n_jobs=1"),

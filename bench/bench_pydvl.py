@@ -410,7 +410,10 @@ def markdown(report: dict) -> str:
         for rep in book["repeats"][:1]:
             for side in ("shed", "pydvl"):
                 for setting, out in rep[side].items():
-                    cells, to_target = [], time_to_targets(out["trajectory"])  # from the stored (thinned) run
+                    to_target = out["to_target"]
+                    if "steady_seconds" not in to_target.get("0.002", {}):  # older JSON: refit the stored points
+                        to_target = time_to_targets(out["trajectory"])
+                    cells = []
                     for target in TARGETS:
                         t = to_target[f"{target:g}"]
                         measured = "-" if t["measured_seconds"] is None else f"{t['measured_seconds']:.2f}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import copy
 import time
 import warnings
 from pathlib import Path
@@ -164,6 +165,16 @@ def run(quick: bool, repeats: int) -> Result:
 
     variants = {"torch": (torch_encode(default_len), True), "torch_unsorted": (torch_encode(default_len), False),
                 "torch_len128": (torch_encode(128), True)}
+    # bfloat16 weights and activations (what shed_jax.embed's dtype="auto" picks on CPUs with AMX bf16 units);
+    # normalised in bfloat16 by sentence-transformers, renormalised in float32 as shed_jax.embed does
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+
+    def bf16_encode(batch):
+        out = bf16_model.encode(batch, batch_size=len(batch), show_progress_bar=False, normalize_embeddings=True,
+                                convert_to_numpy=True).astype(np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    variants["torch_bf16"] = (bf16_encode, True)
     notes = []
     try:
         import onnxruntime

@@ -120,7 +120,8 @@ def options(*names: str, config_class: type = RefineConfig, **overrides_by_name)
     return decorate
 
 
-DATA_FIELDS = ("format", "field_map", "duplicates", "text", "model", "batch_size", "split", "revision")
+DATA_FIELDS = ("format", "field_map", "duplicates", "text", "model", "batch_size", "embed_dtype", "split",
+               "revision")
 VALUE_FIELDS = ("valid", "valid_format", "valid_split", "proxy", "proxy_options", "proxies_per_cluster",
                 "value_player_budget", "value_time_budget", "n_permutations", "removal_step", "shapley_batch_size")
 BUDGET_FIELDS = ("ratio", "size", "sampler", "beta")

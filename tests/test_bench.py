@@ -39,7 +39,8 @@ def test_quick_runs_every_benchmark_and_writes_valid_json(tmp_path):
             assert stats["min"] <= stats["median"] <= stats["max"]
             assert stats["median"] == stats["median"]  # not NaN
         ratios = [m for m in declared if m.endswith("over_raw") or m.endswith("over_torch")
-                  or m.endswith("_over_loop") or m.endswith("over_sklearn_time") or m.endswith("rmse_at_max")]
+                  or m.endswith("_over_loop") or m.endswith("over_sklearn_time") or m.endswith("rmse_at_max")
+                  or m.endswith("_s_to_0.002")]
         assert any(r in entry["summary"] for r in ratios), entry["summary"]
     assert entry["name"] in proc.stdout  # the printed table
 

@@ -32,7 +32,7 @@ def embedder(run: Run):
     from shed_jax import embed as _embed
 
     return partial(_embed.embed_texts, model=run.config.model, batch_size=run.config.batch_size,
-                   cache_dir=_embed.embedding_cache_dir())
+                   cache_dir=_embed.embedding_cache_dir(), dtype=run.config.embed_dtype)
 
 
 def _texts(run: Run) -> list[str]:
@@ -62,8 +62,10 @@ def _compute(run: Run, texts: list[str]) -> Computed:
     from shed_jax import embed as _embed_module
 
     embedded = _embed(run, texts)  # written to the embedding cache, not to the run directory
+    dtype = _embed_module.resolve_dtype(run.config.embed_dtype)
     return Computed(embedded, record={"n_examples": len(texts), "dim": int(embedded.embeddings.shape[1]),
-                                      "cache_key": _embed_module.embedding_cache_key(texts, run.config.model)})
+                                      "dtype": dtype,
+                                      "cache_key": _embed_module.embedding_cache_key(texts, run.config.model, dtype)})
 
 
 STAGE = Stage("embed", load=_load, prepare=_prepare, compute=_compute,

@@ -94,7 +94,7 @@ class Plan:
 
 
 def calibrate_embedder(texts: list[str], *, model: str, batch_size: int, sample_size: int = 64,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, dtype: str = "auto") -> dict:
     """Texts per second of the sentence encoder on ``sample_size`` texts drawn (seeded) from ``texts``.
 
     A warm-up call on 8 texts loads the model (its time, less the 8 texts' share, is ``load_seconds``);
@@ -111,10 +111,11 @@ def calibrate_embedder(texts: list[str], *, model: str, batch_size: int, sample_
     sample = [pool[i] for i in rng.permutation(len(pool))[:sample_size + 8]]
     warm, timed = sample[:8], sample[8:] or sample[:8]
     start = time.perf_counter()
-    first = np.asarray(_embed.embed_texts(warm, model=model, batch_size=batch_size, cache_dir=None, progress=False))
+    first = np.asarray(_embed.embed_texts(warm, model=model, batch_size=batch_size, cache_dir=None, progress=False,
+                                          dtype=dtype))
     warm_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    _embed.embed_texts(timed, model=model, batch_size=batch_size, cache_dir=None, progress=False)
+    _embed.embed_texts(timed, model=model, batch_size=batch_size, cache_dir=None, progress=False, dtype=dtype)
     seconds = max(time.perf_counter() - start, 1e-9)
     rate = len(timed) / seconds
     return {"texts_per_second": rate, "characters_per_second": _characters(timed) / seconds,
@@ -221,16 +222,23 @@ def time_shapley(utility, n_players: int, *, removal_step: int, n_permutations: 
 # --------------------------------------------------------------------------------------------------
 
 
-def _cached_embeddings(texts: list[str], model: str) -> bool:
+def _cache_path(texts: list[str], model: str, dtype: str) -> Path:
+    """Where the embedding cache keeps ``texts`` embedded by ``model`` in ``dtype`` (resolved here)."""
     from shed_jax import embed as _embed
 
-    return (_embed.embedding_cache_dir() / f"{_embed.embedding_cache_key(texts, model)}.npy").is_file()
+    return _embed.embedding_cache_dir() / f"{_embed.embedding_cache_key(texts, model, _embed.resolve_dtype(dtype))}.npy"
 
 
-def _cached_dim(texts: list[str], model: str) -> int | None:
+def _cached_embeddings(texts: list[str], model: str, dtype: str = "auto") -> bool:
     from shed_jax import embed as _embed
 
-    path = _embed.embedding_cache_dir() / f"{_embed.embedding_cache_key(texts, model)}.npy"
+    return _cache_path(texts, model, dtype).is_file()
+
+
+def _cached_dim(texts: list[str], model: str, dtype: str = "auto") -> int | None:
+    from shed_jax import embed as _embed
+
+    path = _cache_path(texts, model, dtype)
     try:
         return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[1])
     except (OSError, ValueError, IndexError):
@@ -277,7 +285,7 @@ def _value_plan(config: RefineConfig, inputs: RunInputs, dim: int | None, *, est
         from shed_jax.run.rundir import RunDir
 
         texts = inputs.dataset.texts(config.text)
-        embeddings = _cached_array(texts, config.model)
+        embeddings = _cached_array(texts, config.model, config.embed_dtype)
         if embeddings is not None or inputs.proxies_per_cluster == 1:
             clusters = Clusters.load(RunDir(config.run_dir))
     encoder = _RecordingEmbed(dim, int(config.seed))
@@ -290,10 +298,10 @@ def _value_plan(config: RefineConfig, inputs: RunInputs, dim: int | None, *, est
     return plan, encoder
 
 
-def _cached_array(texts: list[str], model: str):
+def _cached_array(texts: list[str], model: str, dtype: str = "auto"):
     from shed_jax import embed as _embed
 
-    path = _embed.embedding_cache_dir() / f"{_embed.embedding_cache_key(texts, model)}.npy"
+    path = _cache_path(texts, model, dtype)
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError):
@@ -348,9 +356,9 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
 
     cluster_done = _stage_done(config, inputs, "cluster", Clusters.FILENAME)
     value_done = _stage_done(config, inputs, "value", Values.FILENAME)
-    embed_cached = cluster_done or _cached_embeddings(texts, config.model)
+    embed_cached = cluster_done or _cached_embeddings(texts, config.model, config.embed_dtype)
 
-    dim = _cached_dim(texts, config.model) if embed_cached else None
+    dim = _cached_dim(texts, config.model, config.embed_dtype) if embed_cached else None
     if dim is None and cluster_done:
         with np.load(Path(config.run_dir) / Clusters.FILENAME, allow_pickle=False) as stored:
             dim = int(stored["centroids"].shape[1])
@@ -362,7 +370,8 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
         if not embed_cached or (not value_done and dim is None):
             say(f"estimate: timing the encoder on {sample_size} texts (not written to the embedding cache)")
             calibration["embed"] = calibrate_embedder(texts, model=config.model, batch_size=config.batch_size,
-                                                      sample_size=sample_size, seed=int(config.seed))
+                                                      sample_size=sample_size, seed=int(config.seed),
+                                                      dtype=config.embed_dtype)
             dim = calibration["embed"]["dim"]
             embed_seconds = calibration["embed"]["load_seconds"] + _embedding_seconds(texts, calibration["embed"])
     load_note = ""
@@ -404,13 +413,15 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
             calibration["value"] = timing
             value_seconds = timing["seconds"]
         # what the proxy embeds: lists of the players' texts (never cached before clustering) and validation lists
-        uncached = [text for call in encoder.calls if not _cached_embeddings(call, config.model) for text in call]
+        uncached = [text for call in encoder.calls
+                    if not _cached_embeddings(call, config.model, config.embed_dtype) for text in call]
         to_embed = len(uncached)
         value_details["texts_to_embed"] = to_embed
         if to_embed and "embed" not in calibration:
             say(f"estimate: timing the encoder on {sample_size} texts (not written to the embedding cache)")
             calibration["embed"] = calibrate_embedder(texts, model=config.model, batch_size=config.batch_size,
-                                                      sample_size=sample_size, seed=int(config.seed))
+                                                      sample_size=sample_size, seed=int(config.seed),
+                                                      dtype=config.embed_dtype)
             value_seconds += calibration["embed"]["load_seconds"]
         if to_embed:
             value_seconds += _embedding_seconds(uncached, calibration["embed"])

@@ -5,6 +5,8 @@ that ``shed cluster`` wrote, waits until the chosen phase is under way, sends SI
 process takes to exit and with which status; if it is still alive ``--second-after`` seconds later it sends a
 second SIGINT (which must end it at once). Phases:
 
+* ``load``: while the LM proxy loads the model (the line ``value: estimating the lm proxy's time``), plus
+  ``--delay`` s: outside the fine-tune steps, where the first signal raises at once;
 * ``estimate``: the LM proxy's cost estimate (the line ``LM proxy: estimating the cost``), plus ``--delay`` s;
 * ``round``: with ``SHED_ESTIMATE=0``, inside a fine-tune round: the plain progress line of a round that has
   done at least ``--min-step`` optimiser steps (``SHED_PROGRESS=plain``), plus ``--delay`` s.
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("estimate", "round"), required=True)
+    parser.add_argument("--phase", choices=("load", "estimate", "round"), required=True)
     parser.add_argument("--run-dir", required=True, help="a run directory with clusters (copied, never changed)")
     parser.add_argument("--valid", required=True)
     parser.add_argument("--work", required=True, help="a fresh directory for the copy and the logs")
@@ -63,14 +65,16 @@ def main(argv=None):
     started = time.monotonic()
     with open(err_path, "wb") as err, open(work / "stdout.txt", "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True)
-    if args.phase == "estimate":
+    if args.phase == "load":
+        pattern = re.compile(r"value: estimating the lm proxy's time")
+    elif args.phase == "estimate":
         pattern = re.compile(r"LM proxy: estimating the cost")
     else:
         pattern = re.compile(r"LM round:.*?(\d+)/\d+")
 
     def seen() -> bool:
         text = err_path.read_text(errors="replace")
-        if args.phase == "estimate":
+        if args.phase != "round":
             return bool(pattern.search(text))
         return any(int(m.group(1)) >= args.min_step for m in pattern.finditer(text))
 

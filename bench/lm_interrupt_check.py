@@ -45,6 +45,8 @@ def main(argv=None):
     parser.add_argument("--second-after", type=float, default=30.0)
     parser.add_argument("--give-up", type=float, default=1800.0, help="seconds to wait for the phase")
     parser.add_argument("--proxy-option", action="append", default=[])
+    parser.add_argument("--refine", metavar="DATA", help="run `shed refine DATA ... --ratio 0.1` (the run directory's "
+                                                          "data) instead of `shed value`")
     args = parser.parse_args(argv)
 
     work = Path(args.work)
@@ -59,6 +61,10 @@ def main(argv=None):
         env["SHED_ESTIMATE"] = "0"
     command = [sys.executable, "-m", "shed_jax.cli", "value", "--run-dir", str(run), "--valid", args.valid,
                "--permutations", "2", "--proxies-per-cluster", "1", "--proxy", "lm"]
+    if args.refine:
+        clusters = json.loads((run / "config.json").read_text()).get("config", {}).get("n_clusters")
+        command[3:4] = ["refine", args.refine, "-o", str(work / "out.jsonl"), "--ratio", "0.1"]
+        command += ["--clusters", str(clusters)] if clusters else []
     for option in args.proxy_option:
         command += ["--proxy-option", option]
     err_path = work / "stderr.txt"

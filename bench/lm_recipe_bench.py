@@ -11,7 +11,8 @@ recipes, in one process (model loaded once, every recipe under the same load):
   the untuned model under every recipe, so it is left out); a recipe ``seed=1`` copy of another gives the
   ceiling that seed noise alone allows;
 * whether the utility moves: ``U(full) - U(empty)`` against the seed noise of ``U(full)`` (the full coalition
-  fine-tuned under ``--noise-seeds`` other seeds) and the spread of the coalition values;
+  fine-tuned under ``--noise-seeds`` other seeds), the validation noise (2 standard errors of the paired per-item
+  difference of the full and the untuned model) and the spread of the coalition values;
 * seconds per fine-tune (training and scoring apart; the first round, which compiles, is excluded from the
   steady-state figure and reported apart) and the load average before and after.
 
@@ -59,9 +60,12 @@ def parse_recipe(text: str) -> tuple[str, dict]:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="the run's data file")
-    parser.add_argument("--valid", required=True, help="multiple-choice validation file (MMLU-style)")
-    parser.add_argument("--run-dir", required=True, help="a run directory with clusters.npz (shed cluster)")
+    parser.add_argument("--data", help="the run's data file")
+    parser.add_argument("--valid", help="multiple-choice validation file (MMLU-style)")
+    parser.add_argument("--run-dir", help="a run directory with clusters.npz (shed cluster)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="instead of measuring: combine the recipes of earlier outputs (same players and "
+                             "coalitions, e.g. two processes run side by side) and compare them; writes --out")
     parser.add_argument("--coalitions", type=int, default=16, help="random coalitions (besides full and empty)")
     parser.add_argument("--coalition-seed", type=int, default=0)
     parser.add_argument("--recipe", action="append", default=[],
@@ -118,8 +122,31 @@ class Recorder:
         return getattr(self._scorer, name)
 
 
+def merge(args) -> None:
+    results = [json.loads(Path(p).read_text()) for p in args.merge]
+    first = results[0]
+    for other, path in zip(results[1:], args.merge[1:]):
+        for key in ("player_index", "coalitions", "n_validation"):
+            if other[key] != first[key]:
+                sys.exit(f"{path}: {key} differs from {args.merge[0]}'s")
+    combined = {**first, "merged_from": list(args.merge), "recipes": {},
+                "load_before": [r.get("load_before") for r in results],
+                "load_after": [r.get("load_after", r.get("load_now")) for r in results]}
+    for result in results:
+        combined["recipes"].update(result["recipes"])
+    combined["comparison"] = compare(combined, args.reference)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(combined, indent=2) + "\n")
+    print(json.dumps(combined["comparison"], indent=2))
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
+    if not (args.data and args.valid and args.run_dir):
+        sys.exit("--data, --valid and --run-dir are needed (or --merge)")
     import jax
     import jax.numpy as jnp
 
@@ -246,6 +273,14 @@ def summarise(record, item_rows, empty, val, max_validation, letter_metric, subs
     if val.metric not in ("mc_prob", "mc_accuracy") or not item_rows:
         return
     rows = np.stack(item_rows)
+    n_items = rows.shape[1]
+
+    def per_item(row):   # the metric of each validation item alone (mc_prob: the correct letter's probability)
+        return [float(letter_metric(np.asarray(row)[None, [i]], val.answers[[i]], val.choice_mask[[i]],
+                                    val.metric)[0]) for i in range(n_items)]
+
+    if empty is not None and "items_full" not in record:
+        record["items_full"], record["items_empty"] = per_item(rows[0]), per_item(empty)
     for limit in max_validation:
         if limit >= val.n_items:
             continue
@@ -282,6 +317,9 @@ def compare(result, reference_name) -> dict:
             values = np.asarray(rec["values"] + [rec["U_full"]], np.float64)
             entry["spread_of_values_std"] = float(values.std(ddof=1)) if values.size > 1 else None
             entry["values_minus_empty_mean"] = float(np.mean(values - rec["U_empty"]))
+        if "items_full" in rec:   # validation noise: 2 standard errors of the paired per-item difference
+            diff = np.asarray(rec["items_full"]) - np.asarray(rec["items_empty"])
+            entry["full_minus_empty_2se_items"] = float(2 * diff.std(ddof=1) / np.sqrt(diff.size))
         others = base.get("U_full_other_seeds") if "_base" not in rec else None
         if others:
             fulls = np.asarray([base["U_full"], *others.values()], np.float64)

@@ -89,7 +89,10 @@ def stale_stages(run_dir: Path) -> dict[str, str]:
         return {}
     stale: dict[str, str] = {}
     for i, stage in enumerate(_STAGE_ORDER):
-        done = (stages.get(stage) or {}).get("finished_at")
+        record = stages.get(stage) or {}
+        if record.get("status") != "done":  # running, or not the pipeline's own output (select --values): no claim
+            continue
+        done = record.get("finished_at")
         for upstream in _STAGE_ORDER[:i]:
             later = (stages.get(upstream) or {}).get("finished_at")
             if isinstance(done, str) and isinstance(later, str) and later > done:

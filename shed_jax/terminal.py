@@ -51,6 +51,8 @@ def show_data(run_dir: Path, top: int) -> dict:
     if run.values is None:
         from shed_jax.errors import PipelineError
 
+        if run.notes.get("stale"):  # values.json is there but older than the clusters
+            raise PipelineError(run.notes["stale"][0], path=run_dir / "values.json")
         raise PipelineError("no values.json (or it is unreadable): run `shed value` (or `shed refine`) into this "
                             "directory first", path=run_dir / "values.json")
     found = verdict(run.values_meta, run.values, run.stderr)

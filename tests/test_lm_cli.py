@@ -79,3 +79,23 @@ def test_a_model_that_does_not_exist_is_a_user_error(demo_data, tmp_path, fake_e
                      "--permutations", "1", "-q"])
     assert result.exit_code == 2, result.output
     assert "--proxy-option model" in result.stderr and "no-such-org/no-model" in result.stderr
+
+
+def test_shed_estimate_0_turns_the_lm_proxys_estimate_off(checkpoint, demo_data, tmp_path, fake_embed, monkeypatch):
+    """Issue 21: `SHED_ESTIMATE=0` did not stop the LM proxy's estimate (then a whole round of fine-tunes). With
+    it set, the value stage neither times steps nor prints an estimated time; the valuation itself still runs."""
+    from shed_jax.proxies.lm import LMProxyUtility
+
+    def no_estimate(*args, **kwargs):
+        raise AssertionError("the LM proxy estimated its cost under SHED_ESTIMATE=0")
+
+    for name in ("estimate_cost", "estimate_seconds", "estimate_run_seconds"):
+        monkeypatch.setattr(LMProxyUtility, name, no_estimate)
+    monkeypatch.setenv("SHED_ESTIMATE", "0")
+    run_dir = tmp_path / "run"
+    assert invoke(["cluster", demo_data.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
+    result = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", f"lm:{checkpoint}",
+                     *LM_OPTIONS, "--permutations", "2", "--removal-step", "1", "--proxies-per-cluster", "1"])
+    assert result.exit_code == 0, result.output
+    assert "estimat" not in result.stderr, result.stderr
+    assert (run_dir / "values.json").exists()

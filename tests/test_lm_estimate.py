@@ -173,3 +173,25 @@ def test_the_run_estimate_and_the_advice_use_the_counted_rounds(utility):
     expected_rounds = 1 + -(-(rounds - 1) * p // n_permutations)  # U(full)'s round, the rest in proportion
     assert options[fewer[0]] == pytest.approx(expected_rounds * cost["seconds_per_round"] + cost["seconds_compile"],
                                               rel=1e-9)
+
+
+def test_the_estimate_shows_its_progress(small_model, monkeypatch, capsys):
+    """Issue 21: progress wherever a person waits, the estimate itself included (on a CPU it compiles and runs one
+    optimiser step per training width and one scoring chunk: minutes for SmolLM2 under load)."""
+    from shed_jax.proxies.lm import LMProxyConfig, build_lm_proxy
+
+    monkeypatch.setenv("SHED_PROGRESS", "plain")
+    monkeypatch.setenv("SHED_PROGRESS_SECONDS", "0")
+    root, validation = small_model
+    inputs = types.SimpleNamespace(prompts=tuple(PLAYER_PROMPTS), responses=tuple(PLAYER_RESPONSES), records=(),
+                                   embeddings=None, validation=validation, seed=0, progress=True)
+    utility = build_lm_proxy(inputs, LMProxyConfig(model=str(root), steps=1, warmup_steps=0, batch_size=2,
+                                                   max_length=64, slots=2, dtype="float32", eval_batch_size=4))
+    capsys.readouterr()
+    cost = utility.estimate_cost()
+    n_widths = len(cost["timed"]["train_widths"]) + len(cost["timed"]["score_widths"])
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith("estimating the LM proxy's cost: ")]
+    assert lines, "the estimate printed no progress"
+    assert any(f"{n_widths}/{n_widths}" in line for line in lines) or any(
+        f"/{n_widths} " in line for line in lines), lines

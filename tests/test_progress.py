@@ -104,6 +104,8 @@ def test_refine_logs_labelled_plain_progress_and_one_elapsed_line_per_stage(dupl
     assert any(re.match(r"embedding 203 records \(200 distinct\): \d+/200 \(\d+%\)", line) for line in lines), err
     assert any(re.match(r"Shapley: 10 permutations: \d+/10 \(\d+%\)", line) for line in lines), err
     assert any(re.match(r"embedding 40 validation questions: \d+/40", line) for line in lines), err
+    # issue 21: the run times its own first chunk of permutations (no extra round) and says what remains
+    assert any(re.match(r"value: 2 permutation\(s\) in .+; about .+ for the remaining 8$", line) for line in lines), err
     for stage in ("embed", "cluster", "value", "select"):
         done = [line for line in lines if line.startswith(f"{stage}: done in ")]
         assert len(done) == 1, (stage, lines)

@@ -5,6 +5,7 @@ The Shapley engine is the stub of tests/test_cli.py (cluster k is worth 0.01 k; 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -125,3 +126,25 @@ def test_proxies_lists_every_proxy_and_its_options_with_defaults():
 def test_help_points_to_shed_proxies():
     assert "shed proxies" in invoke(["--help"]).stdout
     assert "shed proxies" in " ".join(invoke(["value", "--help"]).stdout.split())
+
+
+def test_reclustering_rewrites_the_report(run, demo):
+    """The report follows what it shows: new clusters make the run's values and selection stale, so the report is
+    rewritten by the cluster stage rather than left describing clusters that no longer exist."""
+    before = (run / "report.html").read_text()
+    result = invoke(["cluster", demo.train, "--clusters", "6", "--run-dir", run, "-q", "--restart"])
+    assert result.exit_code == 0, result.output
+    after = (run / "report.html").read_text()
+    assert re.search(r"K \(clusters\)\D{0,80}8\b", before) and re.search(r"K \(clusters\)\D{0,80}6\b", after)
+    # the old valuation (8 values, cluster 7 worth 0.07) and selection are no longer shown as the run's; the report
+    # says first, in plain words, that they are out of date and what to rerun
+    assert "0.0700 ± 0.0010" in before and "0.0700" not in after and "utility (all proxies)" not in after
+    verdict = after.index('id="verdict"')
+    assert verdict < after.index("Run configuration")
+    assert "Out of date: values.json were computed before the cluster stage was run again" in after
+    assert "rerun `shed value`, then `shed select`" in after.replace("&#x60;", "`")
+    # valuing again brings it up to date
+    result = invoke(["value", "--run-dir", run, "--valid", demo.valid, "--permutations", "4", "-q"])
+    assert result.exit_code == 0, result.output
+    revalued = (run / "report.html").read_text()
+    assert "Out of date: values.json" not in revalued and "utility (all proxies)" in revalued

@@ -140,3 +140,23 @@ def test_restart_discards_and_other_data_is_refused(demo, tmp_path, monkeypatch,
     result = invoke(["cluster", other, "--clusters", "6", "--run-dir", run, "-q", "--restart"], monkeypatch)
     assert result.exit_code == 0, result.output
     assert not (run / "shapley_ckpt").exists()
+
+
+def test_refine_of_other_data_on_a_run_directory_is_refused_unless_restart(demo, tmp_path, monkeypatch, fake_embed):
+    """Issue 21's case: `shed refine OTHER_DATA --run-dir RUN` on a finished run of other data exited 0 and
+    recomputed everything over it. Now: exit 2 with one line naming what differs, nothing written; --restart runs."""
+    run = tmp_path / "run"
+    refine = ["refine", demo.train, "--valid", demo.valid, "--clusters", "6", "--permutations", "2", "--ratio", "0.2",
+              "-o", tmp_path / "out.jsonl", "--run-dir", run, "-q"]
+    assert invoke(refine, monkeypatch).exit_code == 0
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(demo.train.read_text().splitlines()[:60]) + "\n")
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    argv = ["refine", other, "--valid", demo.valid, "--clusters", "6", "--permutations", "2", "--ratio", "0.2",
+            "-o", tmp_path / "other-out.jsonl", "--run-dir", run, "-q"]
+    one_line_error(invoke(argv, monkeypatch), r"holds a run of other data .*other.jsonl.*--restart")
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+    assert not (tmp_path / "other-out.jsonl").exists()
+    result = invoke(argv + ["--restart"], monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "other-out.jsonl").exists()

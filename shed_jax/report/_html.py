@@ -258,11 +258,15 @@ def _noise_note(run: ReportData) -> str:
 
 
 def _headline(run: ReportData) -> str:
-    """First in the report: the utility does not move (plain words, what to change), when that is so."""
+    """First in the report: outputs that are out of date (a stage ran again after them), then the utility does not
+    move (plain words, what to change), when that is so."""
+    stale = "".join(f'<p class="note"><strong>Out of date: {_esc(message)}</strong></p>'
+                    for message in run.notes.get("stale", []))
     found = _verdict.verdict(run.values_meta, run.values, run.stderr)
-    if not found.headline:
+    if not found.headline and not stale:
         return ""
-    return f'<section id="verdict"><p class="note"><strong>{_esc(found.headline)}</strong></p></section>'
+    verdict = f'<p class="note"><strong>{_esc(found.headline)}</strong></p>' if found.headline else ""
+    return f'<section id="verdict">{stale}{verdict}</section>'
 
 
 def _convergence_section(run: ReportData) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 from shed_jax.run.artifacts import Clusters, Convergence, Examples, GroundTruth, Selection, Values
 from shed_jax.run.rundir import RunDir
 
-__all__ = ["ReportData", "load_run"]
+__all__ = ["ReportData", "load_run", "stale_stages"]
 
 
 @dataclass
@@ -76,9 +76,45 @@ def _artifact(run: ReportData, section: str, loader):
     return None
 
 
+_STAGE_ORDER = ("embed", "cluster", "value", "select")
+
+
+def stale_stages(run_dir: Path) -> dict[str, str]:
+    """``{stage: upstream}`` for each stage whose last result was finished before an upstream stage was computed
+    again (e.g. ``shed cluster`` with other options after ``shed value``): its outputs describe upstream results
+    that no longer exist. Read from ``stages.json`` (its UTC ``finished_at`` times); {} when it cannot be read."""
+    try:
+        stages = json.loads((Path(run_dir) / "stages.json").read_text(encoding="utf-8"))["stages"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return {}
+    stale: dict[str, str] = {}
+    for i, stage in enumerate(_STAGE_ORDER):
+        record = stages.get(stage) or {}
+        if record.get("status") != "done":  # running, or not the pipeline's own output (select --values): no claim
+            continue
+        done = record.get("finished_at")
+        for upstream in _STAGE_ORDER[:i]:
+            later = (stages.get(upstream) or {}).get("finished_at")
+            if isinstance(done, str) and isinstance(later, str) and later > done:
+                stale[stage] = upstream
+                break
+    return stale
+
+
+_RERUN = {"value": "`shed value`, then `shed select`", "select": "`shed select`"}
+
+
 def load_run(run_dir: Path, *, summary: dict | None = None) -> ReportData:
-    """Read every artifact of ``run_dir`` that exists (``summary``: the run summary, else ``summary.json``)."""
+    """Read every artifact of ``run_dir`` that exists (``summary``: the run summary, else ``summary.json``).
+    Outputs of a stage that is stale (:func:`stale_stages`) are not loaded; a note in ``stale`` says why."""
     run = ReportData(run_dir)
+    stale = stale_stages(run_dir)
+    for stage, upstream in stale.items():
+        if stage in _RERUN:
+            what = "values.json" if stage == "value" else "selection.json and scores.jsonl"
+            run.note("stale", f"{what} were computed before the {upstream} stage was run again, so they describe "
+                              f"{'clusters' if upstream != 'value' else 'values'} that no longer exist and are not "
+                              f"shown; rerun {_RERUN[stage]} to bring this report up to date.")
     directory = RunDir(run_dir)
     config = _artifact(run, "config", directory.load_config)
     if config is not None:
@@ -90,8 +126,11 @@ def load_run(run_dir: Path, *, summary: dict | None = None) -> ReportData:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             run.note("summary", f"summary.json could not be read ({exc}).")
     run.summary = summary if isinstance(summary, dict) else None
+    if stale and run.summary is not None:  # the summary of the command that wrote those outputs
+        run.summary = None
+        run.note("summary", "summary.json describes outputs that are out of date (see above); not shown.")
 
-    values = _artifact(run, "values", lambda: Values.load(directory))
+    values = None if "value" in stale else _artifact(run, "values", lambda: Values.load(directory))
     if values is not None:
         run.values, run.stderr = values.cluster_values, values.stderr
         run.members = values.members
@@ -106,7 +145,7 @@ def load_run(run_dir: Path, *, summary: dict | None = None) -> ReportData:
                                  f"{run.values.shape[0]} values; cluster sizes and examples omitted.")
             run.labels = run.proxy_index = None
 
-    selection = _artifact(run, "selection", lambda: Selection.load(directory))
+    selection = None if "select" in stale else _artifact(run, "selection", lambda: Selection.load(directory))
     if selection is not None:
         run.selection = {"sampler": selection.sampler, "budget": selection.budget, "beta": selection.beta}
         if run.labels is not None:
@@ -117,7 +156,7 @@ def load_run(run_dir: Path, *, summary: dict | None = None) -> ReportData:
                 run.selected = np.zeros(n_records, dtype=bool)
                 run.selected[selection.indices] = True
 
-    convergence = _artifact(run, "convergence", lambda: Convergence.load(directory))
+    convergence = None if "value" in stale else _artifact(run, "convergence", lambda: Convergence.load(directory))
     if convergence is not None:
         if run.values is not None and convergence.values.shape[1] != run.values.shape[0]:
             run.note("convergence", "convergence.npz arrays have inconsistent shapes; not plotted.")

@@ -130,3 +130,11 @@ def reap(procs) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def assert_dead_peer_line(stderr: str, heartbeat_s: int) -> None:
+    """The surviving process of a 2-process run whose peer 1 was killed printed exactly the one dead-peer line
+    (gloo's own connection notice, native and printed once at the first collective, aside)."""
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("[Gloo]")]
+    assert lines == [f"shed: process 1 of 2 stopped responding (heartbeat timeout {heartbeat_s} s); rerun all "
+                     "processes with --resume"], stderr[-3000:]

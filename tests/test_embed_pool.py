@@ -48,7 +48,7 @@ TEXTS = [f"text number {i} " + "word " * (i % 7) for i in range(50)]
 
 
 def _embed(encoder, monkeypatch):
-    monkeypatch.setattr(embed, "_get_model", lambda model, device: encoder)
+    monkeypatch.setattr(embed, "_get_model", lambda model, device, dtype="float32": encoder)
     return embed.embed_texts(TEXTS, batch_size=4, progress=False)
 
 

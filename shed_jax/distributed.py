@@ -129,13 +129,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         atexit.register(_at_exit)
         previous_hook = sys.excepthook
 
-        def excepthook(kind, value, tb):
-            # an uncaught error from a collective whose partner vanished: the watchdog's line, not a traceback
-            if _STATE["watchdog"] is not None and _looks_like_a_lost_peer(value):
-                _STATE["watchdog"].await_verdict(_STATE["watchdog"].timeout + 2)
-            previous_hook(kind, value, tb)
-
-        sys.excepthook = excepthook
+        sys.excepthook = _excepthook_deferring_to_the_watchdog(previous_hook)
     return jax.process_index(), jax.process_count()
 
 
@@ -204,6 +198,7 @@ class Watchdog:
         self._verdict: str | None = None
         self._finished: set[int] = set()
         self._threads: list[threading.Thread] = []
+        self._exited = threading.Event()
 
     def start(self) -> None:
         now = time.monotonic()
@@ -272,7 +267,10 @@ class Watchdog:
     def _decide(self, line: str) -> None:
         self._verdict = line
         self._stop.set()
-        self._exit(line)
+        try:
+            self._exit(line)  # the default never returns (os._exit)
+        finally:
+            self._exited.set()
 
     def await_verdict(self, seconds: float) -> str | None:
         """Wait up to ``seconds`` for a verdict on the peers (after an error that a dead peer may have caused,
@@ -281,6 +279,31 @@ class Watchdog:
         while self._verdict is None and not self._stop.is_set() and time.monotonic() < deadline:
             time.sleep(0.1)
         return self._verdict
+
+
+    def yield_to_verdict(self, seconds: float) -> str | None:
+        """After an error that a dead peer may have caused: wait up to ``seconds`` for a verdict; if there is one,
+        wait until the watchdog's thread has written its line and ended the process, so that the caller never
+        prints anything after that line. Returns the verdict (only when ``exit`` returns, as in tests), or None if
+        every peer still answers: then the error is this process's own."""
+        verdict = self.await_verdict(seconds)
+        if verdict is not None:
+            self._exited.wait(60)
+        return verdict
+
+
+def _excepthook_deferring_to_the_watchdog(previous_hook):
+    """``sys.excepthook`` for a run with peers: an uncaught error from a collective whose partner vanished ends
+    with the watchdog's one line, not a traceback (the hook yields to the watchdog's thread, which exits)."""
+
+    def excepthook(kind, value, tb):
+        dog = _STATE["watchdog"]
+        if dog is not None and _looks_like_a_lost_peer(value):
+            if dog.yield_to_verdict(dog.timeout + 2) is not None:
+                return
+        previous_hook(kind, value, tb)
+
+    return excepthook
 
 
 def _looks_like_a_lost_peer(exc: BaseException) -> bool:

@@ -199,6 +199,66 @@ def test_distributed_needs_a_run_dir(data, tmp_path):
     assert result.exit_code == 2 and "--distributed needs --run-dir" in result.output
 
 
+class _FakeStore:
+    """The coordination service's key-value store, in memory."""
+
+    def __init__(self):
+        self.kv = {}
+
+    def key_value_set(self, key, value, allow_overwrite=False):
+        self.kv[key] = value
+
+    def key_value_try_get(self, key):
+        if key not in self.kv:
+            raise RuntimeError("NOT_FOUND: " + key)
+        return self.kv[key]
+
+
+def test_an_error_from_a_lost_peer_prints_nothing_after_the_watchdog_line(monkeypatch):
+    """The race of the slow suite: the main thread's failed collective reached the excepthook while the watchdog's
+    thread was still writing its line, and the traceback followed the line. The hook must wait until the watchdog
+    has ended the process (here: until its slow ``exit`` returns) and then print nothing."""
+    from shed_jax import distributed
+    from shed_jax.distributed import Watchdog
+
+    XlaRuntimeError = type("XlaRuntimeError", (RuntimeError,), {})
+    events = []
+
+    def slow_exit(line):  # stands in for a stderr write that takes a while before os._exit
+        time.sleep(0.5)
+        events.append(("line", line))
+
+    store = _FakeStore()
+    store.kv["shed/heartbeat/1"] = "1"  # process 1 beat once, then died
+    dog = Watchdog(store, 0, 2, timeout_s=0.6, interval_s=0.05, exit=slow_exit)
+    monkeypatch.setitem(distributed._STATE, "watchdog", dog)
+    hook = distributed._excepthook_deferring_to_the_watchdog(lambda *exc: events.append(("traceback", exc[1])))
+    dog.start()
+    try:
+        error = XlaRuntimeError("gloo: connection closed by peer")
+        hook(type(error), error, None)
+    finally:
+        dog.stop()
+    assert [kind for kind, _ in events] == ["line"], events
+    assert events[0][1].startswith("shed: process 1 of 2 stopped responding")
+
+    # no peer lost (process 1 finished): the error is this process's own and its traceback is printed, after the
+    # hook's wait of timeout + 2 s for a verdict
+    events.clear()
+    store = _FakeStore()
+    store.kv["shed/finished/1"] = "1"
+    dog = Watchdog(store, 0, 2, timeout_s=0.5, interval_s=0.05, exit=slow_exit)
+    monkeypatch.setitem(distributed._STATE, "watchdog", dog)
+    hook = distributed._excepthook_deferring_to_the_watchdog(lambda *exc: events.append(("traceback", exc[1])))
+    dog.start()
+    try:
+        error = XlaRuntimeError("a bad shape")
+        hook(type(error), error, None)
+    finally:
+        dog.stop()
+    assert [kind for kind, _ in events] == ["traceback"]
+
+
 def test_watchdog_names_a_silent_peer_and_a_failed_one():
     """The watchdog's judgement on a fake key-value store (no processes): a peer whose counter stops, a peer that
     reports a failure, a peer that finished."""

@@ -133,7 +133,9 @@ def one_writer(config: RefineConfig, log: Callable[[str], None] | None, progress
     except BaseException as exc:
         watchdog = _distributed.watchdog()
         if watchdog is not None and _distributed._looks_like_a_lost_peer(exc):
-            watchdog.await_verdict(watchdog.timeout + 2)  # a dead peer's line (and exit) comes from the watchdog
+            # a dead peer: its line (and the exit) comes from the watchdog, and nothing may follow it
+            if watchdog.yield_to_verdict(watchdog.timeout + 2) is not None:
+                raise
         _distributed.report_failure(exc)
         raise
     finally:

@@ -150,15 +150,40 @@ def _lm_worker(args, smollm2: bool = False) -> dict:
     utility = build_lm_proxy(_inputs(types.SimpleNamespace(mc=mc), mc), LMProxyConfig(
         model=model, metric="mc_prob", **settings))
     rng = np.random.default_rng(0)
-    warm, timed = (rng.random((batch, utility.n_players)) < 0.5 for _ in range(2))
+    # packing makes the number of rows per step depend on the coalitions, and each new row bucket compiles once:
+    # several warm-up batches compile the buckets first, and compilation inside the timed call is measured apart
+    *warm, timed = (rng.random((batch, utility.n_players)) < 0.5 for _ in range(1 + args.lm_warmup_batches))
     t0 = time.perf_counter()
-    np.asarray(utility(warm))
+    for masks in warm:
+        np.asarray(utility(masks))
     warmup = time.perf_counter() - t0
+    compiled = _CompileClock()
     t0, c0 = time.perf_counter(), time.process_time()
     values = np.asarray(utility(timed))
     return {"warmup_seconds": warmup, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+            "compile_seconds_in_timed_call": compiled.seconds(), "warmup_batches": len(warm),
             "n_slots": utility.n_slots, "slot_devices": 1 if utility.trainer.mesh is None else utility.trainer.mesh.size,
             "values_head": [float(v) for v in values[:5]]}
+
+
+class _CompileClock:
+    """Seconds of XLA backend compilation from now on (``jax.monitoring``'s compile event)."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        from jax import monitoring
+
+        self._total, self._on = 0.0, True
+        monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event: str, duration: float, **_) -> None:
+        if self._on and event == self.EVENT:
+            self._total += duration
+
+    def seconds(self) -> float:
+        self._on = False
+        return self._total
 
 
 def _refine_run(args, n_processes: int) -> dict:
@@ -210,7 +235,8 @@ def _refine_run(args, n_processes: int) -> dict:
 def _worker_command(args, workload: str, n_devices: int) -> list[str]:
     cmd = [sys.executable, __file__, "--worker", workload, "--n-devices", str(n_devices)]
     for name in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n", "kmeans_k", "kmeans_iters", "lm_slots",
-                 "lm_steps", "lm_batch", "smollm_slots", "smollm_steps", "smollm_batch", "smollm_length"):
+                 "lm_steps", "lm_batch", "lm_warmup_batches", "smollm_slots", "smollm_steps", "smollm_batch",
+                 "smollm_length"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return cmd + (["--pin-cores"] if args.pin_cores else [])
 
@@ -271,6 +297,8 @@ def main() -> None:
     parser.add_argument("--kmeans-k", type=int, default=1000)
     parser.add_argument("--kmeans-iters", type=int, default=10)
     parser.add_argument("--lm-slots", type=int, default=8)
+    parser.add_argument("--lm-warmup-batches", type=int, default=3,
+                        help="LM rows: random batches run before the timed one (each new packed row count compiles)")
     parser.add_argument("--lm-steps", type=int, default=5)
     parser.add_argument("--lm-batch", type=int, default=16)
     parser.add_argument("--smollm-slots", type=int, default=2)
@@ -296,7 +324,7 @@ def main() -> None:
               "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "settings": {
                   k: getattr(args, k) for k in ("k", "dim", "n_val", "perms", "removal_step", "kmeans_n",
                                                 "kmeans_k", "kmeans_iters", "lm_slots", "lm_steps", "lm_batch",
-                                                "smollm_slots", "smollm_steps", "smollm_batch", "smollm_length",
+                                                "lm_warmup_batches", "smollm_slots", "smollm_steps", "smollm_batch", "smollm_length",
                                                 "refine_n", "repeats", "pin_cores")}, "workloads": {}}
     for workload in args.workloads:
         devices = [1, "2x1"] if workload.endswith("-2proc") else args.devices

@@ -117,7 +117,17 @@ def worker(args) -> dict:
 
 
 def _lm_worker(args, smollm2: bool = False) -> dict:
+    import shutil
     import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="shed-bench-lm-"))
+    try:
+        return _lm_measure(args, smollm2, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _lm_measure(args, smollm2: bool, root: Path) -> dict:
     import types
 
     import numpy as np
@@ -129,7 +139,6 @@ def _lm_worker(args, smollm2: bool = False) -> dict:
     from shed_jax.data import read_validation
     from shed_jax.proxies.lm import LMProxyConfig, build_lm_proxy
 
-    root = Path(tempfile.mkdtemp(prefix="shed-bench-lm-"))
     mc = read_validation(_write_jsonl(root / "mc.jsonl", MC_ITEMS))
     if smollm2:
         from shed_jax.lm import find_smollm2_gguf

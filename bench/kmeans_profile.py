@@ -15,10 +15,17 @@ Compilation happens before timing (a warm-up call per function).
 
     python bench/kmeans_profile.py                            # 50_000 x 384, K = 1000, 20 iterations
     python bench/kmeans_profile.py --chunk-sizes 256 1024 --repeats 3
+    python bench/kmeans_profile.py --chunk-sizes 512 1024 --xla-option \
+        xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE
+
+``--xla-option KEY=VALUE`` (repeatable) compiles shed_jax's phases with that XLA compiler option (per ``jit``, as
+``jax.jit(..., compiler_options=...)`` would; scikit-learn is unaffected): run once with and once without it to
+compare on a quiet machine.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -70,7 +77,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="XLA compiler option for shed_jax's phases (repeatable)")
     args = parser.parse_args(argv)
+    xla_options = {}
+    for item in args.xla_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--xla-option must be KEY=VALUE, got {item!r}")
+        xla_options[key] = value
 
     import jax
     import jax.numpy as jnp
@@ -101,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     phases = {}
     for chunk in args.chunk_sizes:
         phases[chunk] = {
-            "gemm_s": (jax.jit(gemm_only, static_argnums=2), (x_dev, init_dev, min(chunk, args.n))),
+            "gemm_s": (jax.jit(functools.partial(gemm_only, chunk=min(chunk, args.n))), (x_dev, init_dev)),
             "assign_s": (jax.jit(kernel.assign_labels, static_argnames="chunk_size"), (x_dev, init_dev),
                          {"chunk_size": chunk}),
             "update_s": (update, (x_dev, labels0, init_dev)),
@@ -109,9 +124,16 @@ def main(argv: list[str] | None = None) -> dict:
                         {"chunk_size": chunk}),
         }
 
+    compiled = {}
+
     def call(spec):
         fn, fn_args, kwargs = spec if len(spec) == 3 else (*spec, {})
-        return jax.block_until_ready(fn(*fn_args, **kwargs))
+        if not xla_options:
+            return jax.block_until_ready(fn(*fn_args, **kwargs))
+        key = (id(fn), tuple(sorted(kwargs.items())), len(fn_args))
+        if key not in compiled:  # ahead-of-time compile with the options (static kwargs bound at lowering)
+            compiled[key] = fn.lower(*fn_args, **kwargs).compile(compiler_options=xla_options)
+        return jax.block_until_ready(compiled[key](*fn_args))
 
     def run_sklearn():
         return KMeans(n_clusters=args.k, init=init, n_init=1, max_iter=args.iters, tol=0.0,
@@ -140,14 +162,13 @@ def main(argv: list[str] | None = None) -> dict:
         if repeat == 0:
             threads["sklearn"] = busy_threads(before, thread_cpu())
 
-    lloyd_labels = {chunk: np.asarray(cluster._lloyd(x_dev, init_dev, jnp.int32(args.iters), jnp.float32(0.0),
-                                                     chunk_size=chunk)[1]) for chunk in args.chunk_sizes}
+    lloyd_labels = {chunk: np.asarray(call(phases[chunk]["lloyd_s"])[1]) for chunk in args.chunk_sizes}
     first = lloyd_labels[args.chunk_sizes[0]]
     sk_min = min(sklearn_times)
     report = {
         "benchmark": "kmeans_profile",
-        "config": {k: getattr(args, k) for k in ("n", "d", "k", "iters", "components", "chunk_sizes", "repeats",
-                                                  "seed")},
+        "config": {**{k: getattr(args, k) for k in ("n", "d", "k", "iters", "components", "chunk_sizes", "repeats",
+                                                     "seed")}, "xla_options": xla_options},
         "per_chunk_size": {
             str(chunk): {**{name: {"min": min(v), "times": v} for name, v in times[chunk].items()},
                          "lloyd_over_sklearn_min": min(times[chunk]["lloyd_s"]) / sk_min,

@@ -60,10 +60,11 @@ def _block_labels(x_block: jax.Array, centroids_t: jax.Array, centroid_sq: jax.A
     scores = centroid_sq[None, :] - 2.0 * jnp.dot(x_block, centroids_t, precision=lax.Precision.HIGHEST)
     # argmin as two plain reductions (the minimum, then the lowest index holding it): XLA's CPU backend runs
     # the variadic (value, index) reduce of ``jnp.argmin`` far slower than a min (measured: the whole
-    # assignment 1.6-3x faster at 50,000 x 384, K = 1,000). The barrier materialises ``scores`` once, so both
-    # reductions read the same rounded values (no fused recomputation that could round differently): the
-    # result is exactly ``argmin``'s, ties to the lowest index. Inputs are finite (checked by the callers);
-    # the clamp only keeps an index in range if a score were NaN.
+    # assignment 1.6-3x faster at 50,000 x 384, K = 1,000). Both reductions see the same float32 scores even
+    # where XLA recomputes ``scores`` from the GEMM output inside the index pass (jax 0.10.2 does, barrier or
+    # not): ``2 * dot`` is exact, so ``centroid_sq - 2 * dot`` is one rounding, with or without a fused
+    # multiply-add. The result is exactly ``argmin``'s, ties to the lowest index. Inputs are finite (checked by
+    # the callers); the clamp only keeps an index in range if a score were NaN.
     scores = lax.optimization_barrier(scores)
     n_centroids = scores.shape[1]
     lowest = jnp.min(scores, axis=1, keepdims=True)

@@ -103,6 +103,32 @@ def _real_rows(n_local: int, n_real: int, axis) -> jax.Array:
 # ------------------------------------------------------------------------------------------------ seeding
 
 
+# Columns per distance GEMM of greedy k-means++ (``n_local_trials > 1``). XLA:CPU's GEMM rounds a (T, d) x (d, n)
+# product differently for different n (measured, jax 0.10.2, T = 8, d = 384: the first 1,024 columns of
+# n = 2,500 / 10,000 / 12,000 / 20,000 differ from n = 1,024 in about 7,600 of 8,192 entries, while n = 2,048, 4,096,
+# 8,192, 16,384 and a 1,024-block at any row offset agree), so a device's (T, N / D) block and one device's (T, N)
+# block drew other candidates (20,000 x 384, K = 300, T = 8: 106 of 300 rows from step 181 on 2 and 8 devices).
+# Blocks of one fixed shape make every entry the same GEMM on any device count.
+_SEED_COLUMN_BLOCK = 1024
+
+
+def _cross_in_column_blocks(rows: jax.Array, x_blocks: jax.Array, n_cols: int) -> jax.Array:
+    """``rows @ x.T`` for the first ``n_cols`` rows of ``x_blocks`` (which has >= _SEED_COLUMN_BLOCK rows), as
+    (T, d) x (d, _SEED_COLUMN_BLOCK) GEMMs; the last block is clamped to the end and overlaps the previous one
+    (the overlap is written twice with the same values)."""
+    block, n_rows = _SEED_COLUMN_BLOCK, x_blocks.shape[0]
+    out = jnp.zeros((rows.shape[0], n_rows), rows.dtype)
+
+    def body(index, out):
+        start = jnp.minimum(index * block, n_rows - block)
+        x_block = lax.dynamic_slice_in_dim(x_blocks, start, block, axis=0)
+        cross = jnp.matmul(rows, x_block.T, precision=lax.Precision.HIGHEST)
+        return lax.dynamic_update_slice_in_dim(out, cross, start, axis=1)
+
+    out = lax.fori_loop(0, -(-n_rows // block), body, out)
+    return out[:, :n_cols]
+
+
 def _kmeans_plusplus_impl(key: jax.Array, x: jax.Array, n_clusters: int, n_local_trials: int, n_real: int | None = None,
                           axis: str | None = None) -> jax.Array:
     """k-means++ seeding. x (N, d) float32 -> (K,) int32 global indices of the chosen rows (replicated).
@@ -110,10 +136,10 @@ def _kmeans_plusplus_impl(key: jax.Array, x: jax.Array, n_clusters: int, n_local
     Sharded (``axis`` given): the squared distances of every row to the drawn rows are computed on the row's
     device; the ``(N,)`` potential (and, with several trials, the ``(T, N)`` candidate potentials) is gathered
     so that each step's global draw (same key everywhere) sums the same float32 values in the same order as
-    on one device, and the drawn rows reach every device by a ``psum`` from their owner. Plain k-means++
-    (``n_local_trials=1``) then draws the same rows on any device count (tested at 50,000 x 384); with greedy
-    trials the per-device ``(T, N / D)`` distance blocks can still round differently from the one-device
-    ``(T, N)`` block (measured: 20,000 x 384, K = 300, T = 8 on 2 devices drew other rows from step 181 on).
+    on one device, and the drawn rows reach every device by a ``psum`` from their owner. With greedy trials the
+    ``(T, N)`` cross products are GEMMs of one fixed shape (``_cross_in_column_blocks``) and each candidate's
+    potential is the last entry of a cumulative sum, so no rounding depends on the device count either. The same
+    rows are drawn on 1, 2 and 8 devices (tested: plain at 50,000 x 384; greedy, T = 8, at 20,000 and 50,001 x 384).
     """
     n_local = x.shape[0]
     n_rows = n_local if n_real is None else n_real
@@ -121,6 +147,10 @@ def _kmeans_plusplus_impl(key: jax.Array, x: jax.Array, n_clusters: int, n_local
     row_ids = offset + jnp.arange(n_local, dtype=jnp.int32)
     real = row_ids < n_rows
     x_sq = jnp.sum(x * x, axis=1)
+    # greedy trials: the (T, n) cross products in GEMMs of one fixed shape (see _cross_in_column_blocks); a block
+    # holds at least _SEED_COLUMN_BLOCK rows, zero rows appended when there are fewer (their columns are dropped)
+    x_blocks = x if n_local_trials == 1 or n_local >= _SEED_COLUMN_BLOCK else jnp.pad(
+        x, ((0, _SEED_COLUMN_BLOCK - n_local), (0, 0)))
 
     def sq_dist_to_rows(row_indices):  # global (T,) -> (T, n_local), matmul form clipped at 0
         if axis is None:
@@ -131,7 +161,8 @@ def _kmeans_plusplus_impl(key: jax.Array, x: jax.Array, n_clusters: int, n_local
             local = jnp.clip(local, 0, n_local - 1)
             rows = lax.psum(jnp.where(own[:, None], x[local], 0.0), axis)
             rows_sq = lax.psum(jnp.where(own, x_sq[local], 0.0), axis)
-        cross = jnp.matmul(rows, x.T, precision=lax.Precision.HIGHEST)
+        cross = (jnp.matmul(rows, x.T, precision=lax.Precision.HIGHEST) if rows.shape[0] == 1
+                 else _cross_in_column_blocks(rows, x_blocks, n_local))
         dist = jnp.maximum(rows_sq[:, None] - 2.0 * cross + x_sq[None, :], 0.0)
         # a chosen row has potential 0; padding rows have weight 0
         return jnp.where((row_ids[None, :] == row_indices[:, None]) | ~real[None, :], 0.0, dist)
@@ -159,9 +190,12 @@ def _kmeans_plusplus_impl(key: jax.Array, x: jax.Array, n_clusters: int, n_local
         candidate_closest = jnp.minimum(closest[None, :], sq_dist_to_rows(candidates))
         if n_local_trials == 1:
             best = 0
-        else:  # the potential of each candidate, summed over the same N values in the same order as on one device
-            best = jnp.argmin(jnp.sum(candidate_closest if axis is None
-                                      else _gather_rows(candidate_closest, n_rows, axis), axis=-1))
+        else:  # the potential of each candidate over the same N values in the same order as on one device, and
+            # as a cumulative sum like the draws: XLA:CPU splits a plain (T, N) jnp.sum by the process's thread
+            # layout (measured: (8, 50,001) summed in a process with 8 fake devices differs from 1 or 2 devices)
+            potentials = jnp.cumsum(candidate_closest if axis is None
+                                    else _gather_rows(candidate_closest, n_rows, axis), axis=-1)[:, -1]
+            best = jnp.argmin(potentials)
         return chosen.at[step].set(candidates[best]), candidate_closest[best], key
 
     chosen, _, _ = lax.fori_loop(1, n_clusters, body, (chosen, closest, key))
@@ -389,8 +423,8 @@ def kmeans(
         and sums, counts, inertia, changed labels and the k-means++ potential meet through ``psum``
         (empty-cluster relocation and k-means++ draws are global). The result equals the one-device result
         up to the float32 summation order of the cluster sums (the labels are the same unless a row is
-        equidistant from two centroids to float32 rounding). Plain k-means++ seeding draws the same rows on
-        any device count; greedy seeding (``n_local_trials > 1``) on large inputs may not.
+        equidistant from two centroids to float32 rounding). k-means++ seeding, plain or greedy, draws the
+        same rows on any device count.
 
     Returns:
       :class:`KMeansResult` (numpy arrays on the host).

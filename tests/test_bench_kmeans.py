@@ -28,6 +28,24 @@ def test_kmeans_profile_reports_every_phase_per_chunk_size(tmp_path):
     assert set(report["busy_threads_cpu_s"]) == {"jax_lloyd_chunk64", "jax_lloyd_chunk256", "sklearn"}
 
 
+
+def test_kmeans_profile_xla_option_reaches_the_compiler(tmp_path):
+    from bench import kmeans_profile
+
+    shape = ["--n", "300", "--d", "8", "--k", "6", "--iters", "2", "--components", "3", "--chunk-sizes", "64",
+             "--repeats", "1", "--out", str(tmp_path / "p.json")]
+    option = "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"
+    report = kmeans_profile.main(shape + ["--xla-option", option])
+    assert report["config"]["xla_options"] == {"xla_cpu_experimental_ynn_fusion_type":
+                                               "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"}
+    assert report["per_chunk_size"]["64"]["labels_equal_first_chunk_size"] is True
+    # an invalid value fails at compilation: the option is really passed to XLA, not dropped
+    with pytest.raises(Exception, match="not a valid enum value"):
+        kmeans_profile.main(shape + ["--xla-option", "xla_cpu_experimental_ynn_fusion_type=dot"])
+    with pytest.raises(SystemExit) as exc:
+        kmeans_profile.main(shape + ["--xla-option", "no-equals-sign"])
+    assert exc.value.code == 2
+
 @pytest.mark.slow
 def test_scaleout_kmeans_pinned_to_one_core_per_device(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -73,7 +73,8 @@ SEEDING_SCRIPT = textwrap.dedent("""
     n_devices = int(sys.argv[1])
     assert jax.device_count() == n_devices, (jax.device_count(), n_devices)
     from shed_jax import cluster, sharding
-    n, d, k, trials = 50_000, 384, 400, 1
+    n, k, trials = (int(v) for v in sys.argv[2:5])
+    d = 384
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, d))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -93,6 +94,20 @@ def test_kmeans_plusplus_same_draws_on_1_and_2_devices_at_scale(tmp_path):
     # Plain k-means++ (the CLI's) on 50,000 rows: a cumulative potential assembled from per-device blocks rounds
     # differently from the one-device cumsum, which changed the draws on 2 devices from step 355 on (13 of the 400
     # rows, measured before the potential was gathered); the draws must not depend on the device count.
-    out = run_on_fake_devices(tmp_path, SEEDING_SCRIPT, (1, 2), timeout=900)
+    out = run_on_fake_devices(tmp_path, SEEDING_SCRIPT, (1, 2), 50_000, 400, 1, timeout=900)
     assert len(set(out[1])) == 400
     assert out[2] == out[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_rows, n_clusters", [(20_000, 300), (50_001, 200)])
+def test_greedy_kmeans_plusplus_same_draws_on_1_2_8_devices(tmp_path, n_rows, n_clusters):
+    # Greedy k-means++ (8 candidates per step). 20,000 x 384, K=300: the per-device (8, N / D) distance GEMM rounded
+    # differently from the one-device (8, N) GEMM, and 2 and 8 devices drew 106 other rows from step 181 on (the code
+    # before the fixed-width column blocks). 50,001 x 384, K=200: with those blocks but a plain jnp.sum of the (8, N)
+    # candidate potentials, 8 devices drew other rows from step 87 on (XLA:CPU split the sum by the process's
+    # device layout).
+    out = run_on_fake_devices(tmp_path, SEEDING_SCRIPT, (1, 2, 8), n_rows, n_clusters, 8, timeout=900)
+    assert len(set(out[1])) == n_clusters
+    assert out[2] == out[1]
+    assert out[8] == out[1]

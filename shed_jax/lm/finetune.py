@@ -263,8 +263,8 @@ class SlotTrainer:
         slots_per_row: packed across slots, the most slots whose sequences may share one row (rows that mix
             coalitions: each token uses its own slot's adapter, ``Decoder(lora_choice=)``, and attention stays
             within its sequence). 2 (the default) leaves padding only in a step's last rows (dolly, 8 slots x 4
-            sequences of at most 256 tokens: 5,313 tokens computed per step for 4,879 real, against 6,056 with 1 and
-            8,192 padded) for twice the LoRA FLOPs of one adapter per row (a few % of a step on SmolLM2); 1: each
+            sequences of at most 256 tokens: 5,441 tokens computed per step for 4,879 real, against 6,184 with 1 and
+            8,192 padded, on a CPU's row buckets) for twice the LoRA FLOPs of one adapter per row (a few % of a step on SmolLM2); 1: each
             row holds one slot's sequences.
 
     Attributes:

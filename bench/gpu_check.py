@@ -340,54 +340,18 @@ def peft_baseline(ctx, utility, coalitions, tokenizer) -> dict:
         import torch
     except ImportError as exc:
         return {"skipped": f"not importable: {exc} (pip install -e .[bench])"}
-    from shed_jax.lm import finetune
+    from bench.peft_reference import peft_fine_tuner
+    from shed_jax.lm import prompts as prompt_lib
 
     config, recipe = utility.config, utility.trainer.recipe
     dtype = "bfloat16" if ctx.accelerator else "float32"
     base, device = torch_reference(ctx.model_path, dtype)
-    lora = peft.LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
-                           target_modules=list(config.targets))
-    model = peft.get_peft_model(base, lora)
-    if recipe.remat:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    from shed_jax.lm import prompts as prompt_lib
-
     table = prompt_lib.encode_instructions(tokenizer, ctx.prompts, ctx.responses, prompt_format=config.prompt_format,
                                            max_length=config.max_length, train_on_prompt=config.train_on_prompt)
-    ids_all = torch.from_numpy(table.ids.astype(np.int64))
-    labels_all = torch.from_numpy(np.where(table.target_weights > 0, table.targets, -100).astype(np.int64))
-    initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    model.train()
+    fine_tune, _ = peft_fine_tuner(base, table, recipe, rank=config.rank, alpha=config.alpha,
+                                   targets=config.targets, device=device)
 
-    def fine_tune(members, n_steps=None):
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in initial:
-                    p.copy_(initial[name])
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-        schedule = finetune.minibatch_schedule(members, steps=recipe.steps, batch_size=recipe.batch_size,
-                                               rng=finetune.coalition_rng(members, 0))
-        for rows in schedule[:n_steps]:
-            width = int(table.lengths[rows].max())
-            index = torch.from_numpy(rows.astype(np.int64))
-            ids = ids_all[index, :width].to(device)
-            labels = labels_all[index, :width].to(device)
-            # our targets are already shifted: compute the token-mean loss on them directly
-            mask = torch.from_numpy(np.arange(width)[None, :] < table.lengths[rows][:, None]).to(device)
-            logits = model(input_ids=ids, attention_mask=mask.long()).logits
-            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                                     labels.reshape(-1), ignore_index=-100)
-            loss.backward()
-            if recipe.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    fine_tune(coalitions[0], n_steps=2)  # warm-up (kernels, allocator)
+    fine_tune(coalitions[0], 0, n_steps=2)  # warm-up (kernels, allocator)
     start = time.perf_counter()
     for members in coalitions:
         fine_tune(members)

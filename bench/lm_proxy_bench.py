@@ -29,9 +29,10 @@ for S slots, minus the same for 1 slot, divided by S - 1 (the marginal cost of a
 Prints JSON and writes ``bench/results/lm_proxy_bench_<model>.json``.
 
 Dolly mode (``--dolly N``): N dolly records tokenised as the proxy does (``--length`` is max_length), for each model
-of ``--model`` (comma list, e.g. ``tiny,smollm2``): padded vs packed (per slot) vs shared (packed across slots, the
-default on one device: one step's rows are all its slots' packed rows) trainers at the proxy's default slot count and a
-loop of single (1-slot) fine-tunes on the same coalitions, timed interleaved; writes
+of ``--model`` (comma list, e.g. ``tiny,smollm2``): padded vs packed (per slot) vs shared (packed across slots, one
+slot per row) vs mixed (packed across slots, rows mixing up to 2 slots with per-token adapters: the default on one
+device) trainers at the proxy's default slot count and a loop of single (1-slot) fine-tunes on the same coalitions,
+timed interleaved, with each trainer's real and computed tokens per step; writes
 ``bench/results/lm_proxy_bench_dolly.json``:
 
     .venv/bin/python bench/lm_proxy_bench.py --dolly 400 --model tiny,smollm2 --length 256 --steps 2 --rounds 3
@@ -216,40 +217,13 @@ def prepare_peft(args, config, table, recipe, rng):
                             tie_word_embeddings=config.tie_word_embeddings, max_position_embeddings=4096)
     torch_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     base = LlamaForCausalLM(hf_config).to(torch_dtype)
-    lora_config = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
-                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                  "down_proj"])
-    model = peft.get_peft_model(base, lora_config)
-    if recipe.remat:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    ids = torch.from_numpy(table.ids.astype(np.int64))
-    labels = ids.clone()
-    labels[torch.from_numpy(table.target_weights == 0)] = -100   # (HF shifts labels inside the loss)
-    labels = torch.roll(labels, 1, dims=1)
-    labels[:, 0] = -100
+    if str(ROOT) not in sys.path:  # run as a script: bench/ is on the path, not the checkout
+        sys.path.insert(0, str(ROOT))
+    from bench.peft_reference import peft_fine_tuner
 
-    from shed_jax.lm import finetune
-
-    def fine_tune(members, seed):
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in initial:
-                    p.copy_(initial[name])
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-        schedule = finetune.minibatch_schedule(members, steps=recipe.steps, batch_size=recipe.batch_size,
-                                               rng=finetune.coalition_rng(members, seed))
-        model.train()
-        for rows in schedule:
-            index = torch.from_numpy(rows.astype(np.int64))
-            loss = model(input_ids=ids[index], labels=labels[index]).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm or 1e9)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
+    fine_tune, _ = peft_fine_tuner(base, table, recipe, rank=args.rank, alpha=2 * args.rank,
+                                   targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                            "down_proj"])
     fine_tune(np.arange(3), 0)   # warm-up
     coalitions = [[rng.choice(len(table), size=rng.integers(1, len(table) + 1), replace=False)
                    for _ in range(args.loop_coalitions)] for _ in range(args.rounds)]
@@ -405,9 +379,12 @@ def dolly_variants(args, jax, model, table, default_slots_fn):
             "rank": args.rank, "remat": recipe.remat}
     variants = {}
     coalitions = draws(n_slots)       # the same coalitions for the padded, packed and loop variants
-    for name, packing, across in (("padded", False, False), ("packed", True, False), ("shared", True, True)):
+    for name, packing, across, per_row in (("padded", False, False, 1), ("packed", True, False, 1),
+                                           ("shared", True, True, 1), ("mixed", True, True, 2)):
         trainer = SlotTrainer(graphdef, state, table, recipe, n_slots=n_slots, lora_init=lora0,
-                              max_length=table.width, packing=packing, pack_across_slots=across)
+                              max_length=table.width, packing=packing, pack_across_slots=across,
+                              slots_per_row=per_row)
+        info[f"{name}_tokens_per_step"] = computed_tokens_per_step(trainer, coalitions[1:])
         batches = iter(coalitions)
         start = time.perf_counter()
         jax.block_until_ready(trainer.train(next(batches), 0))
@@ -431,6 +408,28 @@ def dolly_variants(args, jax, model, table, default_slots_fn):
                      "median_length": float(np.median(lengths)), "share_at_max_length":
                      float(np.mean(lengths >= table.width))}
     return variants, info
+
+
+def computed_tokens_per_step(trainer, rounds) -> dict:
+    """Mean tokens per step of ``trainer`` over the coalitions of ``rounds``: real (the sequences' own tokens) and
+    computed (rows x width of the steps it runs: padded widths, packed rows per slot, or rows across slots)."""
+    real = computed = steps = 0
+    for members in rounds:
+        rows = trainer.schedules(members, 0)
+        active = np.array([len(m) > 0 for m in members] + [False] * (trainer.n_slots - len(members)))
+        real += int(trainer._lengths_host[rows[active]].sum())
+        if trainer.across_slots:
+            computed += sum(step.source.size for step in trainer.shared_plan(rows, active))
+        elif trainer.packing:
+            computed += sum(int(active.sum()) * source[0].size for source, _ in trainer.packed_plan(rows, active))
+        else:
+            from shed_jax.lm.prompts import bucket_for
+
+            longest = trainer._lengths_host[rows[active]].max(axis=(0, 2))
+            computed += sum(int(active.sum()) * trainer.recipe.batch_size * bucket_for(int(w), trainer.buckets)
+                            for w in longest)
+        steps += rows.shape[1]
+    return {"real": real / steps, "computed": computed / steps}
 
 
 def main_dolly(args):
@@ -471,7 +470,7 @@ def main_dolly(args):
         log(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
             f"{key} {all_variants[key][1] / times[key][-1]:.3f}" for key in all_variants) + " coalition-steps/s")
     for name, info in result["models"].items():
-        for variant in ("padded", "packed", "shared", "loop"):
+        for variant in ("padded", "packed", "shared", "mixed", "loop"):
             key = f"{name}:{variant}"
             steps = all_variants[key][1]
             info[variant] = {"all_s": times[key], "best_s": min(times[key]), "median_s": statistics.median(times[key]),
@@ -489,6 +488,12 @@ def main_dolly(args):
         info["shared_vs_loop"] = info["shared"]["coalition_steps_per_s"] / info["loop"]["coalition_steps_per_s"]
         info["shared_vs_loop_median"] = (info["shared"]["coalition_steps_per_s_median"]
                                          / info["loop"]["coalition_steps_per_s_median"])
+        for variant in ("mixed",):
+            for other in ("padded", "shared", "loop"):
+                info[f"{variant}_vs_{other}"] = (info[variant]["coalition_steps_per_s"]
+                                                 / info[other]["coalition_steps_per_s"])
+                info[f"{variant}_vs_{other}_median"] = (info[variant]["coalition_steps_per_s_median"]
+                                                        / info[other]["coalition_steps_per_s_median"])
         info["batched_vs_loop"] = info["packed"]["coalition_steps_per_s"] / info["loop"]["coalition_steps_per_s"]
         info["batched_vs_loop_median"] = (info["packed"]["coalition_steps_per_s_median"]
                                           / info["loop"]["coalition_steps_per_s_median"])

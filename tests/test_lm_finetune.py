@@ -172,6 +172,11 @@ def test_batched_finetunes_equal_single_finetunes(setup, trainer):
         assert _max_rel_diff(_slot(stacked, slot), setup["lora0"]) > 1e-2
     losses = np.asarray(trainer.last_losses)
     assert losses.shape == (RECIPE.steps, 3) and np.all(np.isfinite(losses))
+    # the default packs across slots with rows that mix slots: some row holds sequences of two coalitions
+    assert trainer.across_slots and trainer.slots_per_row == 2
+    plan = trainer.shared_plan(trainer.schedules(COALITIONS, 7), np.ones(3, bool))
+    assert any(len(set(step.row_slot[r, step.choice[r][step.segment[r] > 0]])) == 2
+               for step in plan for r in range(step.source.shape[0]))
 
 
 def _step_shapes(trainer, member_lists, seed):
@@ -180,7 +185,7 @@ def _step_shapes(trainer, member_lists, seed):
     active = np.zeros(trainer.n_slots, bool)
     active[: len(member_lists)] = [len(m) > 0 for m in member_lists]
     if trainer.across_slots:
-        return {source.shape[0] for source, _, _ in trainer.shared_plan(rows, active)}
+        return {step.source.shape[0] for step in trainer.shared_plan(rows, active)}
     return {source.shape[1] for source, _ in trainer.packed_plan(rows, active)}
 
 
@@ -247,15 +252,16 @@ def test_packed_and_padded_finetunes_agree(setup, trainer):
 
 @pytest.mark.slow  # two more compilations (~100 s under load here); the default trainer (packed across slots) is
 # also checked against separate fine-tunes by test_batched_finetunes_equal_single_finetunes
-@pytest.mark.parametrize("slot_batch", [1, 3])
-def test_packing_across_slots_equals_separate_finetunes(setup, slot_batch):
-    """Rows of all slots packed together (each row's adapter gathered by its slot; rows one at a time as on a
-    CPU, or in chunks of 3 rows) fine-tune each coalition exactly as its own separate fine-tune (float32): the
-    same losses as the per-slot packed trainer to rtol 1e-5, adapters to 1e-3 of the distance travelled. An empty
-    slot keeps the initial adapter and contributes no rows."""
+@pytest.mark.parametrize("slot_batch, slots_per_row", [(1, 1), (3, 2)])
+def test_packing_across_slots_equals_separate_finetunes(setup, slot_batch, slots_per_row):
+    """Rows of all slots packed together (one slot per row, each row's adapter gathered by its slot, rows one at a
+    time as on a CPU; or rows mixing two slots, each token's adapter its slot's, in chunks of 3 rows) fine-tune
+    each coalition exactly as its own separate fine-tune (float32): the same losses as the per-slot packed trainer
+    to rtol 1e-5, adapters to 1e-3 of the distance travelled. An empty slot keeps the initial adapter and
+    contributes no rows. (Mixed rows one at a time: test_batched_finetunes_equal_single_finetunes.)"""
     shared = SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=4,
                          lora_init=setup["lora0"], buckets=(2 * setup["table"].width,), slot_batch=slot_batch,
-                         pack_across_slots=True)
+                         pack_across_slots=True, slots_per_row=slots_per_row)
     assert shared.across_slots and shared.row_chunk == (slot_batch if slot_batch < 4 else 4 * RECIPE.batch_size)
     members = COALITIONS + [np.zeros(0, np.int64)]
     lora = shared.train(members, seed=7).lora
@@ -275,10 +281,16 @@ def test_packing_across_slots_equals_separate_finetunes(setup, slot_batch):
     active = np.array([True, True, True, False])
     plan = shared.shared_plan(rows, active)
     separate = per_slot.packed_plan(rows[:3], np.ones(3, bool))
-    for (source, segment, row_slot), (alone, _) in zip(plan, separate):
-        real = segment.max(axis=1) > 0
-        assert set(row_slot[real]) <= {0, 1, 2} and real.sum() <= 3 * alone.shape[1]
-        assert source.shape[0] in shared.shared_row_buckets and source.shape[0] % shared.row_chunk == 0
+    mixed = 0
+    for step, (alone, _) in zip(plan, separate):
+        real = step.segment > 0
+        token_slot = np.take_along_axis(step.row_slot, step.choice, axis=1)[real]
+        assert set(token_slot.tolist()) <= {0, 1, 2} and real.any(axis=1).sum() <= 3 * alone.shape[1]
+        assert step.source.shape[0] in shared.shared_row_buckets and step.source.shape[0] % shared.row_chunk == 0
+        per_row = [len(set(step.row_slot[r, step.choice[r][real[r]]].tolist())) for r in range(len(real))]
+        assert max(per_row) <= slots_per_row
+        mixed += sum(n > 1 for n in per_row)
+    assert (mixed > 0) == (slots_per_row > 1)
 
 
 def test_packing_across_slots_needs_packing(setup):
@@ -495,3 +507,28 @@ def test_letters_and_buckets():
     assert letters.tolist() == tokenizer.convert_tokens_to_ids(list("ABCD"))
     assert P.length_buckets(256) == (16, 24, 32, 48, 64, 96, 128, 192, 256)
     assert P.bucket_for(17, P.length_buckets(64)) == 24 and P.bucket_for(100, (16, 32)) == 32
+
+
+@pytest.mark.slow  # five compilations (5 min under load 17 here)
+def test_remat_and_logits_chunk_follow_the_compiled_memory(setup):
+    """recipe_for_memory walks the ladder from no recompute / wide logits chunks down to block recompute / narrow
+    chunks and stops at the first step whose compiled memory fits: a large budget keeps no recompute (one compile),
+    a budget below every step takes the last rung; the chosen recipes fine-tune to the same adapters (float32, 1e-3
+    of the distance travelled, as the batched-vs-single test)."""
+    ladder = (("none", 16), ("block", 4))
+    options = dict(n_slots=2, lora_init=setup["lora0"], buckets=(2 * setup["table"].width,))
+    args = (setup["graphdef"], setup["state"], setup["table"], RECIPE)
+    large, choice = finetune.recipe_for_memory(*args, budget_bytes=1 << 40, ladder=ladder, **options)
+    assert (large.remat, large.logits_chunk) == ("none", 16) and choice["fits"] and len(choice["tried"]) == 1
+    small, choice = finetune.recipe_for_memory(*args, budget_bytes=1, ladder=ladder, **options)
+    assert (small.remat, small.logits_chunk) == ("block", 4) and not choice["fits"]
+    (_, _, none_bytes), (_, _, block_bytes) = choice["tried"]
+    assert block_bytes < none_bytes       # recomputing each block and narrower logits chunks need less memory
+    middle, choice = finetune.recipe_for_memory(*args, budget_bytes=block_bytes, ladder=ladder, **options)
+    assert (middle.remat, middle.logits_chunk) == ("block", 4) and choice["fits"]
+    adapters = []
+    for recipe in (large, small):
+        trained = SlotTrainer(*args[:3], recipe, **options).train(COALITIONS[:2], seed=7).lora
+        adapters.append(jax.tree_util.tree_map(np.asarray, trained))
+    for slot in range(2):
+        assert _travel_rel_diff(_slot(adapters[0], slot), _slot(adapters[1], slot), setup["lora0"]) < 1e-3

@@ -434,3 +434,63 @@ def test_attention_impl_auto_is_cudnn_on_an_nvidia_gpu():
     from shed_jax.lm.model import resolve_attention_impl
 
     assert resolve_attention_impl("auto", jnp.bfloat16) == "cudnn"
+
+
+@pytest.mark.slow  # ~25 s of CPU (4 compilations); mixed rows are also covered by the default trainer test
+def test_per_token_adapters_equal_each_sequence_alone_with_its_adapter():
+    """Rows that mix coalitions (lora_index (B, K), lora_choice (B, T)): each packed sequence's logits and the
+    gradients equal the sequence run alone (unpacked, positions 0..n-1) under its own adapter, in float32. Row 0 holds
+    a sequence of adapter 2 then one of adapter 0; row 1 one sequence of adapter 1 (its second choice unused)."""
+    model = _model()
+    graphdef, state = nnx.split(model)
+    adapters = [_randomize_lora(init_lora(TINY, rank=2, key=jax.random.key(7)), seed=s) for s in (1, 2, 3)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *adapters)             # (L, 3, ...)
+    seq_a, seq_b, seq_c = _ids((1, 5), seed=1)[0], _ids((1, 3), seed=2)[0], _ids((1, 6), seed=3)[0]
+    pad = jnp.zeros(1, jnp.int32)
+    ids = jnp.stack([jnp.concatenate([seq_a, seq_b, pad]), jnp.concatenate([seq_c, pad, pad, pad])])  # (2, 9)
+    positions = jnp.asarray([[0, 1, 2, 3, 4, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5, 0, 0, 0]], jnp.int32)
+    segments = jnp.asarray([[1, 1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0]], jnp.int32)
+    index = jnp.asarray([[2, 0], [1, 1]], jnp.int32)
+    choice = jnp.asarray([[0, 0, 0, 0, 0, 1, 1, 1, 0], [0] * 9], jnp.int32)
+
+    @jax.jit
+    def packed(stacked):
+        m = nnx.merge(graphdef, state)
+        return m.unembed(m(ids, positions=positions, segment_ids=segments, lora=stacked, lora_index=index,
+                           lora_choice=choice))
+
+    @jax.jit
+    def alone(lora, seq):
+        m = nnx.merge(graphdef, state)
+        return m.unembed(m(seq[None], lora=lora))[0]
+
+    got = packed(stacked)
+    for (row, start, seq, adapter) in ((0, 0, seq_a, 2), (0, 5, seq_b, 0), (1, 0, seq_c, 1)):
+        expected = alone(adapters[adapter], seq)
+        np.testing.assert_allclose(got[row, start:start + len(seq)], expected, rtol=1e-5, atol=1e-5)
+    # gradients: each adapter collects its own sequences' terms only
+    weights = jnp.asarray(np.random.default_rng(4).standard_normal((2, 9, TINY.vocab_size)), jnp.float32)
+    weights = weights * (segments > 0)[..., None]
+    grad = jax.jit(jax.grad(lambda s: jnp.sum(packed(s) * weights)))(stacked)
+
+    def alone_loss(lora, seq, w):
+        return jnp.sum(alone(lora, seq) * w)
+
+    expected = [jax.grad(alone_loss)(adapters[0], seq_b, weights[0, 5:8]),
+                jax.grad(alone_loss)(adapters[1], seq_c, weights[1, 0:6]),
+                jax.grad(alone_loss)(adapters[2], seq_a, weights[0, 0:5])]
+    for slot in range(3):
+        ours = jax.tree.map(lambda x, s=slot: x[:, s], grad)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected[slot])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_lora_choice_needs_an_index_per_row_and_slot():
+    model = _model()
+    lora = init_lora(TINY, rank=2, key=jax.random.key(7))
+    stacked = jax.tree.map(lambda x: x[:, None], lora)
+    ids = _ids((1, 4))
+    with pytest.raises(ValueError, match="lora_choice: needs a"):
+        model(ids, lora=stacked, lora_index=jnp.zeros(1, jnp.int32), lora_choice=jnp.zeros((1, 4), jnp.int32))
+    with pytest.raises(ValueError, match="lora_index: a"):
+        model(ids, lora=stacked, lora_index=jnp.zeros((1, 1), jnp.int32))

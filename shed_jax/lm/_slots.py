@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-__all__ = ["compiled_step_bytes", "slots_from_compiler"]
+__all__ = ["RECOMPUTE_LADDER", "compiled_step_bytes", "recompute_from_compiler", "slots_from_compiler"]
 
 _REMEMBERED: dict = {}
 
@@ -41,4 +41,42 @@ def slots_from_compiler(make_trainer: Callable[[int], object], budget_bytes: int
               "fixed_bytes": int(max(one - per_slot, 0))}
     if key is not None:
         _REMEMBERED[(key, budget_bytes, cap)] = result
+    return result
+
+
+# (remat, logits_chunk) from the least recomputation and the widest loss-head chunk to the most memory-saving: no
+# recompute (4N FLOPs per token) before keeping only the matmul outputs (about 4N, less memory) before recomputing
+# each block (6N); within each, wider logits chunks (fewer, larger unembedding matmuls) first
+RECOMPUTE_LADDER = (("none", 64), ("none", 16), ("dots_saveable", 64), ("dots_saveable", 16), ("block", 64),
+                    ("block", 16), ("block", 4), ("block", 1))
+
+
+def recompute_from_compiler(make_trainer: Callable[[str, int], object], budget_bytes: int, *,
+                            ladder=RECOMPUTE_LADDER, key=None) -> dict | None:
+    """The remat policy and loss-head chunk of the training step, chosen by XLA's memory analysis of the real step:
+    the first ``(remat, logits_chunk)`` of ``ladder`` (least recomputation first) whose compiled step
+    (``make_trainer(remat, logits_chunk).compiled_memory()``, at the caller's slot count) needs at most
+    ``budget_bytes``; the last one when none does. A large budget compiles once (no recompute); each step down the
+    ladder compiles once more.
+
+    Returns ``{"remat", "logits_chunk", "step_bytes", "fits", "tried": [[remat, chunk, bytes], ...]}``, or None when
+    the compiler reports no memory analysis. ``key`` (hashable): remember the answer for this process."""
+    if key is not None and (key, budget_bytes, tuple(ladder)) in _REMEMBERED:
+        return _REMEMBERED[(key, budget_bytes, tuple(ladder))]
+    tried = []
+    for remat, chunk in ladder:
+        try:
+            need = compiled_step_bytes(make_trainer(remat, chunk).compiled_memory())
+        except (AttributeError, NotImplementedError, TypeError, KeyError):
+            return None
+        if need <= 0:
+            return None
+        tried.append([remat, int(chunk), int(need)])
+        if need <= budget_bytes:
+            break
+    remat, chunk, need = tried[-1]
+    result = {"remat": remat, "logits_chunk": chunk, "step_bytes": need, "fits": need <= budget_bytes,
+              "tried": tried}
+    if key is not None:
+        _REMEMBERED[(key, budget_bytes, tuple(ladder))] = result
     return result

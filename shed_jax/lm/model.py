@@ -294,7 +294,14 @@ def _project(x, weight, bias, adapter, lora_scale, dtype):
     y = jnp.einsum("btd,de->bte", x, weight.astype(dtype))
     if bias is not None:
         y = y + bias.astype(dtype)[None, None, :]
-    if adapter is not None:
+    if adapter is not None and "choice" in adapter:
+        # a few adapters per row, one per token: a (B, K, d_in, r), b (B, K, r, d_out), choice (B, T, K) one-hot;
+        # the low-rank products of the K adapters, each token's kept (K x the LoRA FLOPs of one adapter per row)
+        low = jnp.einsum("btd,bkdr->btkr", x, adapter["a"].astype(dtype))
+        low = low * adapter["choice"].astype(dtype)[..., None]
+        delta = jnp.einsum("btkr,bkre->bte", low, adapter["b"].astype(dtype))
+        y = y + (lora_scale * delta).astype(dtype)
+    elif adapter is not None:
         per_row = adapter["a"].ndim == 3  # one adapter per row: a (B, d_in, r), b (B, r, d_out)
         low = jnp.einsum("btd,bdr->btr" if per_row else "btd,dr->btr", x, adapter["a"].astype(dtype))
         delta = jnp.einsum("btr,bre->bte" if per_row else "btr,re->bte", low, adapter["b"].astype(dtype))
@@ -355,16 +362,20 @@ def _attention(config, attention_impl, q, k, v, kv_lengths, segment_ids):
 
 
 def _block(config, dtype, attention_impl, hidden, layer, adapters, cos, sin, kv_lengths, lora_scale,
-           segment_ids=None, lora_index=None):
+           segment_ids=None, lora_index=None, lora_choice=None):
     """One pre-norm decoder block on ``hidden`` (B, T, H) in ``dtype``; ``layer``: one layer's arrays;
-    ``lora_index`` (B,): each row's adapter among the leading axis of ``adapters``' leaves (gathered here)."""
+    ``lora_index`` (B,) or (B, K): each row's adapter(s) among the leading axis of ``adapters``' leaves (gathered
+    here); ``lora_choice`` (B, T, K) one-hot: which of its row's K adapters each token uses."""
     batch, seq_len, _ = hidden.shape
 
     def adapter(name):
         found = None if adapters is None else adapters.get(name)
         if found is None or lora_index is None:
             return found
-        return {"a": found["a"][lora_index], "b": found["b"][lora_index]}
+        gathered = {"a": found["a"][lora_index], "b": found["b"][lora_index]}
+        if lora_choice is not None:
+            gathered["choice"] = lora_choice
+        return gathered
 
     x = rms_norm(hidden, layer["attn_norm"], config.rms_norm_eps, dtype)
     q = _project(x, layer["q_proj"], layer.get("q_bias"), adapter("q_proj"), lora_scale, dtype)
@@ -507,7 +518,7 @@ class Decoder(nnx.Module):
                  lora: Mapping[str, Mapping[str, jax.Array]] | None = None,
                  lora_scale: float | jax.Array = 1.0, remat: bool | str = False,
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
-                 lora_index: jax.Array | None = None) -> jax.Array:
+                 lora_index: jax.Array | None = None, lora_choice: jax.Array | None = None) -> jax.Array:
         """Final-norm hidden states, float32 ``(B, T, hidden_size)``.
 
         Args:
@@ -529,7 +540,13 @@ class Decoder(nnx.Module):
           lora_index: optional int32 ``(B,)``: several adapters, one per row. ``lora``'s leaves then carry an
             adapter axis after the layer axis, ``a (L, A, d_in, r)``, ``b (L, A, r, d_out)``, and row ``b`` uses
             adapter ``lora_index[b]`` (rows of different coalitions in one batch; the gradient of each adapter
-            collects its own rows only).
+            collects its own rows only). ``(B, K)``: a few adapters per row (rows that mix coalitions' sequences),
+            each token picking one of them by ``lora_choice``.
+          lora_choice: optional int32 ``(B, T)`` in ``0..K-1``, with a ``(B, K)`` ``lora_index``: token ``t`` of row
+            ``b`` uses adapter ``lora_index[b, lora_choice[b, t]]``. The K adapters' low-rank products are all
+            computed and each token keeps its own (K x the LoRA FLOPs of one adapter per row, no per-token gather
+            of adapter matrices); with block-diagonal ``segment_ids`` and one adapter per segment, each adapter's
+            gradient collects its own segments only.
         """
         config, dtype = self.config, self.dtype
         seq_len = input_ids.shape[1]
@@ -541,11 +558,18 @@ class Decoder(nnx.Module):
         if attention_mask is not None:
             kv_lengths = jnp.sum(attention_mask.astype(jnp.int32), axis=-1, dtype=jnp.int32)
         adapters = None if lora is None else {name: lora[name] for name in lora}
+        choice = None
+        if lora_choice is not None:
+            if lora_index is None or lora_index.ndim != 2:
+                raise ValueError("lora_choice: needs a (B, K) lora_index")
+            choice = jax.nn.one_hot(lora_choice, lora_index.shape[1], dtype=dtype)                  # (B, T, K)
+        elif lora_index is not None and lora_index.ndim == 2:
+            raise ValueError("lora_index: a (B, K) index needs lora_choice (B, T)")
 
         def body(carry, layer_and_adapters):
             layer, layer_adapters = layer_and_adapters
             out = _block(config, dtype, self.attention_impl, carry, layer, layer_adapters,
-                         cos, sin, kv_lengths, lora_scale, segment_ids, lora_index)
+                         cos, sin, kv_lengths, lora_scale, segment_ids, lora_index, choice)
             return out, None
 
         body = remat_body(body, remat)

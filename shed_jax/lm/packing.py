@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Placement", "first_fit_decreasing", "packed_layout", "row_buckets"]
+__all__ = ["Placement", "first_fit_decreasing", "first_fit_mixed", "packed_layout", "row_buckets"]
 
 
 class Placement(NamedTuple):
@@ -62,6 +62,61 @@ def first_fit_decreasing(lengths: np.ndarray, width: int) -> Placement:
         fill[groups, target] += size
     used = np.where(lengths > 0, row + 1, 0)
     return Placement(row, offset, used.max(axis=1, initial=0).astype(np.int32))
+
+
+def first_fit_mixed(lengths: np.ndarray, kinds: np.ndarray, width: int, max_kinds: int
+                    ) -> tuple[Placement, np.ndarray]:
+    """First-fit decreasing (:func:`first_fit_decreasing`) of each group's items into rows of ``width`` where a row
+    holds items of at most ``max_kinds`` different kinds (e.g. the coalition slots whose sequences share a row: each
+    kind present in a row costs its own LoRA product there, :class:`shed_jax.lm.model.Decoder` ``lora_choice``).
+
+    Args:
+        lengths: ``(G, B)`` item lengths, each ``0..width`` (0: no item).
+        kinds: ``(G, B)`` int kind of each item (>= 0).
+        max_kinds: most distinct kinds in one row (1: rows never mix kinds).
+
+    Returns:
+        ``(placement, row_kinds)``: the placement, and ``(G, B, max_kinds)`` int32 the kinds of each row in order
+        of first use, -1 where unused (rows past ``placement.n_rows`` are all -1).
+
+    >>> p, k = first_fit_mixed(np.array([[5, 3, 4, 2]]), np.array([[0, 1, 1, 2]]), 8, 2)
+    >>> p.row.tolist(), p.offset.tolist(), p.n_rows.tolist(), k[0, :2].tolist()
+    ([[0, 0, 1, 1]], [[0, 5, 0, 4]], [2], [[0, 1], [1, 2]])
+    """
+    lengths = np.asarray(lengths, np.int64)
+    kinds = np.asarray(kinds, np.int64)
+    if lengths.ndim != 2 or kinds.shape != lengths.shape:
+        raise ValueError(f"lengths, kinds: expected equal (groups, items) shapes, got {lengths.shape}, {kinds.shape}")
+    if lengths.size and (lengths.max() > width or lengths.min() < 0):
+        raise ValueError(f"lengths: each must be in 0..{width}")
+    if int(max_kinds) < 1:
+        raise ValueError(f"max_kinds: must be >= 1, got {max_kinds}")
+    n_groups, n_items = lengths.shape
+    n_rows_max = max(n_items, 1)
+    order = np.argsort(-lengths, axis=1, kind="stable")
+    fill = np.zeros((n_groups, n_rows_max), np.int64)
+    row_kinds = np.full((n_groups, n_rows_max, int(max_kinds)), -1, np.int64)
+    row = np.zeros((n_groups, n_items), np.int32)
+    offset = np.zeros((n_groups, n_items), np.int32)
+    groups = np.arange(n_groups)
+    for rank in range(n_items):  # over the items of a group, vectorised over groups
+        item = order[:, rank]
+        size, kind = lengths[groups, item], kinds[groups, item]
+        present = np.any(row_kinds == kind[:, None, None], axis=2)                     # (G, R)
+        n_present = np.sum(row_kinds >= 0, axis=2)
+        room = (fill + size[:, None] <= width) & (present | (n_present < max_kinds))
+        target = np.argmax(room, axis=1)  # an empty row always has room
+        row[groups, item] = target
+        offset[groups, item] = fill[groups, target]
+        placed = size > 0
+        fill[groups, target] += size
+        new_kind = placed & ~present[groups, target]
+        slot = n_present[groups, target]
+        g = groups[new_kind]
+        row_kinds[g, target[new_kind], slot[new_kind]] = kind[new_kind]
+    used = np.where(lengths > 0, row + 1, 0)
+    placement = Placement(row, offset, used.max(axis=1, initial=0).astype(np.int32))
+    return placement, row_kinds[:, :n_items].astype(np.int32)
 
 
 def packed_layout(items: np.ndarray, lengths: np.ndarray, placement: Placement, *, n_rows: int, width: int,

@@ -77,8 +77,11 @@ def picked_log_softmax(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def target_logprob_sums(model, hidden: jax.Array, targets: jax.Array, weights: jax.Array, *,
-                        logits_chunk: int = 16) -> jax.Array:
-    """``(B,)`` float32: ``sum_t weights[b, t] * log softmax(unembed(hidden[b, t]))[targets[b, t]]``.
+                        logits_chunk: int = 16, groups: jax.Array | None = None,
+                        n_groups: int | None = None) -> jax.Array:
+    """``(B,)`` float32: ``sum_t weights[b, t] * log softmax(unembed(hidden[b, t]))[targets[b, t]]``; with
+    ``groups`` ``(B, T)`` int32 in ``0..n_groups-1``: ``(n_groups,)``, the same terms summed by each position's
+    group instead of its row (rows that hold sequences of several coalitions).
 
     Args:
         model: a :class:`shed_jax.lm.model.Decoder` (only ``unembed`` is used).
@@ -97,19 +100,30 @@ def target_logprob_sums(model, hidden: jax.Array, targets: jax.Array, weights: j
         hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
         targets = jnp.pad(targets, ((0, 0), (0, pad)))
         weights = jnp.pad(weights, ((0, 0), (0, pad)))
+        if groups is not None:
+            groups = jnp.pad(groups, ((0, 0), (0, pad)))
+    by_row = groups is None
+    if by_row:
+        groups, n_groups = jnp.zeros((batch, n_chunks * chunk), jnp.int32), batch   # unused
+    elif n_groups is None:
+        raise ValueError("groups: needs n_groups")
     hidden_c = hidden.reshape(batch, n_chunks, chunk, width).swapaxes(0, 1)
     targets_c = targets.reshape(batch, n_chunks, chunk).swapaxes(0, 1)
     weights_c = weights.reshape(batch, n_chunks, chunk).swapaxes(0, 1)
+    groups_c = groups.reshape(batch, n_chunks, chunk).swapaxes(0, 1)
 
     @jax.checkpoint
-    def chunk_logprob(hidden_chunk, target_chunk, weight_chunk):
+    def chunk_logprob(hidden_chunk, target_chunk, weight_chunk, group_chunk):
         logits = model.unembed(hidden_chunk, head_dtype(model))                       # (B, c, V)
-        return jnp.sum(picked_log_softmax(logits, target_chunk) * weight_chunk, axis=-1)  # (B,)
+        terms = picked_log_softmax(logits, target_chunk) * weight_chunk               # (B, c)
+        if by_row:
+            return jnp.sum(terms, axis=-1)                                            # (B,)
+        return jax.ops.segment_sum(terms.reshape(-1), group_chunk.reshape(-1), num_segments=n_groups)
 
     def body(total, xs):
         return total + chunk_logprob(*xs), None
 
-    total, _ = jax.lax.scan(body, jnp.zeros((batch,), jnp.float32), (hidden_c, targets_c, weights_c))
+    total, _ = jax.lax.scan(body, jnp.zeros((n_groups,), jnp.float32), (hidden_c, targets_c, weights_c, groups_c))
     return total
 
 

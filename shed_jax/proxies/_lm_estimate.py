@@ -113,9 +113,10 @@ def measure_cost(utility, *, n_sample_rounds: int = 32, max_timed_widths: int = 
         lr_scale = jnp.float32(trainer.lr_scale)
         for width in train_timed:
             if trainer.across_slots:  # a step of `width` rows shared by the slots, cut from the widest sampled plan
-                source, segment, row_slot = max(sample_plans, key=lambda step: step[0].shape[0])
-                source = np.resize(source, (width, source.shape[1]))
-                segment, row_slot = np.resize(segment, source.shape), np.resize(row_slot, (width,))
+                widest = max(sample_plans, key=lambda step: step[0].shape[0])
+                source = np.resize(widest.source, (width, widest.source.shape[1]))
+                segment, choice = np.resize(widest.segment, source.shape), np.resize(widest.choice, source.shape)
+                row_slot = np.resize(widest.row_slot, (width, widest.row_slot.shape[1]))
             elif trainer.packing:  # a step of `width` packed rows, cut from the widest sampled plan
                 source, segment = max(sample_plans, key=lambda step: step[0].shape[1])
                 source = np.resize(source, (source.shape[0], width, source.shape[2]))
@@ -126,7 +127,7 @@ def measure_cost(utility, *, n_sample_rounds: int = 32, max_timed_widths: int = 
             def step(slots=slots):
                 if trainer.across_slots:
                     return trainer._shared_step(trainer.base_state, slots, trainer._data, source, segment, row_slot,
-                                                active, lr_scale, n_rows=width)
+                                                choice, active, lr_scale, n_rows=width)
                 if trainer.packing:
                     return trainer._packed_step(trainer.base_state, slots, trainer._data, source, segment,
                                                 active, lr_scale, n_rows=width)

@@ -353,8 +353,12 @@ def _load(name: str, n: int) -> dict:
     return dolly_embeddings(n, 250)
 
 
-def run(quick: bool, repeats: int) -> Result:
+def run(quick: bool, repeats: int, only: str | None = None) -> Result:
     plan = _plan(quick)
+    if only is not None:  # one dataset of the plan, by its key (e.g. breast_cancer_n100)
+        plan["datasets"] = [d for d in plan["datasets"] if f"{d['name']}_n{d['n']}" == only]
+        if not plan["datasets"]:
+            raise ValueError(f"no dataset {only!r} in the {'quick' if quick else 'full'} plan")
     try:
         python = pydvl_python()
         skip_reason = None
@@ -511,13 +515,14 @@ def main(argv=None) -> int:  # python -m bench.bench_pydvl [--quick] | --markdow
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--dataset", default=None, help="run one dataset of the plan (e.g. breast_cancer_n100)")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="print the markdown table of a python -m bench JSON report and exit")
     args = parser.parse_args(argv)
     if args.markdown is not None:
         print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
         return 0
-    result = run(args.quick, 1)
+    result = run(args.quick, 1, only=args.dataset)
     json.dump({"config": result.config, "repeats": result.repeats, "info": result.info}, sys.stdout,
               default=_json_default, indent=1)
     return 0

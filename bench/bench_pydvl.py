@@ -12,27 +12,31 @@ players) and the rest for validation. ``dolly_embeddings`` (when ``../shared/dat
 embedding model are there): sentence embeddings of dolly15k records, label "a question-answering category"
 (open_qa, closed_qa, general_qa) against the rest.
 
-**Reference.** A long shed_jax run (antithetic pairs, removal step 1: unbiased) with its own seed; its RMS
-standard error is recorded (the error floor of every RMSE below). With ``n <= 16`` the reference is exact
-enumeration instead.
+**Reference.** With ``n <= 16`` exact enumeration. Beyond, a long shed_jax run (plain permutation sampling:
+removal step 1, no truncation, so unbiased) with its own seed; its RMS standard error is recorded, the error floor
+of every RMSE below (about 0.0005 at 100 players with 24,000 permutations: a quarter of the 0.002 target).
 
-**Runs.** pyDVL: ``ShapleyValuation`` + ``PermutationSampler`` (permutation Monte Carlo), under
-``joblib.parallel_config(n_jobs=J)`` for J = 1 and 2 (this machine has 2 cores), each in a subprocess of its
-own environment (``bench/setup_pydvl.sh`` makes ``.venv-pydvl``; ``SHED_PYDVL_PYTHON`` names another
-interpreter), capped by a permutation count and a time budget; it writes JSON that this module reads (no
-pickle). shed_jax: ``shapley.monte_carlo`` with removal step 1 (plain), antithetic pairs, and antithetic pairs
-with truncation, its default batch. Each side records its values against wall time as it goes (pyDVL after
-every permutation, shed_jax after every chunk).
+**Each side at its best.** pyDVL: ``ShapleyValuation`` + ``PermutationSampler`` (permutation Monte Carlo), plain
+and with its ``RelativeTruncation(rtol=0.01)`` (TMC), under ``joblib.parallel_config(n_jobs=J)`` for J = 1 and 2
+(this machine has 2 cores), each in a subprocess of its own environment (``bench/setup_pydvl.sh`` makes
+``.venv-pydvl``; ``SHED_PYDVL_PYTHON`` names another interpreter), capped by a time budget; it writes JSON that
+this module reads (no pickle). Its stopping criteria do not enter: a time to an error is read off the recorded
+trajectory, whatever rule would have stopped the run. shed_jax: ``shapley.monte_carlo`` with removal step 1
+(plain), antithetic pairs, and TMC (:class:`DualUtility`: the same truncation rule as pyDVL's, batches of 16 so
+that the batches past the cut are skipped). Before each timed shed_jax run, a one-chunk call with the same
+shapes compiles the step (``compile_seconds``): a process pays it once per utility and setting, so times are
+given with it (``seconds_with_compile``, the headline ``time_ratio``) and without (``time_ratio_warm``). Each side
+records its values against wall time as it goes (pyDVL after every permutation, shed_jax after every chunk).
+The machine's load changes while pyDVL's runs take minutes, so shed_jax's settings run before them and again
+after them (same seeds: same values, other times); its times are the mean of the two passes (both kept).
 
-**Metrics.** Evaluations/s (utility evaluations over the run's wall time, compilation included for shed_jax)
-and time to RMSE 0.005 and 0.002 against the reference. The time to an RMSE is read from a fit of the
-trajectory, RMSE = c / sqrt(evaluations) (the Monte Carlo rate of these unbiased estimators; c from the
+**Metrics.** Permutations/s and evaluations/s, and time to RMSE 0.005 and 0.002 against the reference. The time
+to an RMSE is read from a fit of the trajectory, RMSE = c / sqrt(evaluations) (the Monte Carlo rate; c from the
 second half of the trajectory), mapped to seconds through the run's own evaluations-against-seconds
-(extrapolated linearly past its end): one noisy early crossing does not decide it. The first checkpoint that
-is at or under the target is recorded too (``*_measured``; absent if the run never got there). Ratios:
-pyDVL's best time (over J) over shed_jax's best (over its settings), and plain over plain (the same
-estimator on both sides: the engine's speed alone); ``time_ratio_steady``: the evaluations each side needs
-over its steady rate (the second half of its run: no compilation, no start-up), i.e. what a long run sees.
+(extrapolated linearly past its end, marked ``extrapolated``): one noisy early crossing does not decide it. The
+first checkpoint at or under the target is recorded too (``measured_seconds``; None if the run never got there).
+For truncated runs the fit ignores truncation's bias, which favours them (pyDVL's TMC among them). Ratios: pyDVL's
+best time (over its runs) over shed_jax's best (over its settings).
 
 Without ``.venv-pydvl``: the full mode reports the benchmark as skipped with the reason; ``--quick`` still runs
 the shed_jax side and the reference (so CI checks that path and its JSON) and says in ``info`` why pyDVL was
@@ -58,11 +62,15 @@ SIDE_SCRIPT = BENCH_DIR / "pydvl_side.py"
 DOLLY = Path(os.environ.get("SHED_BENCH_DOLLY", str(ROOT.parent / "shared" / "data" / "instruct" / "dolly15k.jsonl")))
 TARGETS = (0.005, 0.002)
 SETTINGS = {"steps": 100, "learning_rate": 0.5, "l2": 1e-3}
-SHED_SETTINGS = (  # name, antithetic, truncation tolerance
-    ("plain", False, None),
-    ("antithetic", True, None),
-    ("antithetic_truncation", True, 0.01),
-)
+# shed_jax's settings: name -> (antithetic, truncation tolerance, on the dual game, batch size (None: the engine's
+# default), permutations per chunk (None: the plan's)). "tmc": TMC as pyDVL runs it (DualUtility), with batches
+# small enough (16) that the batches past the cut are skipped: truncation saves only whole batches.
+SHED_SETTINGS = {
+    "plain": (False, None, False, None, None),
+    "antithetic": (True, None, False, None, None),
+    "tmc": (False, 0.01, True, 16, 128),
+}
+TMC_RTOL = 0.01  # pyDVL's RelativeTruncation(rtol) and shed_jax's tolerance on the dual game: the same rule
 QA_CATEGORIES = ("open_qa", "closed_qa", "general_qa")
 
 
@@ -103,6 +111,24 @@ class ArrayLogisticUtility:
         import jax
 
         return jax.vmap(self.one)(masks)
+
+
+class DualUtility:
+    """The dual game ``U*(S) = U(N) - U(N \\ S)`` of ``utility``: the same Shapley values (the Shapley value is
+    self-dual), and its permutations run the other way. shed_jax's engine removes players from the full set and
+    truncates once the coalition is within ``tol`` of ``U(empty)``; on ``U*`` that is TMC as Ghorbani & Zou and
+    pyDVL's ``RelativeTruncation`` run it: players added to the empty set, the permutation cut once the prefix's
+    utility is within ``tol`` of ``U(N)`` (for a utility that saturates, like accuracy, most of a permutation)."""
+
+    def __init__(self, utility):
+        import jax.numpy as jnp
+
+        self.utility = utility
+        self.n_players = utility.n_players
+        self.u_full = utility(jnp.ones((1, self.n_players), bool))[0]
+
+    def __call__(self, masks):
+        return self.u_full - self.utility(~masks)
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -173,10 +199,17 @@ def run_pydvl(python: Path, data: dict, runs: list[dict], timeout: float) -> dic
         return json.loads(out_path.read_text(encoding="utf-8"))
 
 
-def shed_run(utility, n: int, permutations: int, seed: int, antithetic: bool, tol, chunk: int | None) -> dict:
-    """One ``shapley.monte_carlo`` call, recording (seconds, evaluations, values) after every chunk."""
+def shed_run(utility, n: int, permutations: int, seed: int, antithetic: bool, tol, chunk: int | None,
+             batch_size: int | None = None) -> dict:
+    """One ``shapley.monte_carlo`` call, recording (seconds, evaluations, values) after every chunk; before it, a
+    call of one chunk with the same shapes (another seed) whose wall time is the compilation this process pays
+    once for this utility and setting (``compile_seconds``; the timed call then reuses the compiled step)."""
     from shed_jax import shapley
 
+    start = time.perf_counter()
+    shapley.monte_carlo(utility, n, n_permutations=chunk or 2, seed=seed + 1_000_000, antithetic=antithetic,
+                        truncation_tol=tol, permutations_per_chunk=chunk, batch_size=batch_size)
+    compile_seconds = time.perf_counter() - start
     trajectory = []
 
     def record(status):
@@ -186,9 +219,10 @@ def shed_run(utility, n: int, permutations: int, seed: int, antithetic: bool, to
 
     start = time.perf_counter()
     res = shapley.monte_carlo(utility, n, n_permutations=permutations, seed=seed, antithetic=antithetic,
-                              truncation_tol=tol, progress=record, permutations_per_chunk=chunk)
+                              truncation_tol=tol, progress=record, permutations_per_chunk=chunk, batch_size=batch_size)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "evaluations": int(res.n_evaluations), "permutations_done": int(res.n_permutations),
+    return {"seconds": seconds, "compile_seconds": compile_seconds, "evaluations": int(res.n_evaluations),
+            "permutations_done": int(res.n_permutations), "permutations_per_s": int(res.n_permutations) / seconds,
             "evaluations_per_s": res.n_evaluations / seconds, "values": np.asarray(res.values, np.float64),
             "stderr": np.asarray(res.stderr, np.float64), "trajectory": trajectory}
 
@@ -201,9 +235,11 @@ def reference(utility, n: int, permutations: int) -> dict:
         values = np.asarray(shapley.exact(utility, n), np.float64)
         return {"kind": "exact enumeration", "values": values, "rms_stderr": 0.0,
                 "seconds": time.perf_counter() - start}
-    res = shapley.monte_carlo(utility, n, n_permutations=permutations, seed=10_000, antithetic=True)
+    res = shapley.monte_carlo(utility, n, n_permutations=permutations, seed=10_000, batch_size=512,
+                              permutations_per_chunk=256)
     stderr = np.asarray(res.stderr, np.float64)
-    return {"kind": f"shed_jax antithetic, removal step 1, {int(res.n_permutations)} permutations, seed 10000",
+    return {"kind": f"shed_jax plain permutation sampling (removal step 1, no truncation: unbiased), "
+                    f"{int(res.n_permutations):,} permutations, seed 10000",
             "values": np.asarray(res.values, np.float64), "rms_stderr": float(np.sqrt(np.mean(stderr ** 2))),
             "evaluations": int(res.n_evaluations), "seconds": time.perf_counter() - start}
 
@@ -290,16 +326,64 @@ def utility_agreement(utility, python: Path | None, data: dict, n: int, count: i
 
 # --------------------------------------------------------------------------------------------------- run
 
+def _shed_settings_pass(spec: dict, utility, dual_box: list, n: int, seed: int, ref_values) -> dict:
+    """Every shed_jax setting of ``spec`` once: ``{setting: summary}``."""
+    out_book = {}
+    for setting in spec["shed_settings"]:
+        antithetic, tol, on_dual, batch, chunk = SHED_SETTINGS[setting]
+        if on_dual and not dual_box:
+            dual_box.append(DualUtility(utility))
+        out = shed_run(dual_box[0] if on_dual else utility, n, spec["shed_permutations"], seed=seed,
+                       antithetic=antithetic, tol=tol, chunk=chunk or spec["chunk"], batch_size=batch)
+        points = _shed_points(out, ref_values)
+        to_target = time_to_targets(points)
+        for target in TARGETS:  # the same run, counting the compilation this process paid before it
+            to_target[f"{target:g}"]["seconds_with_compile"] = (to_target[f"{target:g}"]["seconds"]
+                                                                + out["compile_seconds"])
+        out_book[setting] = {"seconds": out["seconds"], "compile_seconds": out["compile_seconds"],
+                             "evaluations": out["evaluations"], "evaluations_per_s": out["evaluations_per_s"],
+                             "permutations": out["permutations_done"], "permutations_per_s": out["permutations_per_s"],
+                             "final_rmse": points[-1]["rmse"], "to_target": to_target, "trajectory": _thin(points)}
+    return out_book
+
+
+def _bracket(before: dict, after: dict) -> None:
+    """Side by side under a changing load: shed_jax's settings ran before pyDVL's runs and again after them (same
+    seeds, so the same values; only the times differ). Each time becomes the mean of the two passes (both kept);
+    the compilation is the first pass's (the second finds the step compiled)."""
+    for setting, first in before.items():
+        second = after[setting]
+        for target in TARGETS:
+            key = f"{target:g}"
+            t1, t2 = first["to_target"][key], second["to_target"][key]
+            t1["seconds_before"], t1["seconds_after"] = t1["seconds"], t2["seconds"]
+            t1["seconds"] = (t1["seconds"] + t2["seconds"]) / 2
+            t1["seconds_with_compile"] = t1["seconds"] + first["compile_seconds"]
+        first["permutations_per_s_after"] = second["permutations_per_s"]
+        first["evaluations_per_s_after"] = second["evaluations_per_s"]
+
+
 def _plan(quick: bool) -> dict:
+    """Per dataset: (name, players, reference permutations (None: exact), shed_jax permutations and chunk, the
+    pyDVL runs [(n_jobs, antithetic, truncation rtol)] and their time cap in seconds)."""
     if quick:
-        return {"datasets": [("breast_cancer", 12)], "reference_permutations": None, "shed_permutations": 64,
-                "chunk": 16, "shed_settings": SHED_SETTINGS[:2], "pydvl_permutations": 4, "pydvl_seconds": 20.0,
-                "n_jobs": (1,)}
-    # n = 14 players: the reference is exact enumeration (16,384 coalitions), the one without error of its own;
-    # a Monte Carlo reference for n = 50-100 took longer than the loaded 2-core machine allowed (2026-12-03)
-    return {"datasets": [("breast_cancer", 14), ("dolly_embeddings", 14)], "reference_permutations": None,
-            "shed_permutations": 8192, "chunk": 512, "shed_settings": SHED_SETTINGS, "pydvl_permutations": 5000,
-            "pydvl_seconds": 45.0, "n_jobs": (1, 2)}
+        return {"datasets": [{"name": "breast_cancer", "n": 12, "reference_permutations": None,
+                              "shed_permutations": 64, "chunk": 16, "shed_settings": ("plain", "antithetic"),
+                              "pydvl_runs": [(1, False, None)], "pydvl_permutations": 4, "pydvl_seconds": 20.0}]}
+    full = {"shed_settings": tuple(SHED_SETTINGS), "pydvl_permutations": 100_000}
+    return {"datasets": [
+        # n = 14: the reference is exact enumeration (16,384 coalitions), the one without error of its own
+        {**full, "name": "breast_cancer", "n": 14, "reference_permutations": None, "shed_permutations": 8192,
+         "chunk": 512, "pydvl_runs": [(1, False, None), (2, False, None), (1, False, TMC_RTOL)],
+         "pydvl_seconds": 45.0},
+        {**full, "name": "dolly_embeddings", "n": 14, "reference_permutations": None, "shed_permutations": 8192,
+         "chunk": 512, "pydvl_runs": [(1, False, None), (1, False, TMC_RTOL)], "pydvl_seconds": 30.0},
+        # n = 100: the reference is a long shed_jax run (its RMS standard error recorded, about 0.0005); pyDVL
+        # gets minutes per run, enough to cross RMSE 0.005 and, with truncation, 0.002
+        {**full, "name": "breast_cancer", "n": 100, "reference_permutations": 24_000, "shed_permutations": 4096,
+         "chunk": 32, "pydvl_runs": [(1, False, None), (1, False, TMC_RTOL), (2, False, TMC_RTOL)],
+         "pydvl_seconds": 150.0},
+    ]}
 
 
 def _load(name: str, n: int) -> dict:
@@ -308,8 +392,12 @@ def _load(name: str, n: int) -> dict:
     return dolly_embeddings(n, 250)
 
 
-def run(quick: bool, repeats: int) -> Result:
+def run(quick: bool, repeats: int, only: str | None = None) -> Result:
     plan = _plan(quick)
+    if only is not None:  # one dataset of the plan, by its key (e.g. breast_cancer_n100)
+        plan["datasets"] = [d for d in plan["datasets"] if f"{d['name']}_n{d['n']}" == only]
+        if not plan["datasets"]:
+            raise ValueError(f"no dataset {only!r} in the {'quick' if quick else 'full'} plan")
     try:
         python = pydvl_python()
         skip_reason = None
@@ -319,77 +407,80 @@ def run(quick: bool, repeats: int) -> Result:
         python, skip_reason = None, str(reason)
     rows = [dict() for _ in range(repeats)]
     info: dict = {"datasets": {}, "pydvl_skipped": skip_reason}
-    for name, n in plan["datasets"]:
+    for spec in plan["datasets"]:
+        name, n = spec["name"], spec["n"]
+        key = f"{name}_n{n}" if not quick else name
         try:
             data = _load(name, n)
         except Skip as reason:
-            info["datasets"][name] = {"skipped": str(reason)}
+            info["datasets"][key] = {"skipped": str(reason)}
             continue
         utility = ArrayLogisticUtility(data["x_train"], data["y_train"], data["x_val"], data["y_val"], **SETTINGS)
-        ref = reference(utility, n, plan["reference_permutations"])
+        dual_box: list = []  # the dual game, made once per dataset (its compiled steps are reused)
+        ref = reference(utility, n, spec["reference_permutations"])
         book = {"source": data["source"], "n_players": n, "n_val": int(len(data["y_val"])),
                 "reference": {k: v for k, v in ref.items() if k != "values"},
                 "agreement": utility_agreement(utility, python, data, n), "repeats": []}
         for r in range(repeats):
             rep: dict = {"shed": {}, "pydvl": {}}
-            for setting, antithetic, tol in plan["shed_settings"]:
-                out = shed_run(utility, n, plan["shed_permutations"], seed=r, antithetic=antithetic, tol=tol,
-                               chunk=plan["chunk"])
-                points = _shed_points(out, ref["values"])
-                rep["shed"][setting] = {"seconds": out["seconds"], "evaluations": out["evaluations"],
-                                        "evaluations_per_s": out["evaluations_per_s"],
-                                        "final_rmse": points[-1]["rmse"], "to_target": time_to_targets(points),
-                                        "trajectory": _thin(points)}
+            rep["shed"] = _shed_settings_pass(spec, utility, dual_box, n, r, ref["values"])
             if python is not None:
-                runs = [{"n_jobs": j, "permutations": plan["pydvl_permutations"], "seed": r,
-                         "max_seconds": plan["pydvl_seconds"]} for j in plan["n_jobs"]]
-                side = run_pydvl(python, data, runs, timeout=len(runs) * (plan["pydvl_seconds"] + 120))
+                runs = [{"n_jobs": j, "antithetic": anti, "truncation_rtol": rtol, "seed": r,
+                         "permutations": spec["pydvl_permutations"], "max_seconds": spec["pydvl_seconds"]}
+                        for j, anti, rtol in spec["pydvl_runs"]]
+                side = run_pydvl(python, data, runs, timeout=len(runs) * (spec["pydvl_seconds"] + 120))
                 info.setdefault("pydvl_versions", side["versions"])
                 for out in side["runs"]:
                     points = _pydvl_points(out, ref["values"], n)
-                    rep["pydvl"][f"n_jobs{out['n_jobs']}"] = {
+                    label = f"n_jobs{out['n_jobs']}" + ("_antithetic" if out.get("antithetic") else "") + \
+                        ("_tmc" if out.get("truncation_rtol") else "")
+                    rep["pydvl"][label] = {
                         "seconds": out["seconds"], "evaluations": out["evaluations"],
-                        "evaluations_per_s": out["evaluations_per_s"], "final_rmse": rmse(out["values"], ref["values"]),
-                        "to_target": time_to_targets(points), "trajectory": _thin(points)}
+                        "evaluations_per_s": out["evaluations_per_s"], "fits_counted": out.get("fits_counted"),
+                        "permutations": out["permutations_done"],
+                        "permutations_per_s": out["permutations_done"] / out["seconds"],
+                        "final_rmse": rmse(out["values"], ref["values"]), "to_target": time_to_targets(points),
+                        "trajectory": _thin(points)}
+                _bracket(rep["shed"], _shed_settings_pass(spec, utility, dual_box, n, r, ref["values"]))
             book["repeats"].append(rep)
-            rows[r].update(_metrics(name, rep))
-        info["datasets"][name] = book
-    config = {"plan": {k: v for k, v in plan.items() if k != "shed_settings"}, "utility": SETTINGS,
-              "targets": list(TARGETS), "shed_settings": [{"name": s[0], "antithetic": s[1], "truncation_tol": s[2]}
-                                                          for s in plan["shed_settings"]]}
+            rows[r].update(_metrics(key, rep))
+        info["datasets"][key] = book
+    config = {"plan": plan, "utility": SETTINGS, "targets": list(TARGETS), "tmc_rtol": TMC_RTOL,
+              "shed_settings": {name: {"antithetic": a, "truncation_tol": t, "dual_game": d, "batch_size": b,
+                                       "permutations_per_chunk": c}
+                                for name, (a, t, d, b, c) in SHED_SETTINGS.items()}}
     return Result(config=config, repeats=rows, info=info)
 
 
 def _metrics(name: str, rep: dict) -> dict:
-    """Flat metrics of one repeat of one dataset (what the runner summarises)."""
+    """Flat metrics of one repeat of one dataset (what the runner summarises). ``time_ratio``: pyDVL's best time
+    to the target over shed_jax's best, shed_jax counting its compilation (paid once per process);
+    ``time_ratio_warm``: without it (a process that has compiled this utility already)."""
     row = {}
     shed, pydvl = rep["shed"], rep["pydvl"]
     row[f"{name}_shed_evals_per_s"] = shed["plain"]["evaluations_per_s"]
     for setting, out in shed.items():
         for target in TARGETS:
-            row[f"{name}_shed_{setting}_s_to_{target:g}"] = out["to_target"][f"{target:g}"]["seconds"]
+            row[f"{name}_shed_{setting}_s_to_{target:g}"] = out["to_target"][f"{target:g}"]["seconds_with_compile"]
     if not pydvl:
         return row
-    best_rate = max(out["evaluations_per_s"] for out in pydvl.values())
-    row[f"{name}_pydvl_evals_per_s"] = best_rate
-    row[f"{name}_evals_per_s_ratio"] = shed["plain"]["evaluations_per_s"] / best_rate
-    for jobs, out in pydvl.items():
-        row[f"{name}_pydvl_{jobs}_evals_per_s"] = out["evaluations_per_s"]
+    untruncated = [out["evaluations_per_s"] for jobs, out in pydvl.items() if not jobs.endswith("_tmc")]
+    if untruncated:
+        row[f"{name}_pydvl_evals_per_s"] = max(untruncated)
+        row[f"{name}_evals_per_s_ratio"] = shed["plain"]["evaluations_per_s"] / max(untruncated)
     for target in TARGETS:
         key = f"{target:g}"
         pydvl_best = min(out["to_target"][key]["seconds"] for out in pydvl.values())
-        shed_best = min(out["to_target"][key]["seconds"] for out in shed.values())
         row[f"{name}_pydvl_s_to_{key}"] = pydvl_best
-        row[f"{name}_time_ratio_{key}"] = pydvl_best / shed_best
-        row[f"{name}_time_ratio_plain_{key}"] = pydvl_best / shed["plain"]["to_target"][key]["seconds"]
-        steady = {side: min(out["to_target"][key]["steady_seconds"] for out in book.values())
-                  for side, book in (("pydvl", pydvl), ("shed", shed))}
-        row[f"{name}_time_ratio_steady_{key}"] = steady["pydvl"] / steady["shed"]
+        row[f"{name}_time_ratio_{key}"] = pydvl_best / min(out["to_target"][key]["seconds_with_compile"]
+                                                           for out in shed.values())
+        row[f"{name}_time_ratio_warm_{key}"] = pydvl_best / min(out["to_target"][key]["seconds"]
+                                                                for out in shed.values())
     return row
 
 
 def markdown(report: dict) -> str:
-    """A markdown table of the pydvl entry of a ``python -m bench`` JSON report (for bench/RESULTS.md)."""
+    """Markdown tables of the pydvl entry of a ``python -m bench`` JSON report (for bench/RESULTS.md)."""
     entry = next(e for e in report["benchmarks"] if e["name"] == "pydvl")
     if entry["status"] != "ok":
         return f"pydvl: {entry['status']}: {entry.get('reason') or entry.get('error')}\n"
@@ -401,42 +492,44 @@ def markdown(report: dict) -> str:
             continue
         ref, agree = book["reference"], book["agreement"]
         lines += [f"**{name}**: {book['source']}. Reference: {ref['kind']} (RMS standard error "
-                  f"{ref['rms_stderr']:.5f}). The two sides' utilities differ by at most {agree['max_abs_diff']:.1e} "
-                  f"on {agree['coalitions']} random coalitions.", "",
-                  "| side | evaluations/s | RMSE at end | evaluations | s to RMSE 0.005 (measured) "
-                  "| s to RMSE 0.002 (measured) | s to RMSE 0.002 at the steady rate |",
+                  f"{ref['rms_stderr']:.5f}"
+                  + (f", {ref['seconds']:.0f} s" if ref.get("seconds") else "") + "). The two sides' utilities "
+                  f"differ by at most {agree['max_abs_diff']:.1e} on {agree['coalitions']} random coalitions.", "",
+                  "| side, setting | compile s | permutations/s | RMSE at end | permutations run | s to RMSE 0.005 "
+                  "(first measured) | s to RMSE 0.002 (first measured) |",
                   "|---|---|---|---|---|---|---|"]
-        best: dict = {}
-        for rep in book["repeats"][:1]:
-            for side in ("shed", "pydvl"):
-                for setting, out in rep[side].items():
-                    to_target = out["to_target"]
-                    if "steady_seconds" not in to_target.get("0.002", {}):  # older JSON: refit the stored points
-                        to_target = time_to_targets(out["trajectory"])
-                    cells = []
-                    for target in TARGETS:
-                        t = to_target[f"{target:g}"]
-                        measured = "-" if t["measured_seconds"] is None else f"{t['measured_seconds']:.2f}"
-                        cells.append(f"{t['seconds']:.2f}{' (extrapolated)' if t['extrapolated'] else ''} "
-                                     f"({measured})")
-                    label = f"shed_jax {setting}" if side == "shed" else f"pyDVL {setting.replace('_', ' ')}"
-                    for target in TARGETS:
-                        for kind in ("seconds", "steady_seconds"):
-                            slot = (side, f"{target:g}", kind)
-                            best[slot] = min(best.get(slot, np.inf), to_target[f"{target:g}"][kind])
-                    lines.append(f"| {label} | {out['evaluations_per_s']:,.0f} | {out['final_rmse']:.4f} | "
-                                 f"{out['evaluations']:,} | " + " | ".join(cells) +
-                                 f" | {to_target['0.002']['steady_seconds']:.2f} |")
-        if any(slot[0] == "pydvl" for slot in best):
-            def ratio(target, kind):
-                return best[("pydvl", f"{target:g}", kind)] / best[("shed", f"{target:g}", kind)]
-
-            ratios = [f"RMSE {target:g}: {ratio(target, 'seconds'):.1f}x ({ratio(target, 'steady_seconds'):.1f}x "
-                      "at the steady rates)" for target in TARGETS]
-            rates = [out["evaluations_per_s"] for out in book["repeats"][0]["pydvl"].values()]
-            lines += ["", "Time to the same error, pyDVL's best over shed_jax's best: " + "; ".join(ratios) +
-                      f". Evaluations/s, shed_jax plain over pyDVL's best: "
-                      f"{book['repeats'][0]['shed']['plain']['evaluations_per_s'] / max(rates):.1f}x."]
+        rep = book["repeats"][0]
+        for side in ("shed", "pydvl"):
+            for setting, out in rep[side].items():
+                to_target = out["to_target"]
+                cells = []
+                for target in TARGETS:
+                    t = to_target[f"{target:g}"]
+                    measured = "-" if t["measured_seconds"] is None else f"{t['measured_seconds']:.1f}"
+                    cells.append(f"{t['seconds']:.1f}{' (extrapolated)' if t['extrapolated'] else ''} ({measured})")
+                label = f"shed_jax {setting}" if side == "shed" else f"pyDVL {setting.replace('_', ' ')}"
+                compile_s = f"{out['compile_seconds']:.1f}" if side == "shed" else "-"
+                rate = f"{out['permutations_per_s']:,.1f}"
+                if "permutations_per_s_after" in out:  # shed_jax ran before and after pyDVL: both rates
+                    rate += f" / {out['permutations_per_s_after']:,.1f}"
+                lines.append(f"| {label} | {compile_s} | {rate} | {out['final_rmse']:.4f} | "
+                             f"{out['permutations']:,} | " + " | ".join(cells) + " |")
+        if rep["pydvl"]:
+            ratios = []
+            for target in TARGETS:
+                key = f"{target:g}"
+                p_name, p_out = min(rep["pydvl"].items(), key=lambda kv: kv[1]["to_target"][key]["seconds"])
+                s_name, s_out = min(rep["shed"].items(), key=lambda kv: kv[1]["to_target"][key]["seconds"])
+                c_name, c_out = min(rep["shed"].items(),
+                                    key=lambda kv: kv[1]["to_target"][key]["seconds_with_compile"])
+                p_t = p_out["to_target"][key]
+                ratios.append(f"RMSE {key}: pyDVL {p_name.replace('_', ' ')} {p_t['seconds']:.1f} s"
+                              f"{' (extrapolated)' if p_t['extrapolated'] else ''} over shed_jax {c_name} "
+                              f"{c_out['to_target'][key]['seconds_with_compile']:.1f} s with compilation = "
+                              f"**{p_t['seconds'] / c_out['to_target'][key]['seconds_with_compile']:.0f}x**; "
+                              f"warm (shed_jax {s_name} {s_out['to_target'][key]['seconds']:.2f} s) "
+                              f"**{p_t['seconds'] / s_out['to_target'][key]['seconds']:.0f}x**")
+            lines += ["", "Time to the same error, each side's best setting: " + "; ".join(ratios) + "."]
         lines.append("")
     return "\n".join(lines)
 
@@ -448,13 +541,14 @@ def main(argv=None) -> int:  # python -m bench.bench_pydvl [--quick] | --markdow
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--dataset", default=None, help="run one dataset of the plan (e.g. breast_cancer_n100)")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="print the markdown table of a python -m bench JSON report and exit")
     args = parser.parse_args(argv)
     if args.markdown is not None:
         print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
         return 0
-    result = run(args.quick, 1)
+    result = run(args.quick, 1, only=args.dataset)
     json.dump({"config": result.config, "repeats": result.repeats, "info": result.info}, sys.stdout,
               default=_json_default, indent=1)
     return 0

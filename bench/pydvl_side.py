@@ -4,9 +4,11 @@ Usage: ``.venv-pydvl/bin/python bench/pydvl_side.py IN.json OUT.json``
 
 Imports numpy, joblib and pyDVL only (never shed_jax or JAX). ``IN.json`` holds the data (``x_train``,
 ``y_train``, ``x_val``, ``y_val`` as nested lists), the utility's settings (``steps``, ``learning_rate``,
-``l2``) and the runs: ``[{"n_jobs": J, "permutations": P, "seed": S}, ...]``. For every run, pyDVL's
-permutation Monte Carlo Shapley (``ShapleyValuation`` with a ``PermutationSampler``, stopped by
-``MaxSamples``) values the training points under ``ModelUtility`` of :class:`GDLogisticRegression` scored by
+``l2``) and the runs: ``[{"n_jobs": J, "permutations": P, "seed": S, "max_seconds": T, "antithetic": bool,
+"truncation_rtol": r or null}, ...]``. For every run, pyDVL's permutation Monte Carlo Shapley
+(``ShapleyValuation`` with a ``PermutationSampler``, or its ``AntitheticPermutationSampler``, optionally with its
+``RelativeTruncation(rtol=r)``, i.e. TMC's performance tolerance; stopped by ``MaxSamples`` or ``MaxTime``)
+values the training points under ``ModelUtility`` of :class:`GDLogisticRegression` scored by
 validation accuracy, inside ``joblib.parallel_config(n_jobs=J)``. A stopping criterion that never stops
 records, after every permutation, the wall time since ``fit`` started and the current values.
 ``OUT.json`` (written via a temporary file and a rename) holds every run's trajectory and the versions.
@@ -44,7 +46,10 @@ class GDLogisticRegression:
             setattr(self, key, value)
         return self
 
+    fits = 0  # fits made in this process (all of them with n_jobs=1, where joblib runs in-process)
+
     def fit(self, x, y):
+        GDLogisticRegression.fits += 1
         x = np.asarray(x, np.float32)
         y = np.asarray(y, np.float32)
         lr, l2 = np.float32(self.learning_rate), np.float32(self.l2)
@@ -72,8 +77,8 @@ def accuracy(model, x, y) -> float:
 
 def _run(spec: dict, settings: dict, train, test) -> dict:
     from joblib import parallel_config
-    from pydvl.valuation import (MaxSamples, MaxTime, ModelUtility, PermutationSampler, ShapleyValuation,
-                                 SupervisedScorer)
+    from pydvl.valuation import (AntitheticPermutationSampler, MaxSamples, MaxTime, ModelUtility,
+                                 PermutationSampler, RelativeTruncation, ShapleyValuation, SupervisedScorer)
     from pydvl.valuation.stopping import Status, StoppingCriterion
 
     n = len(train.indices)
@@ -102,11 +107,15 @@ def _run(spec: dict, settings: dict, train, test) -> dict:
     model = GDLogisticRegression(settings["steps"], settings["learning_rate"], settings["l2"])
     scorer = SupervisedScorer(accuracy, test_data=test, default=0.0, range=(0.0, 1.0))
     utility = ModelUtility(model, scorer, catch_errors=False, show_warnings=False, clone_before_fit=False)
-    sampler = PermutationSampler(seed=spec["seed"])
+    rtol = spec.get("truncation_rtol")
+    truncation = RelativeTruncation(rtol=rtol) if rtol else None  # pyDVL's TMC ("performance tolerance")
+    kind = AntitheticPermutationSampler if spec.get("antithetic") else PermutationSampler
+    sampler = kind(truncation=truncation, seed=spec["seed"])
     recorder = Recorder(sampler)
     stop = MaxSamples(sampler, spec["permutations"]) | MaxTime(spec.get("max_seconds")) | recorder
     valuation = ShapleyValuation(utility, sampler, is_done=stop, progress=False)
     with parallel_config(n_jobs=spec["n_jobs"]):
+        GDLogisticRegression.fits = 0
         start[0] = time.perf_counter()
         valuation.fit(train)
         seconds = time.perf_counter() - start[0]
@@ -116,6 +125,8 @@ def _run(spec: dict, settings: dict, train, test) -> dict:
     return {**spec, "seconds": seconds, "permutations_done": permutations,
             # every permutation fits the model on each of its n non-empty prefixes (the empty one is free)
             "evaluations": permutations * n, "evaluations_per_s": permutations * n / seconds,
+            # with truncation fewer fits are made; counted where they run in this process (n_jobs=1)
+            "fits_counted": GDLogisticRegression.fits if spec["n_jobs"] == 1 else None,
             "values": np.asarray(result.values, np.float64)[order].tolist(), "trajectory": trajectory}
 
 

@@ -88,7 +88,9 @@ class RefineConfig:
                                          "selection on every machine), bfloat16, or auto (bfloat16 on a CPU with "
                                          "AMX bfloat16 units, about 2-3x faster there at mean cosine 0.9999 with "
                                          "float32, but k-means and the selection move with it; float32 "
-                                         "elsewhere). Part of the embedding cache key.",
+                                         "elsewhere). Part of the embedding cache key and of the embed stage's fingerprint "
+                                         "(auto as resolved): --resume with another dtype embeds again and redoes "
+                                         "the stages after it.",
                               choices=("auto", "float32", "bfloat16"))
     n_clusters: int | None = option(None, "Number of clusters K.", flag="--clusters", minimum=1,
                                     default_text="clip(N // 20, 2, 64)")

@@ -95,3 +95,18 @@ def test_pydvl_side_runs_in_its_environment():
         sys.path.pop(0)
     model = GDLogisticRegression().fit(data["x_train"], data["y_train"])
     assert sum(run["values"]) == pytest.approx(accuracy(model, data["x_val"], data["y_val"]), abs=1e-6)
+
+
+def test_the_dual_game_has_the_same_shapley_values():
+    """shed_jax's TMC setting runs on U*(S) = U(N) - U(N minus S): exact enumeration of both games agrees."""
+    from bench.bench_pydvl import SETTINGS, ArrayLogisticUtility, DualUtility, breast_cancer
+    from shed_jax import shapley
+
+    data = breast_cancer(9)
+    utility = ArrayLogisticUtility(data["x_train"], data["y_train"], data["x_val"], data["y_val"], **SETTINGS)
+    dual = DualUtility(utility)
+    full, empty = np.ones((1, 9), bool), np.zeros((1, 9), bool)
+    assert float(dual(empty)[0]) == 0.0 and float(dual(full)[0]) == pytest.approx(float(utility(full)[0]))
+    primal = np.asarray(shapley.exact(utility, 9), np.float64)
+    assert np.abs(primal).max() > 0.01  # not a degenerate game
+    np.testing.assert_allclose(np.asarray(shapley.exact(dual, 9), np.float64), primal, atol=1e-6)

@@ -419,3 +419,49 @@ def test_keep_order_writes_the_selection_in_input_order(demo, tmp_path):
     assert default.read_text(encoding="utf-8").splitlines() == [lines[i] for i in indices]
     sidecar = [json.loads(x) for x in (tmp_path / "kept.scores.jsonl").read_text().splitlines()]
     assert [s["index"] for s in sidecar] == sorted(indices)
+
+
+def test_resume_with_another_embedding_dtype_reembeds(demo, tmp_path, fake_embed, fake_shapley, monkeypatch):
+    """The embedding dtype changes the vectors, so it is in the embed stage's fingerprint: ``--resume`` with
+    another ``--embed-dtype`` embeds again and redoes every stage after it; ``auto`` counts as the dtype it resolves
+    to on this machine; a stand-alone ``shed embed`` in another dtype leaves the report marking the rest out of date."""
+    from shed_jax import embed as embed_module
+
+    run = tmp_path / "run"
+    out = tmp_path / "refined.jsonl"
+    result = invoke(["refine", demo.train, "--valid", demo.valid, "--ratio", "0.2", "-o", out, "--run-dir", run,
+                     *FAST, "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "stages.json").read_text())["stages"]["embed"]["dtype"] == "float32"
+    embedded = len(fake_embed)
+
+    result = invoke(["refine", "--resume", "--run-dir", run, "--embed-dtype", "bfloat16", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stages"] == {stage: "computed" for stage in pipeline.STAGES}
+    assert len(fake_embed) > embedded and len(fake_shapley) == 2
+    assert json.loads((run / "stages.json").read_text())["stages"]["embed"]["dtype"] == "bfloat16"
+    assert pipeline.load_config(run).embed_dtype == "bfloat16"
+
+    # auto is fingerprinted resolved: on a CPU with bfloat16 units it is the run just made ...
+    monkeypatch.setattr(embed_module, "_cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    embedded = len(fake_embed)
+    result = invoke(["refine", "--resume", "--run-dir", run, "--embed-dtype", "auto", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stages"]["embed"] == "skipped"
+    assert json.loads(result.stdout)["stages"]["value"] == "skipped" and len(fake_shapley) == 2
+    # ... elsewhere it is float32: embedded again
+    monkeypatch.setattr(embed_module, "_cpu_has_native_bf16", lambda: False)
+    result = invoke(["refine", "--resume", "--run-dir", run, "--embed-dtype", "auto", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stages"] == {stage: "computed" for stage in pipeline.STAGES}
+    assert json.loads((run / "stages.json").read_text())["stages"]["embed"]["dtype"] == "float32"
+
+    # the embed stage alone in another dtype: the values and selection describe the old embeddings
+    result = invoke(["embed", demo.train, "--run-dir", run, "--embed-dtype", "bfloat16", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert not json.loads(result.stdout).get("skipped", False)
+    result = invoke(["report", run, "--json"])
+    assert result.exit_code == 0, result.output
+    assert "Out of date: values.json were computed before the embed stage was run again" in \
+        (run / "report.html").read_text()

@@ -59,6 +59,7 @@ def test_dry_run_prints_a_plan_with_positive_estimates_and_writes_nothing(demo, 
     stages = {s["stage"]: s for s in plan["stages"]}
     assert list(stages) == ["embed", "cluster", "value", "select"]
     assert stages["embed"]["details"]["n_records"] == 200
+    assert stages["embed"]["details"]["dtype"] == "float32"  # the default the encoder was timed in (--embed-dtype)
     assert stages["cluster"]["details"]["n_clusters"] == 8
     value = stages["value"]["details"]
     # --proxies-per-cluster auto: M=16 (8 x 16 = 128 players <= the 1,000-player budget and <= 200 records)

@@ -117,6 +117,11 @@ def test_fingerprints_change_exactly_downstream():
 
     assert changed(data="b") == ["embed", "cluster", "value", "select"]
     assert changed(base.replace(model="other")) == ["embed", "cluster", "value", "select"]
+    # the embedding dtype changes the vectors; float32 (the default) adds nothing to the fingerprint, so runs made
+    # before the option existed stay up to date
+    assert changed(base.replace(embed_dtype="bfloat16")) == ["embed", "cluster", "value", "select"]
+    assert changed(base.replace(embed_dtype="float32")) == []
+    assert changed(base.replace(batch_size=7)) == []  # how the vectors are batched does not change them
     assert changed(base.replace(n_clusters=5)) == ["cluster", "value", "select"]
     assert changed(valid="w") == ["value", "select"]
     assert changed(base.replace(n_permutations=7)) == ["value", "select"]
@@ -135,6 +140,20 @@ def test_fingerprints_change_exactly_downstream():
     default_rank = EmbeddingProxyConfig().rank
     assert changed(base.replace(proxy_options=(("rank", default_rank),))) == []
     assert changed(base.replace(proxy_options=(("rank", default_rank + 4),))) == ["value", "select"]
+
+
+def test_fingerprint_of_embed_dtype_auto_is_the_resolved_dtype(monkeypatch):
+    from shed_jax import embed as embed_module
+
+    def fingerprint(dtype):
+        config = pipeline.RefineConfig(data="d", n_clusters=4, ratio=0.5, embed_dtype=dtype)
+        return pipeline.stage_fingerprints(config, data_sha256="a", n_candidates=100, valid_sha256="v")
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr(embed_module, "_cpu_has_native_bf16", lambda: True)
+    assert fingerprint("auto") == fingerprint("bfloat16") != fingerprint("float32")
+    monkeypatch.setattr(embed_module, "_cpu_has_native_bf16", lambda: False)
+    assert fingerprint("auto") == fingerprint("float32") != fingerprint("bfloat16")
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import numpy as np
 
 from shed_jax.config import RefineConfig
 from shed_jax.progress import format_count, format_duration
-from shed_jax.run.inputs import RunInputs, estimate_enabled  # estimate_enabled: re-exported
+from shed_jax.run.inputs import RunInputs, estimate_enabled, resolved_embed_dtype  # estimate_enabled: re-exported
 
 __all__ = ["Plan", "StageEstimate", "calibrate_embedder", "calibrate_kmeans", "estimate_enabled", "plan_run",
            "time_shapley"]
@@ -94,7 +94,7 @@ class Plan:
 
 
 def calibrate_embedder(texts: list[str], *, model: str, batch_size: int, sample_size: int = 64,
-                       seed: int = 0, dtype: str = "auto") -> dict:
+                       seed: int = 0, dtype: str = "float32") -> dict:
     """Texts per second of the sentence encoder on ``sample_size`` texts drawn (seeded) from ``texts``.
 
     A warm-up call on 8 texts loads the model (its time, less the 8 texts' share, is ``load_seconds``);
@@ -377,11 +377,12 @@ def plan_run(config: RefineConfig, inputs: RunInputs | None = None, *, calibrate
     load_note = ""
     if "embed" in calibration and not embed_cached:
         load_note = f" (of which {format_duration(calibration['embed']['load_seconds'])} to load the model)"
+    embed_dtype = resolved_embed_dtype(config)  # what the estimate timed and the stage will run
     stages = [StageEstimate(
         "embed", f"{format_count(n_records)} records ({format_count(n_distinct)} distinct texts) with "
-                 f"{config.model}{load_note}",
+                 f"{config.model} in {embed_dtype}{load_note}",
         0.0 if embed_cached else embed_seconds, embed_cached,
-        {"n_records": n_records, "n_distinct_texts": n_distinct, "model": config.model,
+        {"n_records": n_records, "n_distinct_texts": n_distinct, "model": config.model, "dtype": embed_dtype,
          "cache_dir": str(_embed_cache_dir())})]
 
     cluster_seconds = None

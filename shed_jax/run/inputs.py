@@ -6,7 +6,8 @@ to the run (K, the removal step, the budget) and runs :meth:`RunInputs.preflight
 
 Fingerprints. Each stage's fingerprint is the sha256 of its inputs: the hash of the data's records (their
 content, :func:`shed_jax.data.records_sha256`, so the same records from JSON Lines, parquet or the hub hash
-alike), the configuration fields the stage reads, and the upstream stage's fingerprint. A stage whose
+alike), the configuration fields the stage reads (resolved: ``--embed-dtype auto`` counts as the dtype it
+resolves to on this machine), and the upstream stage's fingerprint. A stage whose
 fingerprint matches the one in ``stages.json`` is loaded instead of recomputed; changing an option recomputes
 exactly the stages downstream.
 """
@@ -25,7 +26,7 @@ from shed_jax.config import RefineConfig, check_budget, check_removal_step
 from shed_jax.data._json import check_input_file
 from shed_jax.errors import DataError, PipelineError, UserError
 
-__all__ = ["RunInputs", "STAGES", "estimate_enabled", "sha256_file", "stage_fingerprints"]
+__all__ = ["RunInputs", "STAGES", "estimate_enabled", "resolved_embed_dtype", "sha256_file", "stage_fingerprints"]
 
 STAGES = ("embed", "cluster", "value", "select")
 
@@ -58,15 +59,30 @@ def resolved_proxy_options(config: RefineConfig) -> Any:
         return list(config.proxy_options)
 
 
+def resolved_embed_dtype(config: RefineConfig) -> str:
+    """The dtype the embed stage computes in (``--embed-dtype`` with ``auto`` resolved on this machine:
+    ``float32`` or ``bfloat16``); the raw option where it is invalid (the option's own check reports that)."""
+    from shed_jax import embed as _embed
+
+    try:
+        return _embed.resolve_dtype(config.embed_dtype)
+    except ValueError:
+        return str(config.embed_dtype)
+
+
 def stage_fingerprints(config: RefineConfig, *, data_sha256: str, n_candidates: int,
                        valid_sha256: str | None = None) -> dict[str, str]:
     """Fingerprint (hex sha256) of each stage's inputs; a stage's includes its upstream stage's.
 
     Returns ``{"embed": ..., "cluster": ..., "value": ..., "select": ...}``.
     """
-    embed_fp = _hash({"stage": "embed", "data": data_sha256, "format": config.format,
-                      "field_map": sorted(config.field_map), "duplicates": config.duplicates,
-                      "text": config.text, "model": config.model})
+    embed_inputs = {"stage": "embed", "data": data_sha256, "format": config.format,
+                    "field_map": sorted(config.field_map), "duplicates": config.duplicates,
+                    "text": config.text, "model": config.model}
+    dtype = resolved_embed_dtype(config)
+    if dtype != "float32":  # float32 adds nothing: the fingerprints of runs made before the option stay valid
+        embed_inputs["embed_dtype"] = dtype
+    embed_fp = _hash(embed_inputs)
     n_clusters = config.resolved_n_clusters(n_candidates)
     per_cluster = config.resolved_proxies_per_cluster(n_clusters, n_candidates)
     cluster_fp = _hash({"stage": "cluster", "up": embed_fp, "n_clusters": n_clusters,

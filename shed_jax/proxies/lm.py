@@ -309,7 +309,7 @@ class LMProxyUtility:
             diverged = trainer.diverged(slots)[: len(members)]  # one host sync (the round's block_until_ready)
             middle = time.perf_counter()
             interrupt.check()
-            rows = slot_sharding.to_host(self.scorer(slots.lora))  # every process's slots (a gather across them)
+            rows = slot_sharding.to_host(self.scorer(_scored_slots(slots.lora, len(members), trainer)))
             round_bar.update()
         finally:
             round_bar.close()
@@ -375,6 +375,19 @@ class LMProxyUtility:
     def __repr__(self) -> str:
         return (f"LMProxyUtility(n_players={self.n_players}, n_slots={self.n_slots}, "
                 f"metric={self.validation.metric!r}, source={self.source!r})")
+
+
+def _scored_slots(lora, n_members: int, trainer: SlotTrainer):
+    """The adapters a round scores: every slot's (every process's slots: a gather across them), except on one CPU,
+    where the scorer's cost grows with the slots it scores: there only the first ``n_members`` slots (the round's
+    coalitions; the rest hold the initial adapter and nobody reads their scores), rounded up to a power of two so
+    that at most ``log2(n_slots) + 1`` slot counts compile (a round of U(full) alone scores 1 slot, not 8)."""
+    if trainer.mesh is not None or jax.default_backend() != "cpu" or n_members >= trainer.n_slots:
+        return lora
+    keep = min(1 << max(int(n_members) - 1, 0).bit_length(), trainer.n_slots)
+    if keep >= trainer.n_slots:
+        return lora
+    return jax.tree_util.tree_map(lambda x: x[:keep], lora)
 
 
 def build_lm_proxy(inputs, config: LMProxyConfig) -> LMProxyUtility:

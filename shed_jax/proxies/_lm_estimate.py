@@ -201,6 +201,9 @@ def cheaper_options(utility, n_evaluations: int, n_permutations: int, budget_sec
             rounds = 1 + -(-(int(counted) - 1) * int(permutations) // max(int(n_permutations), 1))
         else:
             rounds = -(-int(per_permutation * permutations + 2) // utility.n_slots)
+        # the counted rounds as full rounds (on a CPU idle slots cost nothing: estimate_run_seconds), in proportion
+        train_rounds = cost.get("full_rounds_training", counted or rounds) * rounds / max(counted or rounds, 1)
+        score_rounds = cost.get("full_rounds_scoring", counted or rounds) * rounds / max(counted or rounds, 1)
         train_round = train * steps / cfg.steps
         if width is not None:  # every step at most `width` wide: step time interpolated (linear) in the width
             xs = sorted(step_s)
@@ -208,7 +211,7 @@ def cheaper_options(utility, n_evaluations: int, n_permutations: int, budget_sec
                                     else step_s[w] * min(w, width) / w) for w in share)
             train_round *= scale / max(sum(share[w] * step_s[w] for w in share), 1e-12)
         score_round = score * (min(items, utility.validation.n_items) / utility.validation.n_items if items else 1.0)
-        return rounds * (train_round + score_round) + compile_s
+        return train_rounds * train_round + score_rounds * score_round + compile_s
 
     if total() <= budget_seconds:
         return []

@@ -25,11 +25,12 @@ seed). JSON is written after every round to ``--out`` (default ``bench/results/l
 run cut short keeps what it measured. Example (the issue-21 example's players; ``../shared/data``):
 
     head -200 ../shared/data/instruct/dolly15k.jsonl > /tmp/dolly200.jsonl
-    head -50 ../shared/data/mmlu/mmlu_val.jsonl > /tmp/val50.jsonl
+    sed -n 1001,1040p ../shared/data/instruct/dolly15k.jsonl > /tmp/val40.jsonl   # held out: metric=loss
+    # (50 MMLU-val questions do not move the utility of SmolLM2-135M, which is at chance there: README)
     shed cluster /tmp/dolly200.jsonl --clusters 8 --run-dir /tmp/run8
-    PYTHONPATH=. .venv/bin/python bench/lm_recipe_bench.py --data /tmp/dolly200.jsonl --valid /tmp/val50.jsonl \\
-        --run-dir /tmp/run8 --coalitions 16 \\
-        --recipe steps3:steps=3 --recipe steps5:steps=5 --recipe default: --reference default
+    PYTHONPATH=. .venv/bin/python bench/lm_recipe_bench.py --data /tmp/dolly200.jsonl --valid /tmp/val40.jsonl \\
+        --run-dir /tmp/run8 --coalitions 8 \\
+        --recipe cpu:steps=5,max_length=128 --recipe default: --reference default
 """
 from __future__ import annotations
 

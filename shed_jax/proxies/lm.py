@@ -278,8 +278,13 @@ class LMProxyUtility:
         sizes = self._round_sizes_memo[(int(n_permutations), int(removal_step), int(seed), batch_size, False)]
         training, scoring = self._full_round_equivalents(sizes)  # a round of U(full) alone is 1/n_slots on a CPU
         self._cost["full_rounds_training"], self._cost["full_rounds_scoring"] = training, scoring
+        # on one CPU each other count of scored slots compiles the scorer again (_scored_slots)
+        extra = (len({_scored_count(scored, self.n_slots) for _, scored in sizes} - {self.n_slots})
+                 if scoring < len(sizes) else 0)
+        self._cost["seconds_compile_run"] = (cost["seconds_compile"]
+                                             + extra * cost["n_score_programs"] * cost["seconds_compile_mean"])
         return (training * cost["seconds_training_round"] + scoring * cost["seconds_scoring_round"]
-                + cost["seconds_compile"])
+                + self._cost["seconds_compile_run"])
 
     def estimate_cost(self, *, n_sample_rounds: int = 32, max_timed_widths: int = 2,
                       max_timed_score_widths: int = 1) -> dict[str, Any]:

@@ -17,7 +17,7 @@ recipes, in one process (model loaded once, every recipe under the same load):
   steady-state figure and reported apart) and the load average before and after.
 
 ``max_validation`` candidates cost nothing extra: the per-item scores of every round are kept, and the metric
-of the utility's own seeded subset (``proxies.lm._subset``) is computed from them; their seconds are the
+of the utility's own seeded subset (``proxies._lm_validation._subset``) is computed from them; their seconds are the
 measured training seconds plus the scoring seconds scaled by the fraction of items kept.
 
 Recipes are given as ``NAME:OPT=V,OPT=V`` (``--proxy-option`` names; ``seed=S`` builds the utility with another
@@ -25,11 +25,12 @@ seed). JSON is written after every round to ``--out`` (default ``bench/results/l
 run cut short keeps what it measured. Example (the issue-21 example's players; ``../shared/data``):
 
     head -200 ../shared/data/instruct/dolly15k.jsonl > /tmp/dolly200.jsonl
-    head -50 ../shared/data/mmlu/mmlu_val.jsonl > /tmp/val50.jsonl
+    sed -n 1001,1040p ../shared/data/instruct/dolly15k.jsonl > /tmp/val40.jsonl   # held out: metric=loss
+    # (50 MMLU-val questions do not move the utility of SmolLM2-135M, which is at chance there: README)
     shed cluster /tmp/dolly200.jsonl --clusters 8 --run-dir /tmp/run8
-    PYTHONPATH=. .venv/bin/python bench/lm_recipe_bench.py --data /tmp/dolly200.jsonl --valid /tmp/val50.jsonl \\
-        --run-dir /tmp/run8 --coalitions 16 \\
-        --recipe steps3:steps=3 --recipe steps5:steps=5 --recipe default: --reference default
+    PYTHONPATH=. .venv/bin/python bench/lm_recipe_bench.py --data /tmp/dolly200.jsonl --valid /tmp/val40.jsonl \\
+        --run-dir /tmp/run8 --coalitions 8 \\
+        --recipe cpu:steps=5,max_length=128 --recipe default: --reference default
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def parse_recipe(text: str) -> tuple[str, dict]:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="the run's data file")
-    parser.add_argument("--valid", help="multiple-choice validation file (MMLU-style)")
+    parser.add_argument("--valid", help="validation file: multiple choice (MMLU-style) or instruction data "
+                                        "(held out from the players; the utility's metric is then loss)")
     parser.add_argument("--run-dir", help="a run directory with clusters.npz (shed cluster)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="instead of measuring: combine the recipes of earlier outputs (same players and "
@@ -154,7 +156,8 @@ def main(argv=None):
     from shed_jax.data import read_instructions, read_validation
     from shed_jax.lm import find_smollm2_gguf, load
     from shed_jax.lm.scoring import letter_metric
-    from shed_jax.proxies.lm import LMProxyConfig, LMProxyUtility, _subset
+    from shed_jax.proxies._lm_validation import _subset
+    from shed_jax.proxies.lm import LMProxyConfig, LMProxyUtility
 
     recipes = [parse_recipe(r) for r in (args.recipe or ["steps3:steps=3", "steps5:steps=5", "default:"])]
     names = [n for n, _ in recipes]
@@ -179,7 +182,7 @@ def main(argv=None):
     log(f"loaded {path} in {time.perf_counter() - start:.1f} s; {n} players, {len(coalitions)} coalitions")
 
     result = {"data": args.data, "valid": args.valid, "n_players": n, "player_index": index.tolist(),
-              "n_validation": len(validation.questions), "backend": jax.default_backend(),
+              "n_validation": len(validation), "backend": jax.default_backend(),
               "cpu_count": os.cpu_count(), "coalitions": coalitions.astype(int).tolist(),
               "coalition_sizes": coalitions.sum(1).tolist(), "load_before": os.getloadavg(), "recipes": {}}
     out = Path(args.out)
@@ -269,15 +272,25 @@ def coerce(options: dict) -> dict:
 
 
 def summarise(record, item_rows, empty, val, max_validation, letter_metric, subset, seed):
-    """Post-hoc max_validation values from the kept per-item rows (mc_prob / mc_accuracy only)."""
-    if val.metric not in ("mc_prob", "mc_accuracy") or not item_rows:
+    """Post-hoc max_validation values from the kept per-item rows (mc_prob, mc_accuracy, loss)."""
+    if val.metric not in ("mc_prob", "mc_accuracy", "loss") or not item_rows:
         return
     rows = np.stack(item_rows)
     n_items = rows.shape[1]
+    if val.metric == "loss":   # rows: summed target log-probabilities per item; the metric is their token mean
+        tokens = np.asarray(val.table.n_target_tokens, np.float64)
 
-    def per_item(row):   # the metric of each validation item alone (mc_prob: the correct letter's probability)
-        return [float(letter_metric(np.asarray(row)[None, [i]], val.answers[[i]], val.choice_mask[[i]],
-                                    val.metric)[0]) for i in range(n_items)]
+        def metric(part, keep):
+            return np.asarray(part, np.float64).sum(axis=1) / max(float(tokens[keep].sum()), 1.0)
+
+        def per_item(row):   # item i's term of the token mean, times n (their mean is the metric)
+            return (np.asarray(row, np.float64) / max(float(tokens.sum()), 1.0) * n_items).tolist()
+    else:
+        def metric(part, keep):
+            return letter_metric(part, val.answers[keep], val.choice_mask[keep], val.metric)
+
+        def per_item(row):   # the metric of each item alone (mc_prob: the correct letter's probability)
+            return [float(metric(np.asarray(row)[None, [i]], [i])[0]) for i in range(n_items)]
 
     if empty is not None and "items_full" not in record:
         record["items_full"], record["items_empty"] = per_item(rows[0]), per_item(empty)
@@ -285,11 +298,10 @@ def summarise(record, item_rows, empty, val, max_validation, letter_metric, subs
         if limit >= val.n_items:
             continue
         keep = subset(val.n_items, limit, seed)
-        values = letter_metric(rows[:, keep], val.answers[keep], val.choice_mask[keep], val.metric)
+        values = metric(rows[:, keep], keep)
         entry = {"U_full": float(values[0]), "values": [float(v) for v in values[1:]]}
         if empty is not None:
-            entry["U_empty"] = float(letter_metric(np.asarray(empty)[None, keep], val.answers[keep],
-                                                   val.choice_mask[keep], val.metric)[0])
+            entry["U_empty"] = float(metric(np.asarray(empty)[None, keep], keep)[0])
         record["items"][str(limit)] = entry
 
 

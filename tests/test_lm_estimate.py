@@ -53,9 +53,11 @@ def test_the_estimate_times_steps_not_a_round_of_fine_tunes(utility, monkeypatch
     seconds = utility.estimate_seconds(40)
     cost = utility.estimate_cost()
     timed = cost["timed"]
-    # one call per timed width (its compilation measured apart): 1 optimiser step each, not 50 steps x 2 slots
-    assert calls["step"] == len(timed["train_widths"]) and 1 <= len(timed["train_widths"]) <= 2
-    assert calls["score"] == len(timed["score_widths"]) == 1  # the widest; narrower ones in proportion
+    # one call per timed width (its compilation measured apart), a second one when the first was short (under
+    # _RETIME_BELOW_S): 1-2 optimiser steps each, not 50 steps x 2 slots
+    assert calls["step"] == len(timed["train_widths"]) + timed["retimed"]["train"]
+    assert 1 <= len(timed["train_widths"]) <= 2 and timed["retimed"]["train"] <= len(timed["train_widths"])
+    assert calls["score"] == 1 + timed["retimed"]["score"] and len(timed["score_widths"]) == 1  # the widest
     assert utility.n_fine_tunes == 0
     # widths: rows per step (packed across slots: the rows of all slots), packed rows, or padded sequence widths
     buckets = (trainer.shared_row_buckets if trainer.across_slots else trainer.row_buckets if trainer.packing
@@ -67,7 +69,7 @@ def test_the_estimate_times_steps_not_a_round_of_fine_tunes(utility, monkeypatch
     assert seconds == pytest.approx(20 * cost["seconds_per_round"] + cost["seconds_compile"], rel=1e-9)
     assert utility.estimate_seconds(80) - cost["seconds_compile"] == pytest.approx(
         2 * (seconds - cost["seconds_compile"]), rel=1e-9)
-    assert calls["step"] == len(timed["train_widths"])  # measured once per utility
+    assert calls["step"] == len(timed["train_widths"]) + timed["retimed"]["train"]  # measured once per utility
 
 
 def test_after_the_estimate_the_utility_gives_the_same_values(utility):
@@ -163,7 +165,13 @@ def test_the_run_estimate_and_the_advice_use_the_counted_rounds(utility):
     cost = utility.estimate_cost()
     rounds = cost["rounds"]
     assert rounds == utility.expected_rounds(n_permutations, removal_step=1, seed=0)
-    assert seconds == pytest.approx(rounds * cost["seconds_per_round"] + cost["seconds_compile"], rel=1e-9)
+    # the counted rounds as full rounds: on a CPU a round costs the slots it uses (U(full) alone: 1 of n_slots)
+    training, scoring = cost["full_rounds_training"], cost["full_rounds_scoring"]
+    assert training < rounds and scoring <= rounds   # the first round fine-tunes U(full) alone
+    # plus the compilation, with the scorer's programs for the other counts of scored slots on a CPU
+    assert cost["seconds_compile_run"] >= cost["seconds_compile"]
+    assert seconds == pytest.approx(training * cost["seconds_training_round"] + scoring * cost["seconds_scoring_round"]
+                                    + cost["seconds_compile_run"], rel=1e-9)
     n_evaluations = shapley.expected_evaluations(len(PLAYER_PROMPTS), 1, n_permutations)
     assert utility.cheaper_options(n_evaluations, n_permutations, seconds * 1.001) == []
     options = dict(utility.cheaper_options(n_evaluations, n_permutations, seconds - 0.5 * cost["seconds_per_round"]))
@@ -171,8 +179,27 @@ def test_the_run_estimate_and_the_advice_use_the_counted_rounds(utility):
     assert fewer
     p = int(fewer[0].split()[1])
     expected_rounds = 1 + -(-(rounds - 1) * p // n_permutations)  # U(full)'s round, the rest in proportion
-    assert options[fewer[0]] == pytest.approx(expected_rounds * cost["seconds_per_round"] + cost["seconds_compile"],
-                                              rel=1e-9)
+    full_rounds = (training * cost["seconds_training_round"] + scoring * cost["seconds_scoring_round"]) / rounds
+    assert options[fewer[0]] == pytest.approx(expected_rounds * full_rounds + cost["seconds_compile_run"], rel=1e-9)
+
+
+def test_the_round_counter_counts_the_slots_each_round_uses():
+    """Per round, the fine-tunes and the coalitions scored (U(empty) included), as LMProxyUtility.evaluate runs them:
+    what the estimate charges a round on a CPU, where idle slots skip their step and are not scored."""
+    from shed_jax.proxies._lm_rounds import RoundCounter
+    from shed_jax.proxies.lm import _scored_count
+
+    counter = RoundCounter(n_players=4, n_slots=4, preferred_batch_size=4, cache=True)
+    counter(np.array([[1, 1, 1, 1], [0, 0, 0, 0]], bool))          # U(full) alone, U(empty) in a free slot
+    assert counter.round_sizes == [(1, 2)]
+    masks = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [1, 1, 0, 0], [1, 1, 1, 1]], bool)
+    counter(masks)                                                  # 5 new (U(full) cached): a full round and 1
+    assert counter.round_sizes == [(1, 2), (4, 4), (1, 1)] and counter.rounds == 3
+    counter = RoundCounter(n_players=4, n_slots=4, preferred_batch_size=4, cache=True)
+    counter(np.zeros((2, 4), bool))                                # U(empty) alone: a round of its own
+    assert counter.round_sizes == [(0, 1)] and counter.rounds == 1
+    assert [_scored_count(n, 8) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    assert _scored_count(3, 3) == 3
 
 
 def test_the_estimate_shows_its_progress(small_model, monkeypatch, capsys):

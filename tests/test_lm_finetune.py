@@ -532,3 +532,27 @@ def test_remat_and_logits_chunk_follow_the_compiled_memory(setup):
         adapters.append(jax.tree_util.tree_map(np.asarray, trained))
     for slot in range(2):
         assert _travel_rel_diff(_slot(adapters[0], slot), _slot(adapters[1], slot), setup["lora0"]) < 1e-3
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed-per-slot"])
+def test_empty_slots_skip_their_step_and_change_no_value(setup, packing):
+    """One slot at a time (the CPU default) with the slots not packed together: slots of an empty coalition and
+    slots past the round's coalitions skip their forward/backward (lax.cond) and keep the initial adapter with loss
+    0, and the other slots get the adapters and losses they get when every slot is full (float32: losses to rtol
+    1e-5, adapters to 1e-3 of the distance travelled, as the batched-vs-single test)."""
+    trainer = SlotTrainer(setup["graphdef"], setup["state"], setup["table"], RECIPE, n_slots=4,
+                          lora_init=setup["lora0"], buckets=(2 * setup["table"].width,), packing=packing,
+                          pack_across_slots=False if packing else None)
+    assert trainer.slot_batch == 1 and not trainer.across_slots and trainer.skip_inactive
+    full = [COALITIONS[0], np.array([2, 5]), COALITIONS[2], np.array([6])]
+    full_lora = jax.tree_util.tree_map(np.asarray, trainer.train(full, seed=7).lora)
+    full_losses = np.asarray(trainer.last_losses)
+    with_empty = [COALITIONS[0], np.zeros(0, np.int64), COALITIONS[2]]   # slot 1 empty, slot 3 unused
+    lora = trainer.train(with_empty, seed=7).lora
+    losses = np.asarray(trainer.last_losses)
+    for slot in (0, 2):
+        assert _travel_rel_diff(_slot(lora, slot), _slot(full_lora, slot), setup["lora0"]) < 1e-3
+        np.testing.assert_allclose(losses[:, slot], full_losses[:, slot], rtol=1e-5)
+    for slot in (1, 3):
+        assert _max_rel_diff(_slot(lora, slot), setup["lora0"]) == 0.0
+        assert np.all(losses[:, slot] == 0) and np.all(full_losses[:, slot] > 0)

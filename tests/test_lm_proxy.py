@@ -170,9 +170,16 @@ def test_utility_shapes_empty_value_and_determinism(env, utility):
     np.testing.assert_allclose(again, values, rtol=1e-5, atol=1e-6)
     assert utility.n_traces == traces                   # new batches of the same rows never retrace
     # one coalition at a time (two slots idle) agrees with the batch
-    one_by_one = np.array([float(utility(m[None])[0]) for m in masks[:4]])
+    scorer, scored = utility.scorer, []
+    utility.scorer = lambda lora: scored.append(jax.tree_util.tree_leaves(lora)[0].shape[0]) or scorer(lora)
+    try:
+        one_by_one = np.array([float(utility(m[None])[0]) for m in masks[:4]])
+    finally:
+        utility.scorer = scorer
+    assert scored == [1, 1, 1]   # on a CPU the idle slots are not scored (masks[0]: U(empty), known already)
     np.testing.assert_allclose(one_by_one, values[:4], rtol=1e-5, atol=1e-6)
-    assert utility.n_traces["score"] == traces["score"] and utility.n_traces["train"] <= most
+    # on a CPU a round of one coalition scores one slot, not all three (one more scoring program, then reused)
+    assert utility.n_traces["score"] <= traces["score"] + 1 and utility.n_traces["train"] <= most
     traces = dict(utility.n_traces)
     utility(masks[1:2])                                  # a row count seen before: nothing traced again
     assert utility.n_traces == traces

@@ -10,7 +10,8 @@ NeurIPS 2024). Here the model is a frozen :class:`~shed_jax.lm.model.Decoder` pl
   differentiated (the gradient is taken with respect to the adapter only);
 * one optimiser step of all slots is one jitted call: ``jax.vmap`` over slots of (gather the slot's minibatch
   rows from the token table on the device, forward with ``remat`` per block, loss over chunks of positions,
-  ``value_and_grad``, ``optax`` update). Inactive slots compute but keep their state (``jnp.where``);
+  ``value_and_grad``, ``optax`` update). Inactive slots keep their state (``jnp.where``); one slot at a time (the
+  CPU default) they skip their forward and backward (``lax.cond``), and packed across slots they have no rows;
 * shapes are fixed: ``n_slots`` is fixed; by default (``recipe.pack``) each slot's minibatch at a step is packed
   into rows of the widest bucket with segment ids (:mod:`shed_jax.lm.packing`), and the step's row count is the
   smallest of :func:`shed_jax.lm.packing.row_buckets` that holds the most rows any slot needs (packed across slots,
@@ -272,6 +273,9 @@ class SlotTrainer:
         lr_scale: multiplier of the learning rate, an argument of the compiled step (a retry at a lower rate
             reuses the compiled step; see :meth:`with_learning_rate`).
         last_losses: ``(steps, n_slots)`` float32 training losses of the last :meth:`train` (device array).
+        skip_inactive: with one slot at a time inside a step (``slot_batch == 1``, the CPU default) and slots not
+            packed together, inactive slots skip their forward and backward (``lax.cond``; see :meth:`_over_slots`).
+            Read when the step is traced; False only to measure what the skip saves.
     """
 
     def __init__(self, graphdef, base_state, table: TokenTable, recipe: FinetuneRecipe, *, n_slots: int,
@@ -330,6 +334,7 @@ class SlotTrainer:
         self.lr_scale = 1.0
         self._compiled_learning_rate = float(recipe.learning_rate)  # the rate the compiled steps' schedule has
         self.n_traces = 0
+        self.skip_inactive = True  # one slot at a time (CPU): inactive slots skip their step (_over_slots)
         self.last_losses = None
         self._step = jax.jit(self._step_impl, static_argnames=("width",), donate_argnums=(1,))
         self._packed_step = jax.jit(self._packed_step_impl, static_argnames=("n_rows",), donate_argnums=(1,))
@@ -380,7 +385,7 @@ class SlotTrainer:
             return self._update(loss_fn, lora, opt_state, is_active, lr_scale)
 
         lora, opt_state, losses = self._over_slots(lambda xs: one_slot(base_state, *xs),
-                                                   (slots.lora, slots.opt_state, rows, active))
+                                                   (slots.lora, slots.opt_state, rows, active), skip=True)
         return SlotState(lora, opt_state), losses
 
     def _packed_step_impl(self, base_state, slots: SlotState, data, source, segment, active, lr_scale, *,
@@ -401,7 +406,7 @@ class SlotTrainer:
             return self._update(loss_fn, lora, opt_state, is_active, lr_scale)
 
         lora, opt_state, losses = self._over_slots(lambda xs: one_slot(base_state, *xs),
-                                                   (slots.lora, slots.opt_state, source, segment, active))
+                                                   (slots.lora, slots.opt_state, source, segment, active), skip=True)
         return SlotState(lora, opt_state), losses
 
     def _shared_step_impl(self, base_state, slots: SlotState, data, source, segment, row_slot, choice, active,
@@ -493,12 +498,25 @@ class SlotTrainer:
             plan.append(SharedStep(step_source, step_segment, step_slot, step_choice))
         return plan
 
-    def _over_slots(self, one_slot, per_slot):
+    def _over_slots(self, one_slot, per_slot, *, skip: bool = False):
         """``one_slot`` over the leading slot axis of ``per_slot``: ``jax.vmap`` of all slots at once, or, with
         ``slot_batch < n_slots``, ``lax.map`` over groups of ``slot_batch`` vmapped slots (one dispatch either
-        way; a smaller working set per group)."""
+        way; a smaller working set per group).
+
+        ``skip``: ``per_slot`` is ``(lora, opt_state, ..., is_active)`` and ``one_slot`` returns ``(lora, opt_state,
+        loss)``. With one slot at a time (``slot_batch == 1``, the CPU default) an inactive slot (an empty coalition,
+        or a slot past the round's coalitions) then skips its forward and backward (``lax.cond``): it keeps its
+        state and its loss is 0, as when it computes (its update is discarded) but without the cost, so a round of
+        one coalition on 8 slots costs one fine-tune, not 8 (``bench/lm_empty_slots_bench.py``). Under ``vmap`` a
+        ``cond`` would run both branches, so vmapped groups still compute every slot."""
         if self.slot_batch >= self.n_slots:
             return jax.vmap(one_slot)(per_slot)
+        if skip and self.slot_batch == 1 and self.skip_inactive:
+            def idle(xs):
+                loss = jax.eval_shape(one_slot, xs)[2]
+                return xs[0], xs[1], jnp.zeros(loss.shape, loss.dtype)
+
+            return jax.lax.map(lambda xs: jax.lax.cond(xs[-1], one_slot, idle, xs), per_slot)
         return jax.lax.map(one_slot, per_slot, batch_size=self.slot_batch)
 
     def packed_plan(self, rows: np.ndarray, active: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

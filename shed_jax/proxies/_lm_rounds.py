@@ -43,15 +43,21 @@ class RoundCounter:
         self.known: set[bytes] | None = set() if cache else None
         self.empty_known = False
         self.rounds = 0
+        self.round_sizes: list[tuple[int, int]] = []  # per round: (fine-tunes, coalitions scored incl. U(empty))
 
     def __call__(self, masks):
         masks = np.asarray(masks)
         pending, empty_rows, _ = group_rows(masks, self.known)
         with_empty = empty_rides_along(bool(empty_rows), not self.empty_known, len(pending), self.n_slots)
-        self.rounds += -(-len(pending) // self.n_slots)
+        for start in range(0, len(pending), self.n_slots):  # the utility's rounds (LMProxyUtility.evaluate)
+            tuned = min(self.n_slots, len(pending) - start)
+            last = start + self.n_slots >= len(pending)
+            self.round_sizes.append((tuned, tuned + int(with_empty and last)))
         if empty_rows and not self.empty_known:
-            self.rounds += 0 if with_empty else 1
+            if not with_empty:
+                self.round_sizes.append((0, 1))  # U(empty) in a round of its own
             self.empty_known = True
+        self.rounds = len(self.round_sizes)
         if self.known is not None:
             self.known.update(pending)
         return np.zeros(masks.shape[0], np.float32)

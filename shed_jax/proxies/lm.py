@@ -245,7 +245,18 @@ class LMProxyUtility:
                 kwargs["batch_size"] = int(batch_size)
             shapley.monte_carlo(counter, self.n_players, **kwargs)
             memo[key] = counter.rounds
+            self.__dict__.setdefault("_round_sizes_memo", {})[key] = counter.round_sizes
         return memo[key]
+
+    def _full_round_equivalents(self, round_sizes) -> tuple[float, float]:
+        """``(training, scoring)``: the counted rounds as full rounds of ``n_slots``. On one CPU a round costs what its
+        slots in use cost (idle slots skip their step, or have no rows packed across slots, and are not scored:
+        :func:`_scored_slots`); elsewhere every round costs a full one."""
+        if self.trainer.mesh is not None or jax.default_backend() != "cpu":
+            return float(len(round_sizes)), float(len(round_sizes))
+        training = sum(tuned for tuned, _ in round_sizes) / self.n_slots
+        scoring = sum(_scored_count(scored, self.n_slots) for _, scored in round_sizes) / self.n_slots
+        return training, scoring
 
     def estimate_seconds(self, n_evaluations: int) -> float:
         """Estimated seconds for ``n_evaluations`` fine-tunes (and their scoring) on this machine, compilation
@@ -264,7 +275,16 @@ class LMProxyUtility:
         cost = self.estimate_cost()
         rounds = self.expected_rounds(n_permutations, removal_step=removal_step, seed=seed, batch_size=batch_size)
         self._cost["rounds"] = rounds
-        return rounds * cost["seconds_per_round"] + cost["seconds_compile"]
+        sizes = self._round_sizes_memo[(int(n_permutations), int(removal_step), int(seed), batch_size, False)]
+        training, scoring = self._full_round_equivalents(sizes)  # a round of U(full) alone is 1/n_slots on a CPU
+        self._cost["full_rounds_training"], self._cost["full_rounds_scoring"] = training, scoring
+        # on one CPU each other count of scored slots compiles the scorer again (_scored_slots)
+        extra = (len({_scored_count(scored, self.n_slots) for _, scored in sizes} - {self.n_slots})
+                 if scoring < len(sizes) else 0)
+        self._cost["seconds_compile_run"] = (cost["seconds_compile"]
+                                             + extra * cost["n_score_programs"] * cost["seconds_compile_mean"])
+        return (training * cost["seconds_training_round"] + scoring * cost["seconds_scoring_round"]
+                + self._cost["seconds_compile_run"])
 
     def estimate_cost(self, *, n_sample_rounds: int = 32, max_timed_widths: int = 2,
                       max_timed_score_widths: int = 1) -> dict[str, Any]:
@@ -309,7 +329,7 @@ class LMProxyUtility:
             diverged = trainer.diverged(slots)[: len(members)]  # one host sync (the round's block_until_ready)
             middle = time.perf_counter()
             interrupt.check()
-            rows = slot_sharding.to_host(self.scorer(slots.lora))  # every process's slots (a gather across them)
+            rows = slot_sharding.to_host(self.scorer(_scored_slots(slots.lora, len(members), trainer)))
             round_bar.update()
         finally:
             round_bar.close()
@@ -375,6 +395,25 @@ class LMProxyUtility:
     def __repr__(self) -> str:
         return (f"LMProxyUtility(n_players={self.n_players}, n_slots={self.n_slots}, "
                 f"metric={self.validation.metric!r}, source={self.source!r})")
+
+
+def _scored_slots(lora, n_members: int, trainer: SlotTrainer):
+    """The adapters a round scores: every slot's (every process's slots: a gather across them), except on one CPU,
+    where the scorer's cost grows with the slots it scores: there only the first ``n_members`` slots (the round's
+    coalitions; the rest hold the initial adapter and nobody reads their scores), rounded up to a power of two so
+    that at most ``log2(n_slots) + 1`` slot counts compile (a round of U(full) alone scores 1 slot, not 8)."""
+    if trainer.mesh is not None or jax.default_backend() != "cpu":
+        return lora
+    keep = _scored_count(n_members, trainer.n_slots)
+    if keep >= trainer.n_slots:
+        return lora
+    return jax.tree_util.tree_map(lambda x: x[:keep], lora)
+
+
+def _scored_count(n_members: int, n_slots: int) -> int:
+    """Slots a round of ``n_members`` coalitions scores on one CPU: ``n_members`` rounded up to a power of two, at
+    most ``n_slots``."""
+    return min(1 << max(int(n_members) - 1, 0).bit_length(), int(n_slots))
 
 
 def build_lm_proxy(inputs, config: LMProxyConfig) -> LMProxyUtility:

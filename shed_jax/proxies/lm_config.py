@@ -58,7 +58,8 @@ class LMProxyConfig:
                           exclusive_minimum=True)
     targets: tuple[str, ...] = option(LORA_TARGETS, "Projections that get adapters (comma list).", kind="names",
                                       choices=LORA_TARGETS)
-    steps: int = option(20, "Optimiser steps per fine-tune.", minimum=1)
+    steps: int = option(20, "Optimiser steps per fine-tune. On a CPU, steps=5 with max_length=128 is the measured "
+                            "cheap recipe (README, CPU recipe).", minimum=1)
     learning_rate: float = option(1e-3, "Peak AdamW learning rate.", minimum=0.0, exclusive_minimum=True)
     warmup_steps: int = option(2, "Linear warm-up steps (at most steps).", minimum=0)
     lr_schedule: str = option("linear", "After warm-up: constant, linear or cosine decay to 0.",

@@ -5,6 +5,14 @@
 # Idempotent: re-running installs only what changed. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shed_jax/kernels is a committed symbolic link to ../kernels (kernels/ has no __init__.py so that it never shadows
+# the Hugging Face `kernels` package; README "Development"). A checkout made without symbolic links has a small
+# text file there instead, and the editable install could not import shed_jax.kernels.
+if [ ! -d shed_jax/kernels ]; then
+  echo "setup.sh: shed_jax/kernels is not a link to ../kernels (checkout without symbolic links?);" \
+    "recreate it: rm -f shed_jax/kernels && ln -s ../kernels shed_jax/kernels" >&2
+  exit 2
+fi
 PYTHON="${PYTHON:-python3}"
 VENV="${SHED_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 MARK=(-m "not slow")
 if [ "${SHED_TEST_ALL:-0}" = "1" ]; then MARK=(); fi
-exec .venv/bin/python -m pytest -q "${MARK[@]}" "$@"
+# --durations=25: every log lists the slowest tests (the default run must stay under ~15 min on 2 cores).
+exec .venv/bin/python -m pytest -q --durations=25 "${MARK[@]}" "$@"

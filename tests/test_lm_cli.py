@@ -25,6 +25,9 @@ def demo_data(tmp_path_factory):
     return synthetic.make_demo(tmp_path_factory.mktemp("demo"), n_examples=60, n_topics=4, n_validation=16, seed=0)
 
 
+@pytest.mark.slow  # a third LM valuation (~70 s under load). In the default run,
+# test_shed_estimate_0_turns_the_lm_proxys_estimate_off runs the same command (the tests run with SHED_ESTIMATE=0)
+# and checks the same values.json and config.json
 def test_value_with_the_lm_proxy_short_form(checkpoint, demo_data, tmp_path, fake_embed):
     run_dir = tmp_path / "run"
     assert invoke(["cluster", demo_data.train, "--clusters", "4", "--run-dir", run_dir, "-q"]).exit_code == 0
@@ -98,4 +101,16 @@ def test_shed_estimate_0_turns_the_lm_proxys_estimate_off(checkpoint, demo_data,
                      *LM_OPTIONS, "--permutations", "2", "--removal-step", "1", "--proxies-per-cluster", "1"])
     assert result.exit_code == 0, result.output
     assert "estimat" not in result.stderr, result.stderr
-    assert (run_dir / "values.json").exists()
+    _check_lm_values(run_dir, checkpoint)
+
+
+def _check_lm_values(run_dir, checkpoint):
+    """values.json and config.json of a `shed value --proxy lm:CHECKPOINT` run (4 clusters, 2 permutations)."""
+    values = json.loads((run_dir / "values.json").read_text())
+    assert values["utility"]["proxy"] == "lm" and str(checkpoint) in json.dumps(values["utility"])
+    assert len(values["cluster_values"]) == 4 and np.all(np.isfinite(values["cluster_values"]))
+    assert values["n_evaluations"] == 2 * 4  # per permutation one per removal step (U(full), U(empty) apart)
+    # efficiency: the values of one permutation sum to U(full) - U(empty); averaged over permutations too
+    assert sum(values["cluster_values"]) == pytest.approx(values["u_full"] - values["u_empty"], abs=1e-5)
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    assert config["proxy"] == "lm" and config["proxy_options"]["model"] == str(checkpoint)

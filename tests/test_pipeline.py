@@ -439,7 +439,9 @@ def test_user_errors_are_raised_before_any_stage(demo_data, tmp_path, fake_embed
 # by number, fixed before measuring, three because each costs ~20 s of CI -- against the bound
 # selected rate <= input rate / 4 (= 0.05, issue 4's bar). Seeds 4 (0.125) and 5 (0.016, within the bound)
 # are outside the test; seed 4 FAILS the bound and is reported in README.md's junk-detection table.
-@pytest.mark.parametrize("data_seed", [0, 1, 2])
+# Seeds 1 and 2 run in the slow suite (35-55 s each under load on 2 cores); the default run keeps seed 0.
+@pytest.mark.parametrize("data_seed", [0, pytest.param(1, marks=pytest.mark.slow),
+                                       pytest.param(2, marks=pytest.mark.slow)])
 def test_refine_keeps_out_junk_with_real_encoder(tmp_path, data_seed):
     """Generated data, 20% junk in whole topics: the QOCS selection at ratio 0.2 keeps < 1/4 of that rate.
 

@@ -64,8 +64,13 @@ def _unit(rng, shape):
 
 
 def worker(args) -> dict:
-    if args.pin_cores:  # one core per device: the D-device run gets the first D cores (fewer if the machine has fewer)
-        cores = sorted(os.sched_getaffinity(0))[:max(1, args.n_devices if args.process_id is None else 1)]
+    if args.pin_cores:  # one core per device: the D-device run gets the first D cores (fewer if the machine has fewer);
+        # process I of a two-process run (one device each) gets core I, so the two processes never share a core
+        available = sorted(os.sched_getaffinity(0))
+        if args.process_id is None:
+            cores = available[:max(1, args.n_devices)]
+        else:
+            cores = [available[args.process_id % len(available)]]
         os.sched_setaffinity(0, cores)
     if args.process_id is not None:
         from shed_jax import distributed

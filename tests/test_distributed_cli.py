@@ -264,20 +264,8 @@ def test_watchdog_names_a_silent_peer_and_a_failed_one():
     reports a failure, a peer that finished."""
     from shed_jax.distributed import Watchdog
 
-    class Store:
-        def __init__(self):
-            self.kv = {}
-
-        def key_value_set(self, key, value, allow_overwrite=False):
-            self.kv[key] = value
-
-        def key_value_try_get(self, key):
-            if key not in self.kv:
-                raise RuntimeError("NOT_FOUND: " + key)
-            return self.kv[key]
-
     lines = []
-    store = Store()
+    store = _FakeStore()
     dog = Watchdog(store, 0, 3, timeout_s=0.6, interval_s=0.05, exit=lines.append)
     store.kv["shed/heartbeat/1"] = "1"
     store.kv["shed/finished/2"] = "1"  # process 2 is done: never named
@@ -292,7 +280,7 @@ def test_watchdog_names_a_silent_peer_and_a_failed_one():
                      "--resume"]
 
     lines.clear()
-    store = Store()
+    store = _FakeStore()
     dog = Watchdog(store, 1, 2, timeout_s=30, interval_s=0.05, exit=lines.append)
     store.kv["shed/failed/0"] = "OSError: disk full"
     dog.start()

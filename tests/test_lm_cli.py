@@ -34,14 +34,7 @@ def test_value_with_the_lm_proxy_short_form(checkpoint, demo_data, tmp_path, fak
     result = invoke(["value", "--run-dir", run_dir, "--valid", demo_data.valid, "--proxy", f"lm:{checkpoint}",
                      *LM_OPTIONS, "--permutations", "2", "--removal-step", "1", "--proxies-per-cluster", "1", "-q", "--json"])
     assert result.exit_code == 0, result.output
-    values = json.loads((run_dir / "values.json").read_text())
-    assert values["utility"]["proxy"] == "lm" and str(checkpoint) in json.dumps(values["utility"])
-    assert len(values["cluster_values"]) == 4 and np.all(np.isfinite(values["cluster_values"]))
-    assert values["n_evaluations"] == 2 * 4  # per permutation one per removal step (U(full), U(empty) apart)
-    # efficiency: the values of one permutation sum to U(full) - U(empty); averaged over permutations too
-    assert sum(values["cluster_values"]) == pytest.approx(values["u_full"] - values["u_empty"], abs=1e-5)
-    config = json.loads((run_dir / "config.json").read_text())["config"]
-    assert config["proxy"] == "lm" and config["proxy_options"]["model"] == str(checkpoint)
+    _check_lm_values(run_dir, checkpoint)
 
 
 def test_the_lm_proxy_prints_its_estimated_time_first(checkpoint, demo_data, tmp_path, fake_embed, monkeypatch):
